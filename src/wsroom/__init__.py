@@ -1,0 +1,53 @@
+"""wsroom: real-time rooms for any Python WebSocket server.
+
+Subclass :class:`Room`, create a :class:`ConnectionManager`, and plug it into your server
+with one adapter (``wsroom.adapters.websockets`` for a ``websockets`` asyncio server).
+"""
+
+from ._version import __version__
+from .backplane import Backplane, MemoryBackplane, RoomSnapshot
+from .connection import Connection, Transport
+from .exceptions import (
+    BackplaneError,
+    ConfigurationError,
+    ConnectionClosedError,
+    EncodeError,
+    HandshakeRejected,
+    ProtocolError,
+    WSRoomError,
+)
+from .handshake import Handshake, Headers, OriginPolicy
+from .limits import Limits
+from .manager import Authenticate, ConnectionManager, Statistics
+from .protocol import SUBPROTOCOL, CloseCode, ErrorCode, Message, MessageProtocol, is_valid_room_name
+from .room import Room
+
+__all__ = [
+    "SUBPROTOCOL",
+    "Authenticate",
+    "Backplane",
+    "BackplaneError",
+    "CloseCode",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionClosedError",
+    "ConnectionManager",
+    "EncodeError",
+    "ErrorCode",
+    "Handshake",
+    "HandshakeRejected",
+    "Headers",
+    "Limits",
+    "MemoryBackplane",
+    "Message",
+    "MessageProtocol",
+    "OriginPolicy",
+    "ProtocolError",
+    "Room",
+    "RoomSnapshot",
+    "Statistics",
+    "Transport",
+    "WSRoomError",
+    "__version__",
+    "is_valid_room_name",
+]

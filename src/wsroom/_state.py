@@ -1,0 +1,129 @@
+"""Who is connected and who is in which room, in this process.
+
+Rules of this file:
+
+1. Every change to membership (connections, users, rooms and their members) happens here
+   and nowhere else. ``Room`` instances and ``Connection.rooms`` only read it, so no second
+   copy can drift.
+2. Nothing here does I/O, awaits, or knows about transports or backplanes. Every method
+   runs to completion, so callers on one event loop see each change whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .room import Room
+
+
+class RoomState:
+    """One room with local members, or with a join in flight."""
+
+    __slots__ = ("connections", "pending", "room", "users")
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        # dict as an insertion-ordered set: fan-out order follows join order.
+        self.connections: dict[Connection, None] = {}
+        # identified user -> number of its connections in this room, here
+        self.users: dict[str, int] = {}
+        self.pending = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.connections and not self.pending
+
+
+class Registry:
+    """Connections, users and rooms of one manager."""
+
+    __slots__ = ("connections", "rooms", "users")
+
+    def __init__(self) -> None:
+        self.connections: dict[str, Connection] = {}
+        self.users: dict[str, dict[Connection, None]] = {}
+        self.rooms: dict[str, RoomState] = {}
+
+    # Connections.
+
+    def add_connection(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+        if conn.user is not None:
+            self.users.setdefault(conn.user, {})[conn] = None
+
+    def remove_connection(self, conn: Connection) -> list[tuple[RoomState, bool]]:
+        """Forget ``conn``; return each room it was in and whether its user left it."""
+        left = [self.leave(conn, name) for name in list(conn._rooms)]
+        self.connections.pop(conn.id, None)
+        if conn.user is not None:
+            conns = self.users.get(conn.user)
+            if conns is not None:
+                conns.pop(conn, None)
+                if not conns:
+                    del self.users[conn.user]
+        return [item for item in left if item is not None]
+
+    def user_connections(self, user: str) -> list[Connection]:
+        return list(self.users.get(user, ()))
+
+    # Rooms.
+
+    def reserve(self, name: str, make_room: Callable[[str], Room]) -> RoomState:
+        """Get or create the room ``name`` and hold it open while a join is decided."""
+        state = self.rooms.get(name)
+        if state is None:
+            state = self.rooms[name] = RoomState(make_room(name))
+        state.pending += 1
+        return state
+
+    def release(self, state: RoomState) -> None:
+        """End a :meth:`reserve`; drop the room if it ended up empty."""
+        state.pending -= 1
+        self._discard_if_idle(state)
+
+    def join(self, conn: Connection, state: RoomState) -> bool:
+        """Add ``conn`` to the room; ``True`` if it is its user's first connection there."""
+        name = state.room.name
+        if self.rooms.get(name) is not state:
+            # The room was dropped while this join was pending; it cannot be, because a
+            # pending join holds it open. Re-register rather than lose the member.
+            self.rooms[name] = state
+        state.connections[conn] = None
+        conn._rooms.add(name)
+        user = conn.user
+        if user is None:
+            return False
+        count = state.users.get(user, 0)
+        state.users[user] = count + 1
+        return count == 0
+
+    def leave(self, conn: Connection, name: str) -> tuple[RoomState, bool] | None:
+        """Remove ``conn`` from room ``name``; the room and whether its user left it.
+
+        ``None`` when ``conn`` was not in the room. An emptied room is dropped (a pending
+        join keeps it).
+        """
+        state = self.rooms.get(name)
+        if state is None or conn not in state.connections:
+            conn._rooms.discard(name)
+            return None
+        del state.connections[conn]
+        conn._rooms.discard(name)
+        last = False
+        user = conn.user
+        if user is not None:
+            count = state.users[user] - 1
+            if count:
+                state.users[user] = count
+            else:
+                del state.users[user]
+                last = True
+        self._discard_if_idle(state)
+        return state, last
+
+    def _discard_if_idle(self, state: RoomState) -> None:
+        if state.idle and self.rooms.get(state.room.name) is state:
+            del self.rooms[state.room.name]

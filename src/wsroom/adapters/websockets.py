@@ -1,0 +1,252 @@
+"""Serve a :class:`~wsroom.ConnectionManager` with a ``websockets`` asyncio server.
+
+Either let wsroom start the server::
+
+    async with wsroom.adapters.websockets.serve(manager, "", 8765) as server:
+        await server.serve_forever()
+
+or plug it into a server you create yourself::
+
+    adapter = WebsocketsAdapter(manager)
+    async with websockets.asyncio.server.serve(adapter.handler, "", 8765, **adapter.options()):
+        ...
+
+``options()`` carries the handshake checks (origin, authentication, subprotocol) and the
+frame size limit; without them the handler still authenticates, but can only refuse a
+client after accepting it (close code 1008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve as _serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
+from ..connection import Connection, Transport
+from ..exceptions import HandshakeRejected
+from ..handshake import Handshake
+from ..manager import ConnectionManager
+from ..protocol import CloseCode
+
+__all__ = ["WebsocketsAdapter", "WebsocketsTransport", "serve"]
+
+logger = logging.getLogger("wsroom.transport")
+
+ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
+
+
+class WebsocketsTransport(Transport):
+    """Moves one connection's queued frames onto a ``websockets`` asyncio connection.
+
+    Frames are written the way ``websockets.broadcast()`` writes them: straight into the
+    connection's protocol and transport, without awaiting, all queued frames of a loop
+    iteration in one go. While the socket's write buffer is above its high-water mark, frames
+    wait in the connection's bounded queue and one task waits for the buffer to drain; a
+    client that keeps it full longer than ``Limits.write_timeout``, or overflows the queue, is
+    evicted and its TCP connection aborted, since ``close()`` cannot complete on a peer that
+    stopped reading.
+    """
+
+    def __init__(self, ws: ServerConnection, *, binary: bool = False) -> None:
+        self.ws = ws
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._send_binary = binary
+
+    def wake(self) -> None:
+        if not self._flush_scheduled and self._drain_task is None:
+            self._flush_scheduled = True
+            # Deferred to the end of the loop iteration, so every frame queued meanwhile
+            # leaves in the same write.
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        conn = self.connection
+        if conn is None or self._drain_task is not None:
+            return
+        frames = conn.take_outgoing()
+        if not frames:
+            return
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        send = ws.protocol.send_binary if self._send_binary else ws.protocol.send_text
+        try:
+            for frame in frames:
+                send(frame)
+            ws.send_data()
+        except Exception:
+            # The transport is closing under us; the receive loop sees it and releases.
+            logger.debug("write to %r failed", conn, exc_info=True)
+            return
+        if ws.paused:
+            self._drain_task = self._loop.create_task(self._wait_writable(conn))
+
+    async def _wait_writable(self, conn: Connection) -> None:
+        try:
+            async with asyncio.timeout(conn.manager.limits.write_timeout):
+                await self.ws.drain()
+        except TimeoutError:
+            self._drain_task = None
+            conn.manager.evict(conn, "client too slow: write timeout")
+            return
+        except Exception:
+            self._drain_task = None
+            return
+        self._drain_task = None
+        if conn.queued_frames:
+            self._flush()
+
+    async def close(self, code: int, reason: str) -> None:
+        drain = self._drain_task
+        if drain is not None:
+            await asyncio.shield(drain)
+        self._flush()
+        await self.ws.close(code, reason)
+
+    def abort(self) -> None:
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+
+class WebsocketsAdapter:
+    """Connects a :class:`~wsroom.ConnectionManager` to ``websockets.asyncio.server``.
+
+    Pass :attr:`handler` as the server's handler and :meth:`options` as its keyword
+    arguments.
+    """
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self.manager = manager
+        self._accepted: weakref.WeakKeyDictionary[ServerConnection, tuple[Handshake, str | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def options(self, process_request: ProcessRequest | None = None, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for ``websockets.asyncio.server.serve``.
+
+        Args:
+            process_request: Your own ``process_request``, run first (to serve other
+                paths, for instance); when it returns a response, wsroom does not run.
+            overrides: Any other ``serve`` argument, which wins over wsroom's.
+        """
+        if process_request is None:
+            checks: ProcessRequest = self.process_request
+        else:
+            checks = _chain(process_request, self.process_request)
+        options: dict[str, Any] = {
+            "process_request": checks,
+            "select_subprotocol": self.select_subprotocol,
+            "max_size": self.manager.limits.max_frame_size,
+        }
+        options.update(overrides)
+        return options
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
+        handshake = _handshake(connection, request)
+        try:
+            self.manager.select_subprotocol(handshake.subprotocols)
+            user = await self.manager.authorize(handshake)
+        except HandshakeRejected as exc:
+            return _refusal(connection, exc)
+        self._accepted[connection] = (handshake, user)
+        return None
+
+    def select_subprotocol(
+        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
+        wanted = self.manager.protocol.subprotocol
+        return Subprotocol(wanted) if wanted in subprotocols else None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        """The connection handler: runs one client until it disconnects."""
+        accepted = self._accepted.pop(ws, None)
+        if accepted is None:
+            # process_request was not wired: authenticate now, refuse with 1008.
+            handshake = _handshake(ws, ws.request)
+            try:
+                user = await self.manager.authorize(handshake)
+            except HandshakeRejected as exc:
+                await ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
+                return
+        else:
+            handshake, user = accepted
+        transport = WebsocketsTransport(ws, binary=self.manager.protocol.binary)
+
+        async def receive() -> str | bytes | None:
+            try:
+                return await ws.recv()
+            except ConnectionClosed:
+                return None
+
+        await self.manager.serve(transport, handshake, user, receive)
+
+
+@asynccontextmanager
+async def serve(
+    manager: ConnectionManager,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    process_request: ProcessRequest | None = None,
+    shutdown_timeout: float = 5.0,
+    **kwargs: Any,
+) -> AsyncIterator[Server]:
+    """Start a ``websockets`` server for ``manager``; shut both down gracefully on exit.
+
+    On exit, clients get what is queued for them and a close frame with 1001 within
+    ``shutdown_timeout`` seconds. Other keyword arguments go to
+    ``websockets.asyncio.server.serve``.
+    """
+    adapter = WebsocketsAdapter(manager)
+    options = adapter.options(process_request, **kwargs)
+    async with _serve(adapter.handler, host, port, **options) as server:
+        await manager.start()
+        try:
+            yield server
+        finally:
+            await manager.shutdown(shutdown_timeout)
+
+
+def _handshake(connection: ServerConnection, request: Request | None) -> Handshake:
+    if request is None:  # pragma: no cover - websockets sets it before the handler runs
+        return Handshake(path="/")
+    remote = connection.remote_address
+    address = (str(remote[0]), int(remote[1])) if remote else None
+    return Handshake.from_target(request.path, request.headers.raw_items(), address)
+
+
+def _refusal(connection: ServerConnection, exc: HandshakeRejected) -> Response:
+    response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
+    return response
+
+
+def _chain(first: ProcessRequest, second: ProcessRequest) -> ProcessRequest:
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        for step in (first, second):
+            response = step(connection, request)
+            if asyncio.iscoroutine(response) or isinstance(response, Awaitable):
+                response = await response
+            if response is not None:
+                return response
+        return None
+
+    return process_request
+

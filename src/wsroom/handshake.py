@@ -1,0 +1,183 @@
+"""What the server knows about a client at the WebSocket handshake, and the origin policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .exceptions import ConfigurationError
+
+__all__ = ["Handshake", "Headers", "OriginPolicy"]
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only HTTP headers. A repeated header's values are joined by ``, ``."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        merged: dict[str, str] = {}
+        for name, value in items:
+            key = name.lower()
+            merged[key] = f"{merged[key]}, {value}" if key in merged else value
+        self._items = merged
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass(slots=True)
+class Handshake:
+    """The HTTP upgrade request of one client, as every adapter reports it.
+
+    An ``authenticate`` hook receives it and may put whatever it learns (claims, roles)
+    into :attr:`state`, which becomes :attr:`Connection.state <wsroom.Connection.state>`.
+    """
+
+    path: str
+    """The request path, without the query string, e.g. ``"/ws"``."""
+    query_string: str = ""
+    """The raw query string, without the ``?``."""
+    headers: Headers = field(default_factory=Headers)
+    """The request headers (case-insensitive)."""
+    remote_address: tuple[str, int] | None = None
+    """The client's address as seen by the server (a proxy's, behind a proxy)."""
+    subprotocols: tuple[str, ...] = ()
+    """The subprotocols the client offered."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Free-form data for the application, carried over to the connection."""
+
+    @classmethod
+    def from_target(
+        cls,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        remote_address: tuple[str, int] | None = None,
+    ) -> Handshake:
+        """Build a handshake from a request target (``/ws?a=b``) and raw headers."""
+        path, _, query = target.partition("?")
+        parsed = Headers(headers)
+        offered = parsed.get("sec-websocket-protocol", "")
+        subprotocols = tuple(p.strip() for p in offered.split(",") if p.strip())
+        return cls(path or "/", query, parsed, remote_address, subprotocols)
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters; for a repeated parameter, the last value."""
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """Cookies sent with the request; a malformed ``Cookie`` header gives none."""
+        header = self.headers.get("cookie")
+        if not header:
+            return {}
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(header)
+        except CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header, or ``None`` (non-browser clients usually send none)."""
+        return self.headers.get("origin")
+
+
+class OriginPolicy:
+    """Decide which ``Origin`` may open a WebSocket (protection against cross-site hijacking).
+
+    Browsers attach cookies to cross-site WebSocket handshakes, so without this check any
+    web page could act as a logged-in user. The policy:
+
+    * ``allowed_origins=None`` (the default): same origin only. The ``Origin``'s host and
+      port must equal the request's ``Host``.
+    * a list such as ``["https://app.example.com"]``: those origins (scheme, host and port,
+      compared case-insensitively), plus same-origin requests.
+    * ``"*"``: any origin. Only for servers that use no cookies or ambient credentials.
+
+    A handshake without ``Origin`` comes from a non-browser client (which could send any
+    ``Origin`` it likes); it is accepted unless ``allow_missing=False``.
+    """
+
+    __slots__ = ("_allow_all", "_allow_missing", "_origins")
+
+    def __init__(
+        self, allowed_origins: Iterable[str] | str | None = None, *, allow_missing: bool = True
+    ) -> None:
+        self._allow_missing = allow_missing
+        self._allow_all = allowed_origins == "*"
+        self._origins: frozenset[str] = frozenset()
+        if allowed_origins is not None and not self._allow_all:
+            if isinstance(allowed_origins, str):
+                raise ConfigurationError(
+                    "allowed_origins must be None, '*' or a list of origins such as "
+                    "['https://example.com']"
+                )
+            origins = set()
+            for origin in allowed_origins:
+                normalized = _normalize_origin(origin)
+                if normalized is None:
+                    raise ConfigurationError(
+                        f"invalid origin {origin!r}: write scheme://host[:port], "
+                        "e.g. 'https://example.com'"
+                    )
+                origins.add(normalized)
+            self._origins = frozenset(origins)
+
+    def allows(self, handshake: Handshake) -> bool:
+        """Tell whether this handshake's ``Origin`` is allowed."""
+        origin = handshake.origin
+        if origin is None:
+            return self._allow_missing
+        if self._allow_all:
+            return True
+        normalized = _normalize_origin(origin)
+        if normalized is None:
+            return False
+        if normalized in self._origins:
+            return True
+        host = handshake.headers.get("host")
+        return host is not None and _same_host(normalized, host)
+
+
+def _normalize_origin(origin: str) -> str | None:
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    netloc = parts.hostname if port in (None, default) else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname:  # IPv6 literal
+        netloc = f"[{parts.hostname}]" if port in (None, default) else f"[{parts.hostname}]:{port}"
+    return f"{parts.scheme}://{netloc.lower()}"
+
+
+def _same_host(normalized_origin: str, host_header: str) -> bool:
+    scheme, _, netloc = normalized_origin.partition("://")
+    host = host_header.strip().lower()
+    default = ":443" if scheme == "https" else ":80"
+    if host.endswith(default):
+        host = host[: -len(default)]
+    return netloc == host

@@ -1,0 +1,317 @@
+"""The wire protocol: decoding, validating and encoding frames (PROTOCOL.md, version 1).
+
+:class:`MessageProtocol` is the only place that turns client bytes into Python objects and
+Python objects into frames. It never lets an exception other than
+:class:`~wsroom.exceptions.ProtocolError` escape :meth:`MessageProtocol.decode`, whatever the
+input, and it never produces a frame a browser's ``JSON.parse`` would reject.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+from .exceptions import EncodeError, ProtocolError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = [
+    "SUBPROTOCOL",
+    "CloseCode",
+    "ErrorCode",
+    "Message",
+    "MessageProtocol",
+    "is_valid_room_name",
+]
+
+SUBPROTOCOL: Final = "wsroom.v1"
+"""The WebSocket subprotocol name of protocol version 1."""
+
+PROTOCOL_VERSION: Final = 1
+
+MAX_REF_LENGTH: Final = 64
+MAX_USER_ID_LENGTH: Final = 256
+MAX_EPOCH_LENGTH: Final = 64
+MAX_TYPE_LENGTH: Final = 64
+
+_ROOM_NAME = re.compile(r"[A-Za-z0-9_\-.:@/]{1,128}")
+# Custom types become method names (``on_<type>``), so they must be identifiers; the
+# leading letter keeps ``__dunder__`` and private helpers out of reach of clients.
+_CUSTOM_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+BUILTIN_CLIENT_TYPES: Final = frozenset({"join", "leave", "message", "direct", "ping"})
+SERVER_TYPES: Final = frozenset(
+    {"welcome", "joined", "left", "message", "direct", "presence", "ack", "pong", "error"}
+)
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``error`` frame. The connection stays open after each of them."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_JOINED = "not_joined"
+    FORBIDDEN = "forbidden"
+    ROOM_FULL = "room_full"
+    USER_OFFLINE = "user_offline"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes used by wsroom (PROTOCOL.md, "Close codes")."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+def is_valid_room_name(name: object) -> bool:
+    """Tell whether ``name`` is a valid room name.
+
+    A room name is 1 to 128 ASCII letters, digits and ``_ - . : @ /``.
+    """
+    return isinstance(name, str) and _ROOM_NAME.fullmatch(name) is not None
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """One frame received from a client, decoded and validated.
+
+    Hooks receive it: ``Room.on_message(conn, message)``, ``Room.on_<type>(conn, message)``.
+    Pass it to :meth:`Room.broadcast` to store and relay it as the sender's message.
+    """
+
+    type: str
+    """The frame's ``type``."""
+    room: str | None = None
+    """The ``room`` field, validated, or ``None`` when the frame has none."""
+    data: Any = None
+    """The ``data`` field (any JSON value), ``None`` when absent."""
+    ref: str | int | None = None
+    """The client's ``ref``; answers to this frame echo it."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The whole decoded frame, including fields wsroom does not know."""
+    connection: Connection | None = None
+    """The connection that sent the frame (``None`` for frames built by the server)."""
+    id: int | None = None
+    """Set by :meth:`Room.broadcast` to the id of the stored message."""
+
+    @property
+    def user(self) -> str | None:
+        """The sender's user id, or ``None`` for an anonymous connection or the server."""
+        return self.connection.user if self.connection is not None else None
+
+
+class MessageProtocol:
+    """Decode, validate and encode the frames of the wsroom protocol, version 1.
+
+    The default codec is JSON in text frames. Subclass it to change the codec (override
+    :meth:`loads`, :meth:`dumps` and set :attr:`binary`), to validate custom message types
+    (override :meth:`validate_custom`), or to lower the limits below.
+    """
+
+    subprotocol: str = SUBPROTOCOL
+    """The WebSocket subprotocol accepted when a client offers it."""
+    binary: bool = False
+    """Whether encoded frames travel in binary frames (``False``: text frames)."""
+    max_depth: int = 32
+    """Deepest nesting of arrays and objects accepted in a client frame."""
+
+    def __init__(self) -> None:
+        self._decoder = json.JSONDecoder(
+            parse_constant=_reject_constant, parse_float=_parse_finite_float
+        )
+        self._encode_utf8 = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode
+        self._encode_ascii = json.JSONEncoder(
+            ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode
+
+    # Codec: override these three to change the encoding.
+
+    def loads(self, frame: str | bytes) -> Any:
+        """Parse one frame into a Python value.
+
+        Raises:
+            ProtocolError: ``invalid_json`` when the frame cannot be parsed, or
+                ``invalid_message`` when it is a binary frame and the codec is text.
+        """
+        if not isinstance(frame, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "binary frames are not accepted: send JSON in text frames "
+                "(a binary codec must be configured on the server for binary frames)",
+            )
+        try:
+            return self._decoder.decode(frame)
+        except RecursionError:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, f"nesting deeper than {self.max_depth} levels"
+            ) from None
+        except ValueError as exc:
+            # JSONDecodeError, rejected constants and floats, and integers longer than
+            # Python's int_max_str_digits all arrive here.
+            raise ProtocolError(ErrorCode.INVALID_JSON, _json_error_text(exc)) from None
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode one frame. The result is sent as is to every recipient.
+
+        Raises:
+            EncodeError: ``obj`` holds values that have no JSON representation.
+        """
+        try:
+            text = self._encode_utf8(obj)
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(f"cannot encode as JSON: {exc}", obj) from None
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (legal in a JSON escape, illegal in UTF-8): escape everything
+            # so the frame stays valid UTF-8 and still parses to the same string.
+            return self._encode_ascii(obj).encode("ascii")
+
+    # Validation.
+
+    def decode(self, frame: str | bytes, connection: Connection | None = None) -> Message:
+        """Turn a client frame into a validated :class:`Message`.
+
+        Raises:
+            ProtocolError: with the error code of PROTOCOL.md; nothing else escapes.
+        """
+        value = self.loads(frame)
+        if isinstance(frame, str) and frame.count("[") + frame.count("{") > self.max_depth:
+            self._check_depth(value)
+        return self.validate(value, connection)
+
+    def validate(self, value: Any, connection: Connection | None = None) -> Message:
+        """Check a parsed frame against the protocol and build the :class:`Message`."""
+        if not isinstance(value, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a frame must be a JSON object")
+        ref = value.get("ref")
+        if ref is not None and not _is_valid_ref(ref):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"'ref' must be a string or an integer of at most {MAX_REF_LENGTH} characters",
+            )
+        type_ = value.get("type")
+        if not isinstance(type_, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "a frame needs a string field 'type'", ref
+            )
+        room = value.get("room")
+        needs_room = type_ in ("join", "leave", "message")
+        if room is not None or needs_room:
+            if room is None:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, f"a '{type_}' frame needs a 'room'", ref
+                )
+            if not is_valid_room_name(room):
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    "'room' must be 1 to 128 characters from letters, digits and _ - . : @ /",
+                    ref,
+                )
+        message = Message(type_, room, value.get("data"), ref, value, connection)
+        if type_ == "join":
+            self._validate_join(value, ref)
+        elif type_ == "direct":
+            to = value.get("to")
+            if not isinstance(to, str) or not 0 < len(to) <= MAX_USER_ID_LENGTH:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"'to' must be a user id: a string of 1 to {MAX_USER_ID_LENGTH} characters",
+                    ref,
+                )
+        elif type_ not in BUILTIN_CLIENT_TYPES:
+            self.validate_custom(message)
+        return message
+
+    def validate_custom(self, message: Message) -> None:
+        """Validate a frame of an application-defined type; raise :class:`ProtocolError`.
+
+        The default accepts any frame whose ``type`` can name a handler.
+        """
+        if _CUSTOM_TYPE.fullmatch(message.type) is None or message.type in SERVER_TYPES:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_TYPE, _unknown_type_text(message.type), message.ref
+            )
+
+    def _validate_join(self, value: dict[str, Any], ref: str | int | None) -> None:
+        since = value.get("since")
+        if since is not None and (type(since) is not int or since < 0):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref
+            )
+        epoch = value.get("epoch")
+        if epoch is not None and (not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"'epoch' must be a string of at most {MAX_EPOCH_LENGTH} characters",
+                ref,
+            )
+
+    def _check_depth(self, value: Any) -> None:
+        # Iterative, so hostile input cannot exhaust the stack here either.
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > self.max_depth:
+                ref = value.get("ref") if isinstance(value, dict) else None
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"nesting deeper than {self.max_depth} levels",
+                    ref if _is_valid_ref(ref) else None,
+                )
+            if isinstance(node, dict):
+                stack.extend((child, depth + 1) for child in node.values())
+            elif isinstance(node, list):
+                stack.extend((child, depth + 1) for child in node)
+
+    # Frames sent by the server.
+
+    def error_frame(self, code: str, message: str, ref: str | int | None) -> dict[str, Any]:
+        """Build an ``error`` frame."""
+        return {"type": "error", "code": code, "message": message, "ref": ref}
+
+
+def _is_valid_ref(ref: object) -> bool:
+    if isinstance(ref, str):
+        return len(ref) <= MAX_REF_LENGTH
+    # bool is an int subclass; true/false are not references.
+    return type(ref) is int and len(str(ref)) <= MAX_REF_LENGTH
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return number
+
+
+def _json_error_text(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc.msg} at position {exc.pos}"
+    text = str(exc)
+    if "is not valid JSON" in text or "out of range" in text:
+        return f"invalid JSON: {text}"
+    return "invalid JSON: number too large"
+
+
+def _unknown_type_text(type_: str) -> str:
+    shown = type_ if len(type_) <= MAX_TYPE_LENGTH else type_[:MAX_TYPE_LENGTH] + "..."
+    return f"no handler for message type {shown!r}"

@@ -1,0 +1,166 @@
+"""The Room class applications subclass."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .exceptions import ConfigurationError
+from .protocol import SERVER_TYPES, Message, is_valid_room_name
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .manager import ConnectionManager
+
+__all__ = ["Room"]
+
+# Methods of Room that a client's custom type must never reach through ``on_<type>``.
+_BUILTIN_HOOKS = frozenset({"on_join", "on_leave", "on_message"})
+
+
+class Room:
+    """A room: subclass it for your application's rules and message types.
+
+    The manager creates one instance per room name when the first client joins and drops
+    it when the last one leaves. The instance holds no membership of its own: members,
+    history and presence live in the manager (and, with Redis, in Redis), so it can never
+    disagree with them. Keep your own per-room state on it if you like; it lives as long as
+    the room has members in this process.
+
+    Every hook may be a plain ``def`` or an ``async def``. A hook that raises is logged and
+    the client gets an ``internal_error``; raise :class:`~wsroom.ProtocolError` instead to
+    answer with a specific error code.
+
+    Class settings (override them in the subclass):
+    """
+
+    history_size: ClassVar[int] = 100
+    """Messages kept per room and replayed to whoever joins (0: no history, no recovery)."""
+    history_ttl: ClassVar[float] = 3600.0
+    """Seconds the history is kept after the room's last activity, so a client that comes
+    back to an emptied room can still recover what it missed."""
+    max_members: ClassVar[int | None] = 10_000
+    """Most users in the room at once (``None``: no limit). One more gets ``room_full``."""
+    echo: ClassVar[bool] = True
+    """Whether a sender receives its own messages back."""
+
+    def __init__(self, name: str, manager: ConnectionManager) -> None:
+        self.name: str = name
+        """The room's name."""
+        self.manager: ConnectionManager = manager
+        """The manager serving this room."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # Hooks.
+
+    def can_join(self, conn: Connection, data: Any) -> bool:
+        """Decide whether ``conn`` may join; ``data`` is the ``join`` frame's ``data``.
+
+        Returning ``False`` answers ``forbidden``. The default lets everyone in.
+        """
+        return True
+
+    def on_join(self, conn: Connection) -> None:
+        """Called after ``conn`` joined (its ``joined`` frame is already queued)."""
+
+    def on_leave(self, conn: Connection) -> None:
+        """Called after ``conn`` left, by ``leave`` or by disconnecting."""
+
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        """Called for each ``message`` frame; the default stores and broadcasts it."""
+        await self.broadcast(message)
+
+    # Actions.
+
+    async def broadcast(self, message: Message | Any, *, exclude: Connection | None = None) -> int:
+        """Store a message in the room's history and send it to every member.
+
+        Pass the :class:`~wsroom.Message` a hook received to relay it as its sender's (the
+        client's ``ack`` then carries the id), or any JSON value to send it as the server's
+        (``from`` is ``null``). The frame is encoded once and queued to every member; this
+        never waits for a recipient.
+
+        Returns:
+            The id of the stored message.
+        """
+        if isinstance(message, Message):
+            sender_conn = message.connection
+            sender = message.user
+            data = message.data
+            if exclude is None and not self.echo and sender_conn is not None:
+                exclude = sender_conn
+        else:
+            sender, data = None, message
+        message_id = await self.manager._backplane.publish(
+            self.name,
+            sender,
+            data,
+            ts=int(time.time() * 1000),
+            history_size=self.history_size,
+            history_ttl=self.history_ttl,
+            exclude=exclude.id if exclude is not None else None,
+        )
+        self.manager._messages_published += 1
+        if isinstance(message, Message):
+            message.id = message_id
+        return message_id
+
+    async def broadcast_event(
+        self, type: str, data: Any = None, *, exclude: Connection | None = None
+    ) -> None:
+        """Send an unstored event ``{"type": type, "room": name, "data": data}`` to every member.
+
+        For ephemeral signals such as typing indicators: no id, no history.
+        """
+        if type in SERVER_TYPES:
+            raise ValueError(f"{type!r} is a frame type of the protocol itself")
+        frame = self.manager.encode({"type": type, "room": self.name, "data": data})
+        await self.manager._backplane.publish_event(
+            self.name, frame, exclude=exclude.id if exclude is not None else None
+        )
+
+    @property
+    def connections(self) -> list[Connection]:
+        """This process's connections in the room."""
+        state = self.manager._registry.rooms.get(self.name)
+        return list(state.connections) if state is not None else []
+
+    async def members(self) -> list[str]:
+        """Identified users in the room, on every node."""
+        return await self.manager._backplane.members(self.name)
+
+    # Checks run once per Room subclass, when a manager is created with it.
+
+    @classmethod
+    def _check_settings(cls) -> None:
+        if type(cls.history_size) is not int or cls.history_size < 0:
+            raise ConfigurationError(
+                f"{cls.__name__}.history_size must be a non-negative integer"
+            )
+        if not isinstance(cls.history_ttl, int | float) or cls.history_ttl <= 0:
+            raise ConfigurationError(f"{cls.__name__}.history_ttl must be a positive number")
+        if cls.max_members is not None and (
+            type(cls.max_members) is not int or cls.max_members < 1
+        ):
+            raise ConfigurationError(
+                f"{cls.__name__}.max_members must be a positive integer or None"
+            )
+        if not isinstance(cls.echo, bool):
+            raise ConfigurationError(f"{cls.__name__}.echo must be True or False")
+
+    @classmethod
+    def _custom_handler_name(cls, type_: str) -> str | None:
+        """The ``on_<type>`` method for a custom frame type, if the subclass defines one."""
+        name = f"on_{type_}"
+        if name in _BUILTIN_HOOKS or not callable(getattr(cls, name, None)):
+            return None
+        return name
+
+
+def _validate_room_name(name: str) -> None:
+    if not is_valid_room_name(name):
+        raise ValueError(
+            f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /"
+        )
