@@ -19,7 +19,14 @@ from .exceptions import (
 from .handshake import Handshake, Headers, OriginPolicy
 from .limits import Limits
 from .manager import Authenticate, ConnectionManager, Statistics
-from .protocol import SUBPROTOCOL, CloseCode, ErrorCode, Message, MessageProtocol, is_valid_room_name
+from .protocol import (
+    SUBPROTOCOL,
+    CloseCode,
+    ErrorCode,
+    Message,
+    MessageProtocol,
+    is_valid_room_name,
+)
 from .room import Room
 
 __all__ = [

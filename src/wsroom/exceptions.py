@@ -5,9 +5,9 @@ exception has the exact same meaning it is mixed in, so ``except ValueError`` or
 ``except RuntimeError`` keeps working::
 
     WSRoomError
-    ├── ConfigurationError (ValueError)     a setting or a Room subclass is invalid
+    ├── ConfigurationError (ValueError)     a setting or Room subclass is invalid
     ├── HandshakeRejected                   raised by an authenticate hook to refuse a client
-    ├── ProtocolError (ValueError)          a client frame breaks PROTOCOL.md: carries the error code
+    ├── ProtocolError (ValueError)          a client frame breaks the protocol; has an error code
     ├── EncodeError (ValueError)            the application gave data the codec cannot encode
     ├── ConnectionClosedError (RuntimeError)  a Connection was used after it closed
     └── BackplaneError                      the backplane failed (Redis unreachable, ...)

@@ -65,11 +65,17 @@ class Limits:
                 raise ConfigurationError(f"Limits.{name} must be a positive integer, not {value!r}")
         for name in ("write_timeout", "rate_abuse_window", "close_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
+            if not _is_positive_number(value):
                 raise ConfigurationError(f"Limits.{name} must be a positive number, not {value!r}")
-        if self.rate is not None and (not isinstance(self.rate, int | float) or self.rate <= 0):
-            raise ConfigurationError(f"Limits.rate must be a positive number or None, not {self.rate!r}")
+        if self.rate is not None and not _is_positive_number(self.rate):
+            raise ConfigurationError(
+                f"Limits.rate must be a positive number or None, not {self.rate!r}"
+            )
         if self.overflow not in ("close", "drop_oldest"):
             raise ConfigurationError(
                 f"Limits.overflow must be 'close' or 'drop_oldest', not {self.overflow!r}"
             )
+
+
+def _is_positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

@@ -17,7 +17,7 @@ from .backplane.memory import MemoryBackplane
 from .connection import Connection, Transport
 from .exceptions import ConfigurationError, HandshakeRejected, ProtocolError
 from .handshake import Handshake, OriginPolicy
-from .limits import Limits
+from .limits import Limits, _is_positive_number
 from .protocol import (
     MAX_USER_ID_LENGTH,
     PROTOCOL_VERSION,
@@ -127,7 +127,7 @@ class ConnectionManager:
             room_class._check_settings()
         elif not callable(room_class):
             raise ConfigurationError("room_class must be a Room subclass or a function")
-        if heartbeat is not None and (not isinstance(heartbeat, int | float) or heartbeat <= 0):
+        if heartbeat is not None and not _is_positive_number(heartbeat):
             raise ConfigurationError("heartbeat must be a positive number of seconds or None")
         self._room_class = room_class
         self.authenticate = authenticate
@@ -165,8 +165,6 @@ class ConnectionManager:
         Adapters call it on the first connection; call it yourself to fail fast at startup
         (for example when Redis is unreachable).
         """
-        if self._started:
-            return
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop:
             raise RuntimeError("this ConnectionManager already runs on another event loop")
@@ -289,9 +287,13 @@ class ConnectionManager:
             return None
         if self.protocol.subprotocol in offered:
             return self.protocol.subprotocol
-        raise HandshakeRejected(400, f"Unsupported subprotocol: this server speaks {self.protocol.subprotocol}")
+        raise HandshakeRejected(
+            400, f"Unsupported subprotocol: this server speaks {self.protocol.subprotocol}"
+        )
 
-    async def accept(self, transport: Transport, handshake: Handshake, user: str | None) -> Connection:
+    async def accept(
+        self, transport: Transport, handshake: Handshake, user: str | None
+    ) -> Connection:
         """Register a new connection and queue its ``welcome`` frame.
 
         Adapters call it once the upgrade is done, then :meth:`receive` for every frame,
@@ -353,7 +355,12 @@ class ConnectionManager:
             self._begin_close(conn, CloseCode.MESSAGE_TOO_BIG, "frame too large")
             return
         if not conn._take_tokens(now):
-            self._send_error(conn, ErrorCode.RATE_LIMITED, "slow down: too many frames", _peek_ref(self.protocol, frame))
+            self._send_error(
+                conn,
+                ErrorCode.RATE_LIMITED,
+                "slow down: too many frames",
+                _peek_ref(self.protocol, frame),
+            )
             if conn._strike(now):
                 self._begin_close(conn, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return
@@ -370,7 +377,9 @@ class ConnectionManager:
         try:
             await self._dispatch(conn, message)
         except ProtocolError as exc:
-            self._send_error(conn, exc.code, exc.message, exc.ref if exc.ref is not None else message.ref)
+            self._send_error(
+                conn, exc.code, exc.message, exc.ref if exc.ref is not None else message.ref
+            )
         except Exception:
             logger.exception("error while handling a %r frame from %r", message.type, conn)
             self._send_error(conn, ErrorCode.INTERNAL_ERROR, "internal server error", message.ref)
@@ -524,7 +533,9 @@ class ConnectionManager:
 
     def _room_handle(self, name: str) -> Room:
         if not is_valid_room_name(name):
-            raise ValueError(f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /")
+            raise ValueError(
+                f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /"
+            )
         state = self._registry.rooms.get(name)
         if state is not None:
             return state.room
@@ -534,16 +545,19 @@ class ConnectionManager:
         return room
 
     def _make_room(self, name: str) -> Room | None:
-        room_class = self._room_class
-        if not isinstance(room_class, type):
-            resolved = room_class(name)
-            if resolved is None:
-                return None
-            if not (isinstance(resolved, type) and issubclass(resolved, Room)):
-                raise ConfigurationError(f"the room_class function returned {resolved!r} for {name!r}, not a Room subclass")
-            resolved._check_settings()
-            room_class = resolved
-        return room_class(name, self)
+        chosen = self._room_class
+        if isinstance(chosen, type):
+            room: Room = chosen(name, self)
+            return room
+        resolved: object = chosen(name)
+        if resolved is None:
+            return None
+        if not (isinstance(resolved, type) and issubclass(resolved, Room)):
+            raise ConfigurationError(
+                f"room_class({name!r}) returned {resolved!r}, which is not a Room subclass"
+            )
+        resolved._check_settings()
+        return resolved(name, self)
 
     def _too_large(self, frame: str | bytes) -> bool:
         limit = self.limits.max_frame_size
@@ -551,7 +565,11 @@ class ConnectionManager:
         if size > limit:
             return True
         # A str of n characters takes up to 4n bytes in UTF-8.
-        return isinstance(frame, str) and size * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit
+        return (
+            isinstance(frame, str)
+            and size * 4 > limit
+            and len(frame.encode("utf-8", "surrogatepass")) > limit
+        )
 
     def _send_frame(self, conn: Connection, frame: dict[str, Any]) -> None:
         if not conn._push(self._encode(frame)):
@@ -617,7 +635,9 @@ class ConnectionManager:
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
                 if conn._closed:
                     return
-                if room.max_members is not None and (conn.user is None or conn.user not in state.users):
+                if room.max_members is not None and (
+                    conn.user is None or conn.user not in state.users
+                ):
                     anonymous = sum(1 for c in state.connections if c.user is None)
                     if len(state.users) + anonymous >= room.max_members:
                         raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
@@ -650,7 +670,9 @@ class ConnectionManager:
             if first:
                 await backplane.publish_event(
                     name,
-                    self.encode({"type": "presence", "room": name, "event": "join", "user": conn.user}),
+                    self.encode(
+                        {"type": "presence", "room": name, "event": "join", "user": conn.user}
+                    ),
                     exclude=conn.id,
                 )
             if not rejoin:
@@ -681,7 +703,9 @@ class ConnectionManager:
                 if await backplane.leave(name, conn.user, last_local=True):
                     await backplane.publish_event(
                         name,
-                        self.encode({"type": "presence", "room": name, "event": "leave", "user": conn.user}),
+                        self.encode(
+                            {"type": "presence", "room": name, "event": "leave", "user": conn.user}
+                        ),
                     )
             await call_hook(state.room.on_leave, conn)
         except Exception:
@@ -689,7 +713,9 @@ class ConnectionManager:
 
     async def _direct(self, conn: Connection, message: Message) -> None:
         to = cast(str, message.fields["to"])
-        if self.can_direct is not None and not await call_hook(self.can_direct, conn, to, message.data):
+        if self.can_direct is not None and not await call_hook(
+            self.can_direct, conn, to, message.data
+        ):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not send direct messages to {to!r}")
         message_id = await self._backplane.send_direct(to, conn.user, message.data, ts=_now_ms())
         if message_id is None:
@@ -711,7 +737,9 @@ class ConnectionManager:
         await call_hook(handler, conn, message)
         self._answer(conn, message)
 
-    def _begin_close(self, conn: Connection, code: int, reason: str, *, grace: float | None = None) -> None:
+    def _begin_close(
+        self, conn: Connection, code: int, reason: str, *, grace: float | None = None
+    ) -> None:
         """Start closing ``conn``: from now on it is in no room and receives nothing new."""
         if conn._closed:
             return
@@ -720,7 +748,9 @@ class ConnectionManager:
         left = self._registry.remove_connection(conn)
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         conn._close_task = loop.create_task(
-            self._finish_close(conn, code, reason, left, self.limits.close_timeout if grace is None else grace)
+            self._finish_close(
+                conn, code, reason, left, self.limits.close_timeout if grace is None else grace
+            )
         )
 
     async def _finish_close(

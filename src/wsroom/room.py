@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .exceptions import ConfigurationError
+from .limits import _is_positive_number
 from .protocol import SERVER_TYPES, Message, is_valid_room_name
 
 if TYPE_CHECKING:
@@ -136,10 +137,8 @@ class Room:
     @classmethod
     def _check_settings(cls) -> None:
         if type(cls.history_size) is not int or cls.history_size < 0:
-            raise ConfigurationError(
-                f"{cls.__name__}.history_size must be a non-negative integer"
-            )
-        if not isinstance(cls.history_ttl, int | float) or cls.history_ttl <= 0:
+            raise ConfigurationError(f"{cls.__name__}.history_size must be a non-negative integer")
+        if not _is_positive_number(cls.history_ttl):
             raise ConfigurationError(f"{cls.__name__}.history_ttl must be a positive number")
         if cls.max_members is not None and (
             type(cls.max_members) is not int or cls.max_members < 1

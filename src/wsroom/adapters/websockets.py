@@ -131,11 +131,13 @@ class WebsocketsAdapter:
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
-        self._accepted: weakref.WeakKeyDictionary[ServerConnection, tuple[Handshake, str | None]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._accepted: weakref.WeakKeyDictionary[
+            ServerConnection, tuple[Handshake, str | None]
+        ] = weakref.WeakKeyDictionary()
 
-    def options(self, process_request: ProcessRequest | None = None, **overrides: Any) -> dict[str, Any]:
+    def options(
+        self, process_request: ProcessRequest | None = None, **overrides: Any
+    ) -> dict[str, Any]:
         """Keyword arguments for ``websockets.asyncio.server.serve``.
 
         Args:
@@ -155,7 +157,9 @@ class WebsocketsAdapter:
         options.update(overrides)
         return options
 
-    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
         handshake = _handshake(connection, request)
         try:
@@ -249,4 +253,3 @@ def _chain(first: ProcessRequest, second: ProcessRequest) -> ProcessRequest:
         return None
 
     return process_request
-

@@ -126,7 +126,12 @@ class MemoryBackplane(Backplane):
         if stream is None:
             stream = self._stream(room, limit, _DEFAULT_TTL)
         return recovery_snapshot(
-            list(stream.messages), stream.last_id, stream.epoch, since=since, epoch=epoch, limit=limit
+            list(stream.messages),
+            stream.last_id,
+            stream.epoch,
+            since=since,
+            epoch=epoch,
+            limit=limit,
         )
 
     async def join(self, room: str, user: str, *, first_local: bool) -> bool:

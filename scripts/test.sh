@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Run every check and test: ruff, mypy --strict, then pytest on Python 3.11 and on each
+# other supported interpreter found (3.12, 3.13). Installs what it needs into .venv*/ and
+# makes sure a Redis server is reachable (starting a private one on a free port if none
+# answers on 127.0.0.1:6379). Arguments go to pytest, e.g. `bash scripts/test.sh -k recovery`.
+. "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+cd "$ROOT"
+
+PYTHON="$(find_python)"
+ensure_venv "$ROOT/.venv" "$PYTHON" dev
+VPY="$ROOT/.venv/bin/python"
+
+# Redis: use WSROOM_TEST_REDIS_URL if given, else the machine's server, else start one.
+REDIS_PID=""
+cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+redis_answers() { # redis_answers PORT
+    "$VPY" - "$1" <<'PY'
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+if [ -z "${WSROOM_TEST_REDIS_URL:-}" ]; then
+    if redis_answers 6379; then
+        export WSROOM_TEST_REDIS_URL="redis://127.0.0.1:6379/0"
+    else
+        if ! command -v redis-server >/dev/null 2>&1; then
+            echo "== installing redis-server"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        fi
+        port="$("$VPY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+            --logfile "" >/dev/null 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 50); do redis_answers "$port" && break; sleep 0.1; done
+        export WSROOM_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
+        echo "== started redis-server on port $port (pid $REDIS_PID)"
+    fi
+fi
+# Tests that kill or restart Redis start their own redis-server from this path.
+export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
+
+echo "== ruff"
+"$ROOT/.venv/bin/ruff" check src tests examples benchmarks
+"$ROOT/.venv/bin/ruff" format --check src tests examples benchmarks
+echo "== mypy --strict"
+"$ROOT/.venv/bin/mypy"
+
+status=0
+echo "== pytest ($("$VPY" -V))"
+"$VPY" -m pytest "$@" || status=$?
+
+# The same suite on the other supported interpreters installed here (pyenv or PATH).
+for version in 3.12 3.13; do
+    other=""
+    if command -v "python$version" >/dev/null 2>&1; then
+        other="$(command -v "python$version")"
+    elif command -v pyenv >/dev/null 2>&1; then
+        found="$(pyenv root)/versions/$(pyenv versions --bare 2>/dev/null | grep -E "^$version(\.[0-9]+)?$" | tail -1)/bin/python"
+        [ -x "$found" ] && other="$found"
+    fi
+    [ -n "$other" ] || { echo "== Python $version not installed here: skipped"; continue; }
+    ensure_venv "$ROOT/.venv-$version" "$other" dev
+    echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
+    "$ROOT/.venv-$version/bin/python" -m pytest -q "$@" || status=$?
+done
+exit $status

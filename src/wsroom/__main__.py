@@ -1,0 +1,39 @@
+"""Command line: ``wsroom demo`` (also ``python -m wsroom demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wsroom`` command."""
+    parser = argparse.ArgumentParser(prog="wsroom", description="wsroom command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the demo chat server")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    demo.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "demo":
+        from .demo import run
+
+        try:
+            asyncio.run(run(args.host, args.port))
+        except OSError as exc:
+            print(
+                f"wsroom demo: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

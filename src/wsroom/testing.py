@@ -1,0 +1,239 @@
+"""Test your rooms without sockets.
+
+:class:`TestClient` connects to a :class:`~wsroom.ConnectionManager` through an in-memory
+transport and speaks the protocol as a real client would: the same handshake checks, the
+same frames, the same limits. Use it in your application's tests::
+
+    async def test_only_members_can_post():
+        manager = ConnectionManager(ChatRoom)
+        async with TestClient(manager, user="alice") as alice:
+            await alice.join("lobby")
+            await alice.send({"type": "message", "room": "lobby", "data": "hi"})
+            assert (await alice.receive())["data"] == "hi"
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .connection import Connection, Transport
+from .exceptions import HandshakeRejected
+from .handshake import Handshake
+from .manager import ConnectionManager
+
+__all__ = ["MemoryTransport", "TestClient"]
+
+_UNSET: Any = object()
+
+
+class MemoryTransport(Transport):
+    """A :class:`~wsroom.Transport` that hands frames to an in-memory client.
+
+    With ``reading=False`` it behaves like a client that stopped reading: frames stay in the
+    connection's queue until it overflows. Call :meth:`resume_reading` to read again.
+    """
+
+    def __init__(self, *, reading: bool = True) -> None:
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self.reading = reading
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.aborted = False
+        self.closed = asyncio.Event()
+        self._resumed = asyncio.Event()
+
+    def wake(self) -> None:
+        if self.reading and self.connection is not None:
+            for frame in self.connection.take_outgoing():
+                self.frames.put_nowait(frame)
+
+    def resume_reading(self) -> None:
+        """Start taking frames again, as a client that read its socket would."""
+        self.reading = True
+        self._resumed.set()
+        self.wake()
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.reading:
+            # A client that does not read never completes the closing handshake; the
+            # manager's deadline ends this wait with abort().
+            await self._resumed.wait()
+        self.wake()
+        self._closed(code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self._closed(1006, "")
+
+    def _closed(self, code: int, reason: str) -> None:
+        if not self.closed.is_set():
+            self.close_code = code
+            self.close_reason = reason
+            self.closed.set()
+
+
+class TestClient:
+    """An in-memory client of a :class:`~wsroom.ConnectionManager`, for tests.
+
+    Args:
+        manager: The manager under test.
+        user: Skip the authenticate hook and connect as this user id.
+        path: The request path of the handshake (query string included), e.g.
+            ``"/ws?token=abc"``; the authenticate hook sees it when ``user`` is not given.
+        headers: Handshake headers, e.g. ``{"Origin": "https://example.com"}``.
+        reading: ``False`` makes a client that never reads (frames pile up server-side).
+        timeout: Default seconds :meth:`receive` waits.
+
+    Raises:
+        HandshakeRejected: on entering, when the origin or the authenticate hook refuses.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        *,
+        user: str | None = _UNSET,
+        path: str = "/ws",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        reading: bool = True,
+        timeout: float = 2.0,
+    ) -> None:
+        self.manager = manager
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        self.handshake = Handshake.from_target(path, list(items), ("127.0.0.1", 0))
+        self.transport = MemoryTransport(reading=reading)
+        self.timeout = timeout
+        self._user = user
+        self._ref = 0
+        self.connection: Connection | None = None
+        self.welcome: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TestClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> dict[str, Any]:
+        """Run the handshake and return the ``welcome`` frame."""
+        if self._user is _UNSET:
+            self.manager.select_subprotocol(self.handshake.subprotocols)
+            user = await self.manager.authorize(self.handshake)
+        else:
+            if self.manager.closing:
+                raise HandshakeRejected(503, "Server shutting down")
+            user = self._user
+        self.connection = await self.manager.accept(self.transport, self.handshake, user)
+        if not self.transport.reading:
+            return {}
+        self.welcome = await self.receive()
+        return self.welcome
+
+    @property
+    def user(self) -> str | None:
+        """The user id the server gave this client."""
+        return self.connection.user if self.connection is not None else None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the server sent, 1006 if it aborted, ``None`` while open."""
+        return self.transport.close_code
+
+    def next_ref(self) -> int:
+        """A fresh ``ref`` for a request."""
+        self._ref += 1
+        return self._ref
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        """Send one frame: a dict is encoded with the manager's protocol, ``str`` and
+        ``bytes`` go as they are (text and binary frames)."""
+        if self.connection is None:
+            raise RuntimeError("connect first: use 'async with TestClient(...)'")
+        raw: str | bytes
+        if isinstance(frame, dict):
+            encoded = self.manager.encode(frame)
+            raw = encoded if self.manager.protocol.binary else encoded.decode("utf-8")
+        else:
+            raw = frame
+        await self.manager.receive(self.connection, raw)
+
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame the server sent, decoded.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            frame = await self.transport.frames.get()
+        decoded: dict[str, Any] = self.manager.protocol.loads(
+            frame if self.manager.protocol.binary else frame.decode("utf-8")
+        )
+        return decoded
+
+    def receive_nowait(self) -> dict[str, Any] | None:
+        """The next frame if one is waiting, else ``None``."""
+        try:
+            frame = self.transport.frames.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        decoded: dict[str, Any] = self.manager.protocol.loads(
+            frame if self.manager.protocol.binary else frame.decode("utf-8")
+        )
+        return decoded
+
+    async def receive_type(self, type: str, timeout: float | None = None) -> dict[str, Any]:
+        """Skip frames until one of ``type`` arrives, and return it."""
+        async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            while True:
+                frame = await self.receive(timeout=float("inf"))
+                if frame.get("type") == type:
+                    return frame
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send ``frame`` with a fresh ``ref`` and return the direct answer to it."""
+        ref = self.next_ref()
+        await self.send({**frame, "ref": ref})
+        async with asyncio.timeout(self.timeout):
+            while True:
+                answer = await self.receive(timeout=float("inf"))
+                if answer.get("ref") == ref and answer.get("type") in (
+                    "joined",
+                    "left",
+                    "ack",
+                    "pong",
+                    "error",
+                ):
+                    return answer
+
+    async def join(self, room: str, data: Any = None, **fields: Any) -> dict[str, Any]:
+        """Join ``room`` and return the ``joined`` frame (or the ``error`` frame)."""
+        frame: dict[str, Any] = {"type": "join", "room": room, **fields}
+        if data is not None:
+            frame["data"] = data
+        return await self.request(frame)
+
+    async def leave(self, room: str) -> dict[str, Any]:
+        """Leave ``room`` and return the ``left`` (or ``error``) frame."""
+        return await self.request({"type": "leave", "room": room})
+
+    async def message(self, room: str, data: Any) -> dict[str, Any]:
+        """Send a ``message`` and return its ``ack`` (or ``error``)."""
+        return await self.request({"type": "message", "room": room, "data": data})
+
+    async def close(self) -> None:
+        """Disconnect, as a client closing its socket would."""
+        if self.connection is not None:
+            self.transport._closed(1000, "")
+            await self.manager.release(self.connection)
+
+    async def wait_closed(self, timeout: float | None = None) -> int | None:
+        """Wait until the server closed or aborted this client; return the close code."""
+        async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            await self.transport.closed.wait()
+        return self.transport.close_code
