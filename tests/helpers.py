@@ -11,8 +11,9 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
-from wsroom import ConnectionManager
+from wsroom import ConnectionManager, Handshake
 
 # One timing unit for the whole suite, scaled for slow machines (WSROOM_TEST_TIMEOUT_FACTOR).
 TIMEOUT = 5.0 * float(os.environ.get("WSROOM_TEST_TIMEOUT_FACTOR", "1"))
@@ -53,7 +54,9 @@ class Client:
     ) -> Client:
         ws = await websockets.connect(
             url + path,
-            subprotocols=subprotocols if subprotocols is not None else ["wsroom.v1"],  # type: ignore[arg-type]
+            subprotocols=[Subprotocol(p) for p in subprotocols]
+            if subprotocols is not None
+            else [Subprotocol("wsroom.v1")],
             open_timeout=TIMEOUT,
             **kwargs,
         )
@@ -117,8 +120,25 @@ class Client:
                     await self.ws.recv()
             except websockets.ConnectionClosed:
                 pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return rcvd.code if rcvd is not None else None
+
+    async def recv_answer(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Skip broadcasts and events; return the next direct answer (joined, left, ack, ...)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout=timeout)
+                if frame["type"] in ("joined", "left", "ack", "pong", "error"):
+                    return frame
+
+    async def expect_close(self, timeout: float = TIMEOUT) -> int | None:
+        """Assert the server closes before sending any other frame; return its close code."""
+        try:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        except websockets.ConnectionClosed:
+            rcvd = self.ws.protocol.close_rcvd
+            return rcvd.code if rcvd is not None else None
+        raise AssertionError(f"expected the server to close, got the frame {raw!r}")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01) -> None:
@@ -126,3 +146,157 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, inte
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(interval)
+
+
+def adapter_name(factory: ServerFactory) -> str:
+    """The name of a ``start_server`` factory in :data:`ADAPTERS`."""
+    for name, candidate in ADAPTERS.items():
+        if candidate is factory:
+            return name
+    raise LookupError(f"{factory!r} is not in ADAPTERS")
+
+
+def user_from_query(handshake: Handshake) -> str | None:
+    """An ``authenticate`` hook: the user id is the ``user`` query parameter (none: HTTP 401)."""
+    return handshake.query.get("user") or None
+
+
+async def connect_as(url: str, user: str, **kwargs: Any) -> Client:
+    """Connect as ``user`` to a manager whose ``authenticate`` is :func:`user_from_query`."""
+    return await Client.connect(url, f"/ws?user={user}", **kwargs)
+
+
+async def connect_raw(url: str, path: str = "/ws", **kwargs: Any) -> ClientConnection:
+    """A plain ``websockets`` client: no subprotocol offered unless given, welcome not read."""
+    return await websockets.connect(url + path, open_timeout=TIMEOUT, **kwargs)
+
+
+@asynccontextmanager
+async def websockets_handler_server(
+    manager: ConnectionManager, *, checks: bool = False
+) -> AsyncIterator[str]:
+    """A ``websockets`` server running ``WebsocketsAdapter(manager).handler``.
+
+    With ``checks=False`` it is started with no options at all, so nothing runs before the
+    upgrade (the handler's own fallback checks apply); with ``checks=True`` it gets the
+    adapter's ``options()``. Unlike the adapter's ``serve``, it does not start the manager:
+    the first connection does.
+    """
+    from websockets.asyncio.server import serve
+
+    from wsroom.adapters.websockets import WebsocketsAdapter
+
+    adapter = WebsocketsAdapter(manager)
+    options = adapter.options() if checks else {}
+    async with serve(adapter.handler, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        try:
+            yield f"ws://127.0.0.1:{port}"
+        finally:
+            await manager.shutdown()
+
+
+# The exact fields of each server frame type (PROTOCOL.md, "Server to client").
+SERVER_FRAME_FIELDS: dict[str, frozenset[str]] = {
+    "welcome": frozenset({"type", "connection", "user", "protocol", "heartbeat"}),
+    "joined": frozenset({"type", "room", "ref", "members", "history", "offset", "epoch"}),
+    "left": frozenset({"type", "room", "ref"}),
+    "message": frozenset({"type", "room", "id", "from", "data", "ts"}),
+    "direct": frozenset({"type", "id", "from", "data", "ts"}),
+    "presence": frozenset({"type", "room", "event", "user"}),
+    "ack": frozenset({"type", "ref"}),
+    "pong": frozenset({"type", "ref"}),
+    "error": frozenset({"type", "code", "message", "ref"}),
+}
+SERVER_FRAME_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
+    "joined": frozenset({"recovered"}),
+    "ack": frozenset({"id"}),
+}
+ERROR_CODES = frozenset(
+    {
+        "invalid_json",
+        "invalid_message",
+        "unknown_type",
+        "not_joined",
+        "forbidden",
+        "room_full",
+        "user_offline",
+        "rate_limited",
+        "internal_error",
+    }
+)
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_ref(value: object) -> bool:
+    return value is None or (isinstance(value, str) and len(value) <= 64) or _is_int(value)
+
+
+def check_frame(frame: dict[str, Any], type_: str | None = None) -> dict[str, Any]:
+    """Assert a server frame has exactly the fields PROTOCOL.md gives its type; return it."""
+    kind = frame["type"]
+    if type_ is not None:
+        assert kind == type_, frame
+    assert kind in SERVER_FRAME_FIELDS, f"not a protocol frame: {frame}"
+    required = SERVER_FRAME_FIELDS[kind]
+    optional = SERVER_FRAME_OPTIONAL_FIELDS.get(kind, frozenset())
+    keys = set(frame)
+    assert required <= keys, f"{kind} misses {sorted(required - keys)}: {frame}"
+    assert keys <= required | optional, f"{kind} has extra {sorted(keys - required - optional)}"
+    if "ref" in frame:
+        assert _is_ref(frame["ref"]), frame
+    if kind == "welcome":
+        assert isinstance(frame["connection"], str), frame
+        assert frame["connection"], frame
+        assert frame["user"] is None or isinstance(frame["user"], str), frame
+        assert _is_int(frame["protocol"]), frame
+        heartbeat = frame["heartbeat"]
+        assert heartbeat is None or isinstance(heartbeat, int | float), frame
+    elif kind == "joined":
+        assert isinstance(frame["room"], str), frame
+        assert isinstance(frame["members"], list), frame
+        assert all(isinstance(user, str) for user in frame["members"]), frame
+        assert isinstance(frame["history"], list), frame
+        for message in frame["history"]:
+            check_frame(message, "message")
+            assert message["room"] == frame["room"], frame
+        ids = [message["id"] for message in frame["history"]]
+        assert ids == sorted(set(ids)), f"history not oldest first: {ids}"
+        assert _is_int(frame["offset"]), frame
+        assert frame["offset"] >= 0, frame
+        assert not ids or ids[-1] <= frame["offset"], frame
+        assert isinstance(frame["epoch"], str), frame
+        assert frame["epoch"], frame
+        if "recovered" in frame:
+            assert isinstance(frame["recovered"], bool), frame
+    elif kind in ("message", "direct"):
+        assert _is_int(frame["id"]), frame
+        assert frame["id"] >= 1, frame
+        assert frame["from"] is None or isinstance(frame["from"], str), frame
+        assert _is_int(frame["ts"]), frame
+        if kind == "message":
+            assert isinstance(frame["room"], str), frame
+    elif kind == "presence":
+        assert isinstance(frame["room"], str), frame
+        assert frame["event"] in ("join", "leave"), frame
+        assert isinstance(frame["user"], str), frame
+    elif kind == "ack":
+        if "id" in frame:
+            assert _is_int(frame["id"]), frame
+    elif kind == "error":
+        assert frame["code"] in ERROR_CODES, frame
+        assert isinstance(frame["message"], str), frame
+        assert frame["message"], frame
+    return frame
+
+
+def check_error(frame: dict[str, Any], code: str, ref: str | int | None = None) -> dict[str, Any]:
+    """Assert ``frame`` is an ``error`` with ``code`` echoing ``ref``; return it."""
+    check_frame(frame, "error")
+    assert frame["code"] == code, frame
+    assert frame["ref"] == ref, frame
+    assert type(frame["ref"]) is type(ref), frame
+    return frame

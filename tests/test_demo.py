@@ -1,0 +1,78 @@
+"""The demo chat: its page, its WebSocket, and its command line with graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from tests.helpers import TIMEOUT, Client
+from wsroom.demo import demo_server
+
+
+async def _http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    status = int(response.split(b" ", 2)[1])
+    return status, response.partition(b"\r\n\r\n")[2]
+
+
+async def test_demo_serves_page_and_chat() -> None:
+    async with demo_server("127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        status, body = await _http_get(port, "/")
+        assert status == 200
+        assert b"<title>" in body and b"wsroom.v1" in body
+        assert (await _http_get(port, "/missing"))[0] == 404
+
+        url = f"ws://127.0.0.1:{port}"
+        alice = await Client.connect(url, "/ws?name=alice")
+        guest = await Client.connect(url, "/ws")
+        assert alice.welcome["user"] == "alice"
+        assert guest.welcome["user"].startswith("guest-")
+        await alice.join("lobby")
+        await guest.join("lobby")
+        await guest.send({"type": "typing", "room": "lobby"})
+        assert (await alice.recv_type("typing"))["data"] == {"user": guest.welcome["user"]}
+        await guest.close()
+        await alice.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_demo_command_shuts_down_gracefully_on_ctrl_c() -> None:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsroom",
+        "demo",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+        assert f"http://127.0.0.1:{port}/".encode() in line
+        client = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
+        await client.join("lobby")
+        process.send_signal(signal.SIGINT)
+        assert await client.wait_closed() == 1001
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

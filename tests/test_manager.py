@@ -1,0 +1,368 @@
+"""The core, through the in-memory transport: hooks, server API, limits, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from wsroom import (
+    CloseCode,
+    ConfigurationError,
+    Connection,
+    ConnectionClosedError,
+    ConnectionManager,
+    EncodeError,
+    HandshakeRejected,
+    Limits,
+    Message,
+    ProtocolError,
+    Room,
+)
+from wsroom.testing import TestClient
+
+
+class Recorder(Room):
+    """A room that records its hooks, as def and async def."""
+
+    events: list[tuple[str, str, str | None]] = []
+
+    def can_join(self, conn: Connection, data: Any) -> bool:
+        return data != "let me down"
+
+    async def on_join(self, conn: Connection) -> None:
+        self.events.append(("join", self.name, conn.user))
+
+    def on_leave(self, conn: Connection) -> None:
+        self.events.append(("leave", self.name, conn.user))
+
+    def on_shout(self, conn: Connection, message: Message) -> None:
+        conn.send_event("echo", str(message.data).upper(), room=self.name)
+
+    async def on_fail(self, conn: Connection, message: Message) -> None:
+        raise RuntimeError("secret database password in this text")
+
+    async def on_refuse(self, conn: Connection, message: Message) -> None:
+        raise ProtocolError("forbidden", "not you")
+
+
+@pytest.fixture(autouse=True)
+def _clear_events() -> None:
+    Recorder.events = []
+
+
+async def test_hooks_def_and_async_are_called() -> None:
+    manager = ConnectionManager(Recorder)
+    async with TestClient(manager, user="ann") as ann:
+        assert (await ann.join("r1"))["type"] == "joined"
+        refused = await ann.join("r2", data="let me down")
+        assert refused["code"] == "forbidden"
+        assert manager.rooms() == ["r1"]  # the refused room was not kept
+        await ann.send({"type": "shout", "room": "r1", "data": "hey", "ref": "s"})
+        assert await ann.receive() == {"type": "echo", "data": "HEY", "room": "r1"}
+        assert await ann.receive() == {"type": "ack", "ref": "s"}
+        await ann.leave("r1")
+    assert Recorder.events == [("join", "r1", "ann"), ("leave", "r1", "ann")]
+    assert manager.rooms() == []
+
+
+async def test_hook_exception_is_logged_and_answered_without_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = ConnectionManager(Recorder)
+    async with TestClient(manager, user="ann") as ann:
+        await ann.join("r")
+        with caplog.at_level(logging.ERROR, "wsroom"):
+            error = await ann.request({"type": "fail", "room": "r"})
+        assert error["code"] == "internal_error"
+        assert "secret" not in error["message"]
+        assert "secret database password" in caplog.text
+        refused = await ann.request({"type": "refuse", "room": "r"})
+        assert (refused["code"], refused["message"]) == ("forbidden", "not you")
+        # The connection lives on.
+        assert (await ann.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_room_class_function_chooses_class_or_refuses() -> None:
+    class Small(Room):
+        max_members = 1
+
+    def choose(name: str) -> type[Room] | None:
+        if name.startswith("small:"):
+            return Small
+        return Room if name.startswith("open:") else None
+
+    manager = ConnectionManager(choose)
+    async with TestClient(manager, user="a") as a, TestClient(manager, user="b") as b:
+        assert (await a.join("nowhere"))["code"] == "forbidden"
+        await a.join("small:x")
+        assert isinstance(manager.room("small:x"), Small)
+        assert (await b.join("small:x"))["code"] == "room_full"
+        assert (await b.join("open:x"))["type"] == "joined"
+
+
+def test_invalid_settings_fail_at_construction() -> None:
+    class Bad(Room):
+        history_size = -1
+
+    with pytest.raises(ConfigurationError, match="history_size"):
+        ConnectionManager(Bad)
+    with pytest.raises(ConfigurationError, match="subclass"):
+        ConnectionManager(int)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="heartbeat"):
+        ConnectionManager(heartbeat=0)
+    with pytest.raises(ConfigurationError, match="rate"):
+        Limits(rate=-1)
+    with pytest.raises(ConfigurationError, match="overflow"):
+        Limits(overflow="block")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_queue"):
+        Limits(max_queue=0)
+    manager = ConnectionManager()
+    with pytest.raises(ConfigurationError, match="protocol"):
+        manager.handler("join")
+
+
+async def test_server_api_reaches_rooms_users_and_everyone() -> None:
+    manager = ConnectionManager()
+    async with (
+        TestClient(manager, user="ann") as ann,
+        TestClient(manager, user="ann") as ann2,
+        TestClient(manager, user="bob") as bob,
+    ):
+        await ann.join("lobby")
+        await bob.join("lobby")
+        await ann.receive_type("presence")
+        message_id = await manager.broadcast("lobby", {"notice": "hello"})
+        for client in (ann, bob):
+            frame = await client.receive_type("message")
+            assert (frame["id"], frame["from"], frame["data"]) == (message_id, None, {"notice": "hello"})
+        # Rooms without members keep the message in their history.
+        assert await manager.broadcast("empty", "kept") == 1
+        assert (await bob.join("empty"))["history"][0]["data"] == "kept"
+
+        direct_id = await manager.send_to_user("ann", "psst", sender="system")
+        for client in (ann, ann2):
+            frame = await client.receive_type("direct")
+            assert (frame["id"], frame["from"], frame["data"]) == (direct_id, "system", "psst")
+        assert await manager.send_to_user("nobody", "x") is None
+
+        await manager.send_all("maintenance", {"in": 5})
+        for client in (ann, ann2, bob):
+            assert await client.receive_type("maintenance") == {"type": "maintenance", "data": {"in": 5}}
+
+        await manager.broadcast_event("lobby", "poll", [1, 2])
+        assert (await bob.receive_type("poll"))["room"] == "lobby"
+
+        assert sorted(await manager.members("lobby")) == ["ann", "bob"]
+        assert {c.user for c in manager.user_connections("ann")} == {"ann"}
+        assert manager.connection(ann.welcome["connection"]) is ann.connection  # type: ignore[index]
+
+        assert await manager.disconnect_user("ann", CloseCode.POLICY_VIOLATION, "banned") == 2
+        assert await ann.wait_closed() == 1008
+        assert await ann2.wait_closed() == 1008
+        assert manager.user_connections("ann") == []
+        leave = await bob.receive_type("presence")
+        assert (leave["event"], leave["user"]) == ("leave", "ann")
+        stats = manager.statistics()
+        assert (stats.connections, stats.users, stats.rooms) == (1, 1, 2)
+
+
+async def test_server_api_rejects_misuse_clearly() -> None:
+    manager = ConnectionManager()
+    async with TestClient(manager, user="ann") as ann:
+        with pytest.raises(ValueError, match="invalid room name"):
+            await manager.broadcast("bad name", 1)
+        with pytest.raises(ValueError, match="protocol itself"):
+            await manager.send_all("message", 1)
+        with pytest.raises(EncodeError, match="JSON"):
+            await manager.broadcast("lobby", {1, 2})
+        with pytest.raises(ValueError, match="protocol itself"):
+            assert ann.connection is not None
+            ann.connection.send_event("joined")
+        await ann.connection.close()
+        assert ann.close_code == 1000
+        with pytest.raises(ConnectionClosedError):
+            ann.connection.send_event("later")
+
+
+async def test_registered_handler_for_roomless_frames() -> None:
+    manager = ConnectionManager()
+    seen: list[Any] = []
+
+    @manager.handler("whoami")
+    async def whoami(conn: Connection, message: Message) -> None:
+        seen.append(message.data)
+        conn.send_event("you", {"user": conn.user})
+
+    async with TestClient(manager, user="ann") as ann:
+        await ann.send({"type": "whoami", "data": 7, "ref": 1})
+        assert await ann.receive() == {"type": "you", "data": {"user": "ann"}}
+        assert await ann.receive() == {"type": "ack", "ref": 1}
+        assert seen == [7]
+        assert (await ann.request({"type": "whoisit"}))["code"] == "unknown_type"
+
+
+async def test_echo_false_and_exclude() -> None:
+    class Quiet(Room):
+        echo = False
+
+    manager = ConnectionManager(Quiet)
+    async with TestClient(manager, user="a") as a, TestClient(manager, user="b") as b:
+        await a.join("q")
+        await b.join("q")
+        ack = await a.message("q", "hi")
+        assert ack["id"] == 1
+        assert (await b.receive_type("message"))["data"] == "hi"
+        pong = await a.request({"type": "ping"})
+        assert pong["type"] == "pong"  # nothing was queued to the sender before it
+        assert a.receive_nowait() is None
+
+
+async def test_overflow_evicts_only_the_slow_client() -> None:
+    limits = Limits(max_queue=8, max_queue_bytes=10_000)
+    manager = ConnectionManager(limits=limits)
+    async with TestClient(manager, user="fast") as fast, TestClient(manager, user="slow", reading=False) as slow:
+        await fast.join("r")
+        assert slow.connection is not None
+        await manager.receive(slow.connection, '{"type":"join","room":"r"}')
+        for index in range(20):
+            await manager.broadcast("r", index)
+        assert slow.connection.closed
+        assert slow.connection.close_code == 1013
+        assert manager.statistics().evictions == 1
+        assert slow.connection not in manager.room("r").connections  # type: ignore[union-attr]
+        # Its closing handshake cannot finish; the deadline aborts it.
+        assert await slow.wait_closed(timeout=3) == 1006
+        assert slow.transport.aborted
+        received = [(await fast.receive_type("message"))["data"] for _ in range(20)]
+        assert received == list(range(20))
+
+
+async def test_drop_oldest_keeps_the_newest_frames() -> None:
+    manager = ConnectionManager(limits=Limits(max_queue=5, overflow="drop_oldest"))
+    async with TestClient(manager, user="slow", reading=False) as slow:
+        assert slow.connection is not None
+        await manager.receive(slow.connection, '{"type":"join","room":"r"}')
+        for index in range(10):
+            await manager.broadcast("r", index)
+        assert not slow.connection.closed
+        assert manager.statistics().dropped_frames > 0
+        slow.transport.resume_reading()
+        frames = [slow.receive_nowait() for _ in range(5)]
+        assert [f["data"] for f in frames if f] == [5, 6, 7, 8, 9]
+
+
+async def test_rate_limit_errors_then_closes_on_abuse() -> None:
+    limits = Limits(rate=1, rate_burst=2, rate_abuse_strikes=3, rate_abuse_window=60)
+    manager = ConnectionManager(limits=limits)
+    async with TestClient(manager, user="spam") as spam:
+        for ref in range(2):
+            await spam.send({"type": "ping", "ref": ref})
+            assert (await spam.receive())["type"] == "pong"
+        for ref in range(2, 5):
+            await spam.send({"type": "ping", "ref": ref})
+            error = await spam.receive()
+            assert (error["code"], error["ref"]) == ("rate_limited", ref)
+        assert await spam.wait_closed() == 1008
+
+
+async def test_frame_too_large_closes_with_1009() -> None:
+    manager = ConnectionManager(limits=Limits(max_frame_size=100))
+    async with TestClient(manager, user="big") as big:
+        # 30 characters of 4 bytes each: 120 bytes, over the limit though only 30 long.
+        await big.send('{"type":"ping","x":"' + "\U0001f600" * 30 + '"}')
+        assert await big.wait_closed() == 1009
+
+
+async def test_heartbeat_closes_silent_clients() -> None:
+    manager = ConnectionManager(heartbeat=0.05)
+    async with TestClient(manager, user="quiet") as quiet:
+        assert quiet.welcome is not None and quiet.welcome["heartbeat"] == 0.05
+        assert await quiet.wait_closed() == 1008
+        assert quiet.transport.close_reason == "heartbeat timeout"
+    await manager.shutdown()
+
+
+async def test_limits_on_rooms() -> None:
+    manager = ConnectionManager(limits=Limits(max_rooms_per_connection=2, max_rooms=3))
+    async with TestClient(manager, user="a") as a, TestClient(manager, user="b") as b:
+        await a.join("r1")
+        await a.join("r2")
+        assert (await a.join("r3"))["code"] == "forbidden"
+        await b.join("r3")
+        assert (await b.join("r4"))["code"] == "forbidden"
+        assert (await b.join("r1"))["type"] == "joined"  # existing rooms stay joinable
+
+
+async def test_rejoin_answers_joined_again_without_presence() -> None:
+    manager = ConnectionManager()
+    async with TestClient(manager, user="a") as a, TestClient(manager, user="b") as b:
+        await a.join("r")
+        await b.join("r")
+        await a.receive_type("presence")
+        again = await b.join("r")
+        assert again["type"] == "joined" and again["members"] == ["a", "b"]
+        await a.request({"type": "ping"})
+        assert a.receive_nowait() is None
+
+
+async def test_shutdown_flushes_then_closes_and_refuses_new_clients() -> None:
+    manager = ConnectionManager()
+    async with TestClient(manager, user="a") as a:
+        await a.join("r")
+        await manager.broadcast("r", "last words")
+        await manager.shutdown(timeout=1)
+        assert (await a.receive_type("message"))["data"] == "last words"
+        assert await a.wait_closed() == 1001
+        with pytest.raises(HandshakeRejected) as refused:
+            await TestClient(manager).connect()
+        assert refused.value.status == 503
+    assert manager.statistics().connections == 0
+
+
+async def test_disconnect_leaves_rooms_and_fires_presence_once() -> None:
+    manager = ConnectionManager(Recorder)
+    async with TestClient(manager, user="watcher") as watcher:
+        await watcher.join("r")
+        tab1 = TestClient(manager, user="ann")
+        tab2 = TestClient(manager, user="ann")
+        await tab1.connect()
+        await tab2.connect()
+        await tab1.join("r")
+        await tab2.join("r")
+        assert (await watcher.receive_type("presence"))["event"] == "join"
+        await tab1.close()
+        await tab2.close()
+        leave = await watcher.receive_type("presence")
+        assert (leave["event"], leave["user"]) == ("leave", "ann")
+        await watcher.request({"type": "ping"})
+        assert watcher.receive_nowait() is None
+    assert Recorder.events.count(("leave", "r", "ann")) == 2
+
+
+async def test_manager_is_bound_to_one_loop() -> None:
+    manager = ConnectionManager()
+    await manager.start()
+
+    def other_loop() -> None:
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(manager.start())
+
+    await asyncio.to_thread(other_loop)
+    await manager.shutdown()
+
+
+async def test_statistics_count_traffic() -> None:
+    manager = ConnectionManager()
+    async with TestClient(manager, user="a") as a:
+        await a.join("r")
+        await a.message("r", 1)
+        await a.send("not json")
+        await a.receive_type("error")
+        stats = manager.statistics()
+        assert stats.frames_received == 3
+        assert stats.messages_published == 1
+        assert stats.errors_sent == 1
+        assert stats.queued_frames == 0 and stats.queued_bytes == 0
