@@ -7,7 +7,7 @@ from wsroom.adapters.websockets import serve
 
 
 class ChatRoom(Room):
-    history_size = 100          # replayed to whoever joins, and used for recovery
+    history_size = 100  # replayed to whoever joins, and used for recovery
     max_members = 500
 
     def can_join(self, conn: Connection, data: object) -> bool:

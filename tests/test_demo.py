@@ -14,7 +14,9 @@ from wsroom.demo import demo_server
 
 async def _http_get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    )
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()

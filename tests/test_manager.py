@@ -30,7 +30,7 @@ class Recorder(Room):
     events: list[tuple[str, str, str | None]] = []
 
     def can_join(self, conn: Connection, data: Any) -> bool:
-        return data != "let me down"
+        return bool(data != "let me down")
 
     async def on_join(self, conn: Connection) -> None:
         self.events.append(("join", self.name, conn.user))
@@ -137,7 +137,11 @@ async def test_server_api_reaches_rooms_users_and_everyone() -> None:
         message_id = await manager.broadcast("lobby", {"notice": "hello"})
         for client in (ann, bob):
             frame = await client.receive_type("message")
-            assert (frame["id"], frame["from"], frame["data"]) == (message_id, None, {"notice": "hello"})
+            assert (frame["id"], frame["from"], frame["data"]) == (
+                message_id,
+                None,
+                {"notice": "hello"},
+            )
         # Rooms without members keep the message in their history.
         assert await manager.broadcast("empty", "kept") == 1
         assert (await bob.join("empty"))["history"][0]["data"] == "kept"
@@ -150,7 +154,10 @@ async def test_server_api_reaches_rooms_users_and_everyone() -> None:
 
         await manager.send_all("maintenance", {"in": 5})
         for client in (ann, ann2, bob):
-            assert await client.receive_type("maintenance") == {"type": "maintenance", "data": {"in": 5}}
+            assert await client.receive_type("maintenance") == {
+                "type": "maintenance",
+                "data": {"in": 5},
+            }
 
         await manager.broadcast_event("lobby", "poll", [1, 2])
         assert (await bob.receive_type("poll"))["room"] == "lobby"
@@ -178,13 +185,14 @@ async def test_server_api_rejects_misuse_clearly() -> None:
             await manager.send_all("message", 1)
         with pytest.raises(EncodeError, match="JSON"):
             await manager.broadcast("lobby", {1, 2})
+        conn = ann.connection
+        assert conn is not None
         with pytest.raises(ValueError, match="protocol itself"):
-            assert ann.connection is not None
-            ann.connection.send_event("joined")
-        await ann.connection.close()
+            conn.send_event("joined")
+        await conn.close()
         assert ann.close_code == 1000
         with pytest.raises(ConnectionClosedError):
-            ann.connection.send_event("later")
+            conn.send_event("later")
 
 
 async def test_registered_handler_for_roomless_frames() -> None:
@@ -223,7 +231,10 @@ async def test_echo_false_and_exclude() -> None:
 async def test_overflow_evicts_only_the_slow_client() -> None:
     limits = Limits(max_queue=8, max_queue_bytes=10_000)
     manager = ConnectionManager(limits=limits)
-    async with TestClient(manager, user="fast") as fast, TestClient(manager, user="slow", reading=False) as slow:
+    async with (
+        TestClient(manager, user="fast") as fast,
+        TestClient(manager, user="slow", reading=False) as slow,
+    ):
         await fast.join("r")
         assert slow.connection is not None
         await manager.receive(slow.connection, '{"type":"join","room":"r"}')
@@ -232,7 +243,8 @@ async def test_overflow_evicts_only_the_slow_client() -> None:
         assert slow.connection.closed
         assert slow.connection.close_code == 1013
         assert manager.statistics().evictions == 1
-        assert slow.connection not in manager.room("r").connections  # type: ignore[union-attr]
+        room = manager.room("r")
+        assert room is not None and slow.connection not in room.connections
         # Its closing handshake cannot finish; the deadline aborts it.
         assert await slow.wait_closed(timeout=3) == 1006
         assert slow.transport.aborted

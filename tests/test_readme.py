@@ -8,6 +8,7 @@ import runpy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websockets
 
 from tests.helpers import TIMEOUT, Client
@@ -39,22 +40,21 @@ async def test_readme_test_passes() -> None:
 
 async def test_example_server_over_a_socket() -> None:
     namespace = _example()
-    manager = namespace["ConnectionManager"](namespace["ChatRoom"], authenticate=namespace["authenticate"])
+    manager = namespace["ConnectionManager"](
+        namespace["ChatRoom"], authenticate=namespace["authenticate"]
+    )
     from wsroom.adapters.websockets import serve
 
     async with serve(manager, "127.0.0.1", 0) as server:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        try:
+        with pytest.raises(websockets.InvalidStatus) as refused:
             await Client.connect(url, "/")
-        except websockets.InvalidStatus as exc:
-            assert exc.response.status_code == 401
-        else:  # pragma: no cover - the assertion documents the expectation
-            raise AssertionError("a client without ?user= must be refused")
+        assert refused.value.response.status_code == 401
         alice = await Client.connect(url, "/?user=alice")
         bob = await Client.connect(url, "/?user=bob")
         assert (await alice.join("staff:ops"))["members"] == ["alice"]
-        refused = await bob.request({"type": "join", "room": "staff:ops"})
-        assert refused["code"] == "forbidden"
+        answer = await bob.request({"type": "join", "room": "staff:ops"})
+        assert answer["code"] == "forbidden"
         await alice.join("lobby")
         await bob.join("lobby")
         await bob.send({"type": "typing", "room": "lobby"})

@@ -27,7 +27,7 @@ from .protocol import (
     MessageProtocol,
     is_valid_room_name,
 )
-from .room import Room
+from .room import HookResult, Room
 
 __all__ = [
     "SUBPROTOCOL",
@@ -44,6 +44,7 @@ __all__ = [
     "Handshake",
     "HandshakeRejected",
     "Headers",
+    "HookResult",
     "Limits",
     "MemoryBackplane",
     "Message",

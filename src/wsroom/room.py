@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from .exceptions import ConfigurationError
 from .limits import _is_positive_number
@@ -13,7 +14,10 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .manager import ConnectionManager
 
-__all__ = ["Room"]
+__all__ = ["HookResult", "Room"]
+
+HookResult: TypeAlias = Awaitable[None] | None
+"""What a hook returns: nothing (``def``) or an awaitable (``async def``)."""
 
 # Methods of Room that a client's custom type must never reach through ``on_<type>``.
 _BUILTIN_HOOKS = frozenset({"on_join", "on_leave", "on_message"})
@@ -56,21 +60,26 @@ class Room:
 
     # Hooks.
 
-    def can_join(self, conn: Connection, data: Any) -> bool:
+    def can_join(self, conn: Connection, data: Any) -> bool | Awaitable[bool]:
         """Decide whether ``conn`` may join; ``data`` is the ``join`` frame's ``data``.
 
         Returning ``False`` answers ``forbidden``. The default lets everyone in.
         """
         return True
 
-    def on_join(self, conn: Connection) -> None:
+    def on_join(self, conn: Connection) -> HookResult:
         """Called after ``conn`` joined (its ``joined`` frame is already queued)."""
+        return None
 
-    def on_leave(self, conn: Connection) -> None:
+    def on_leave(self, conn: Connection) -> HookResult:
         """Called after ``conn`` left, by ``leave`` or by disconnecting."""
+        return None
 
-    async def on_message(self, conn: Connection, message: Message) -> None:
+    def on_message(self, conn: Connection, message: Message) -> HookResult:
         """Called for each ``message`` frame; the default stores and broadcasts it."""
+        return self._relay(message)
+
+    async def _relay(self, message: Message) -> None:
         await self.broadcast(message)
 
     # Actions.
