@@ -28,7 +28,7 @@ def test_readme_server_is_the_example_file() -> None:
     example = (ROOT / "examples" / "chat.py").read_text()
     server = _python_blocks()[0]
     # The file adds a docstring and a __main__ guard around asyncio.run(main()).
-    body = server.replace("\nasyncio.run(main())\n", "")
+    body = server.replace("\n\n\nasyncio.run(main())\n", "")
     assert body.strip() in example
 
 
