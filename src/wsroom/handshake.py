@@ -14,7 +14,11 @@ __all__ = ["Handshake", "Headers", "OriginPolicy"]
 
 
 class Headers(Mapping[str, str]):
-    """Case-insensitive, read-only HTTP headers. A repeated header's values are joined by ``, ``."""
+    """Case-insensitive, read-only HTTP headers.
+
+    A repeated header's values are joined by ``, `` (``; `` for ``Cookie``, as RFC 9113
+    section 8.2.3 requires).
+    """
 
     __slots__ = ("_items",)
 
@@ -22,7 +26,11 @@ class Headers(Mapping[str, str]):
         merged: dict[str, str] = {}
         for name, value in items:
             key = name.lower()
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
+            if key in merged:
+                separator = "; " if key == "cookie" else ", "
+                merged[key] = f"{merged[key]}{separator}{value}"
+            else:
+                merged[key] = value
         self._items = merged
 
     def __getitem__(self, name: str) -> str:

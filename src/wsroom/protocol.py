@@ -174,6 +174,8 @@ class MessageProtocol:
             text = self._encode_utf8(obj)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot encode as JSON: {exc}", obj) from None
+        except RecursionError:
+            raise EncodeError("cannot encode as JSON: nested too deeply", obj) from None
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
@@ -190,7 +192,13 @@ class MessageProtocol:
             ProtocolError: with the error code of PROTOCOL.md; nothing else escapes.
         """
         value = self.loads(frame)
-        if isinstance(frame, str) and frame.count("[") + frame.count("{") > self.max_depth:
+        # Counting brackets is cheap and bounds the depth from above, so the full walk
+        # runs only for frames that could be too deep.
+        if isinstance(frame, str):
+            openings = frame.count("[") + frame.count("{")
+        else:
+            openings = frame.count(b"[") + frame.count(b"{")
+        if openings > self.max_depth:
             self._check_depth(value)
         return self.validate(value, connection)
 
@@ -234,7 +242,12 @@ class MessageProtocol:
                     ref,
                 )
         elif type_ not in BUILTIN_CLIENT_TYPES:
-            self.validate_custom(message)
+            try:
+                self.validate_custom(message)
+            except ProtocolError as exc:
+                if exc.ref is None:
+                    exc.ref = ref
+                raise
         return message
 
     def validate_custom(self, message: Message) -> None:
