@@ -101,7 +101,13 @@ class Client:
         async with asyncio.timeout(TIMEOUT):
             while True:
                 answer = await self.recv()
-                if answer.get("ref") == ref and answer["type"] in ("joined", "left", "ack", "pong", "error"):
+                if answer.get("ref") == ref and answer["type"] in (
+                    "joined",
+                    "left",
+                    "ack",
+                    "pong",
+                    "error",
+                ):
                     return answer
 
     async def join(self, room: str, **fields: Any) -> dict[str, Any]:
@@ -141,10 +147,12 @@ class Client:
         raise AssertionError(f"expected the server to close, got the frame {raw!r}")
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01) -> None:
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01
+) -> None:
     """Poll a condition that has no event to await (server-side state seen from a test)."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - server state has no event to await
             await asyncio.sleep(interval)
 
 

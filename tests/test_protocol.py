@@ -302,10 +302,14 @@ def test_valid_room_names(protocol: MessageProtocol, name: str) -> None:
 @pytest.mark.parametrize("name", INVALID_ROOMS)
 def test_invalid_room_names(protocol: MessageProtocol, name: Any) -> None:
     assert not is_valid_room_name(name)
-    for type_ in ("join", "leave", "message", "custom", "direct"):
+    for type_ in ("join", "leave", "message", "custom"):
         error = decode_error(protocol, frame(type=type_, room=name, to="bob", ref="r"))
         assert error.code == ErrorCode.INVALID_MESSAGE, (type_, name)
         assert error.ref == "r"
+    # ping and direct have no room: the field is an unknown extra, ignored.
+    for type_ in ("ping", "direct"):
+        message = protocol.decode(frame(type=type_, room=name, to="bob", ref="r"))
+        assert message.room is None
 
 
 def test_room_name_rule_is_ascii_only() -> None:

@@ -219,7 +219,10 @@ class MessageProtocol:
             )
         room = value.get("room")
         needs_room = type_ in ("join", "leave", "message")
-        if room is not None or needs_room:
+        if type_ in ("ping", "direct"):
+            # These types have no room: the field is an unknown extra, ignored.
+            room = None
+        elif room is not None or needs_room:
             if room is None:
                 raise ProtocolError(
                     ErrorCode.INVALID_MESSAGE, f"a '{type_}' frame needs a 'room'", ref
