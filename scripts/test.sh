@@ -58,13 +58,21 @@ echo "== pytest ($("$VPY" -V))"
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
 for version in 3.12 3.13; do
     other=""
-    if command -v "python$version" >/dev/null 2>&1; then
-        other="$(command -v "python$version")"
-    elif command -v pyenv >/dev/null 2>&1; then
-        found="$(pyenv root)/versions/$(pyenv versions --bare 2>/dev/null | grep -E "^$version(\.[0-9]+)?$" | tail -1)/bin/python"
-        [ -x "$found" ] && other="$found"
+    candidates=("python$version")
+    if command -v pyenv >/dev/null 2>&1; then
+        for dir in "$(pyenv root)"/versions/"$version".*; do candidates+=("$dir/bin/python"); done
     fi
-    [ -n "$other" ] || { echo "== Python $version not installed here: skipped"; continue; }
+    for candidate in "${candidates[@]}"; do
+        # pyenv's shims exist for every version; only running one tells if it works.
+        if "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != (${version/./, }))" 2>/dev/null; then
+            other="$candidate"
+            break
+        fi
+    done
+    if [ -z "$other" ]; then
+        echo "== Python $version not installed here: skipped"
+        continue
+    fi
     ensure_venv "$ROOT/.venv-$version" "$other" dev
     echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
     "$ROOT/.venv-$version/bin/python" -m pytest -q "$@" || status=$?
