@@ -10,6 +10,16 @@ PYTHON="$(find_python)"
 ensure_venv "$ROOT/.venv" "$PYTHON" dev
 VPY="$ROOT/.venv/bin/python"
 
+APT_UPDATED=""
+apt_install() { # apt_install PACKAGE: a Debian package the tests need
+    echo "== installing $1"
+    if [ -z "$APT_UPDATED" ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
 # Redis: use WSROOM_TEST_REDIS_URL if given, else the machine's server, else start one.
 REDIS_PID=""
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
@@ -30,8 +40,7 @@ if [ -z "${WSROOM_TEST_REDIS_URL:-}" ]; then
         export WSROOM_TEST_REDIS_URL="redis://127.0.0.1:6379/0"
     else
         if ! command -v redis-server >/dev/null 2>&1; then
-            echo "== installing redis-server"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+            apt_install redis-server
         fi
         port="$("$VPY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
         redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
@@ -42,6 +51,11 @@ if [ -z "${WSROOM_TEST_REDIS_URL:-}" ]; then
         echo "== started redis-server on port $port (pid $REDIS_PID)"
     fi
 fi
+# The demo page is tested in headless Chromium.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    apt_install chromium
+fi
+
 # Tests that kill or restart Redis start their own redis-server from this path.
 export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
 
