@@ -15,13 +15,14 @@ from wsroom import (
     ConnectionClosedError,
     ConnectionManager,
     EncodeError,
+    Handshake,
     HandshakeRejected,
     Limits,
     Message,
     ProtocolError,
     Room,
 )
-from wsroom.testing import TestClient
+from wsroom.testing import MemoryTransport, TestClient
 
 
 class Recorder(Room):
@@ -378,3 +379,15 @@ async def test_statistics_count_traffic() -> None:
         assert stats.messages_published == 1
         assert stats.errors_sent == 1
         assert stats.queued_frames == 0 and stats.queued_bytes == 0
+
+
+async def test_a_handshake_that_raced_shutdown_is_closed_too() -> None:
+    manager = ConnectionManager()
+    await manager.start()
+    await manager.shutdown()
+    transport = MemoryTransport()
+    conn = await manager.accept(transport, Handshake("/ws"), "late")
+    assert conn.closed
+    await asyncio.wait_for(transport.closed.wait(), 2)
+    assert transport.close_code == 1001
+    assert manager.statistics().connections == 0

@@ -174,3 +174,27 @@ async def test_stuck_reader_is_evicted_and_others_keep_receiving(
         await wait_for(lambda: len(manager.connections) == 5)
         for client in fast:
             await client.close()
+
+
+async def test_stuck_reader_is_evicted_by_the_write_timeout(start_server: ServerFactory) -> None:
+    """A reader that stalls with little traffic never fills its queue: the timeout evicts it."""
+    limits = Limits(max_queue=100_000, max_queue_bytes=64 * 1024 * 1024, write_timeout=0.5)
+    manager = ConnectionManager(limits=limits)
+    async with start_server(manager) as url:
+        stuck = await asyncio.to_thread(_stuck_client, url)
+        await wait_for(lambda: len(_here(manager, "alpha")) == 1)
+        stuck_conn = manager.connections[0]
+        # Enough to fill the socket buffers, far from filling the queue.
+        for sent in range(1, 5_001):
+            await manager.broadcast("alpha", PAYLOAD)
+            if sent % 50 == 0:
+                await asyncio.sleep(0)
+        assert not stuck_conn.closed
+        await wait_for(lambda: stuck_conn.closed, timeout=TIMEOUT)
+        assert stuck_conn.close_code == 1013
+        assert manager.statistics().evictions == 1
+        assert stuck_conn not in _here(manager, "alpha")
+        assert manager.rooms() == []
+        waited = await asyncio.to_thread(_wait_reset, stuck, TIMEOUT * 2)
+        assert waited < TIMEOUT * 2
+        stuck.close()

@@ -312,6 +312,9 @@ class ConnectionManager:
                 "heartbeat": self.heartbeat,
             },
         )
+        if self._closing:
+            # The handshake passed just before shutdown began: close it like the others.
+            self._begin_close(conn, CloseCode.GOING_AWAY, "server shutting down")
         return conn
 
     async def release(self, conn: Connection) -> None:
