@@ -52,11 +52,11 @@ class Client:
         welcome: bool = True,
         **kwargs: Any,
     ) -> Client:
+        offered = ["wsroom.v1"] if subprotocols is None else subprotocols
         ws = await websockets.connect(
             url + path,
-            subprotocols=[Subprotocol(p) for p in subprotocols]
-            if subprotocols is not None
-            else [Subprotocol("wsroom.v1")],
+            # An empty list would send an empty Sec-WebSocket-Protocol header: send none.
+            subprotocols=[Subprotocol(p) for p in offered] or None,
             open_timeout=TIMEOUT,
             **kwargs,
         )

@@ -391,3 +391,24 @@ async def test_a_handshake_that_raced_shutdown_is_closed_too() -> None:
     await asyncio.wait_for(transport.closed.wait(), 2)
     assert transport.close_code == 1001
     assert manager.statistics().connections == 0
+
+
+async def test_server_api_works_before_any_client_connected() -> None:
+    manager = ConnectionManager()
+    assert await manager.broadcast("news", "first") == 1
+    assert await manager.members("news") == []
+    async with TestClient(manager, user="a") as a:
+        assert (await a.join("news"))["history"][0]["data"] == "first"
+    await manager.shutdown()
+
+
+async def test_custom_hook_that_stores_the_message_acks_its_id() -> None:
+    class Polls(Room):
+        async def on_vote(self, conn: Connection, message: Message) -> None:
+            await self.broadcast(message)
+
+    manager = ConnectionManager(Polls)
+    async with TestClient(manager, user="a") as a:
+        await a.join("p")
+        ack = await a.request({"type": "vote", "room": "p", "data": "yes"})
+        assert ack == {"type": "ack", "ref": ack["ref"], "id": 1}

@@ -27,7 +27,7 @@ class Transport(ABC):
     """The per-connection interface an adapter gives the core.
 
     The core calls these methods on the manager's event loop. An adapter implements them
-    over its socket; see ``docs/guides/custom-adapter.md``. The contract:
+    over its socket; see ``docs/adapters.md``. The contract:
 
     * :meth:`wake` is called when the connection's queue goes from empty to non-empty.
       It must not block: schedule the write, then return. The writer takes frames with

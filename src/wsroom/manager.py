@@ -97,12 +97,14 @@ class ConnectionManager:
         allowed_origins: ``None`` (same origin only), ``"*"`` or a list of origins; see
             :class:`~wsroom.OriginPolicy`.
         protocol: The :class:`MessageProtocol`; the default speaks JSON, PROTOCOL.md v1.
-        backplane: Where ids, history and presence live; a :class:`MemoryBackplane` by
-            default. Use ``RedisBackplane`` to share rooms between processes.
+        backplane: Where ids, history and presence live; a :class:`MemoryBackplane` (this
+            process only) by default. A distributed backplane shares rooms between
+            processes.
         limits: The per-client :class:`Limits`.
-        heartbeat: Seconds between the ``ping`` frames clients must send, announced in
-            ``welcome``; a client silent for twice as long is closed with 1008. ``None``
-            (the default) leaves liveness to the WebSocket server's own pings.
+        heartbeat: Seconds between the frames clients must send (a ``ping`` when they have
+            nothing else to say), announced in ``welcome``; a client that sends no frame
+            for twice as long is closed with 1008. ``None`` (the default) leaves liveness to
+            the WebSocket server's own pings.
         can_direct: Hook ``(conn, to_user, data) -> bool`` deciding whether a ``direct``
             message may be sent; ``False`` answers ``forbidden``.
     """
@@ -179,6 +181,11 @@ class ConnectionManager:
                 self._heartbeat_task = loop.create_task(self._watch_heartbeats(self.heartbeat))
             self._started = True
 
+    async def _ensure_started(self) -> None:
+        # The server-side API may be used before the first client connects.
+        if not self._started:
+            await self.start()
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Close every connection gracefully and stop the backplane.
 
@@ -240,7 +247,8 @@ class ConnectionManager:
     # The adapter side: handshake, connection loop.
 
     async def authorize(self, handshake: Handshake) -> str | None:
-        """Check a handshake before the upgrade: origin, then the authenticate hook.
+        """Check a handshake before the upgrade: shutdown (503), origin (403), then the
+        authenticate hook (401, 403, or 500 when the hook fails).
 
         Returns:
             The user id, or ``None`` for an anonymous client (no authenticate hook).
@@ -406,12 +414,14 @@ class ConnectionManager:
         """Store ``data`` as a server message (``from`` null) in ``room`` and send it to every
         member, on every node. Returns the message id. Works for rooms with no members: the
         message is kept in the room's history."""
+        await self._ensure_started()
         return await self._room_handle(room).broadcast(data, exclude=exclude)
 
     async def broadcast_event(
         self, room: str, type: str, data: Any = None, *, exclude: Connection | None = None
     ) -> None:
         """Send an unstored application event to every member of ``room``, on every node."""
+        await self._ensure_started()
         await self._room_handle(room).broadcast_event(type, data, exclude=exclude)
 
     async def send_to_user(self, user: str, data: Any, *, sender: str | None = None) -> int | None:
@@ -419,22 +429,26 @@ class ConnectionManager:
 
         Returns the direct message's id, or ``None`` when the user is not connected.
         """
+        await self._ensure_started()
         return await self._backplane.send_direct(user, sender, data, ts=_now_ms())
 
     async def send_all(self, type: str, data: Any = None) -> None:
         """Send an application event ``{"type": type, "data": data}`` to every connection."""
         if type in SERVER_TYPES:
             raise ValueError(f"{type!r} is a frame type of the protocol itself")
+        await self._ensure_started()
         await self._backplane.send_all(self.encode({"type": type, "data": data}))
 
     async def disconnect_user(
         self, user: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "disconnected"
     ) -> int:
         """Close every connection of ``user`` on every node; returns how many were here."""
+        await self._ensure_started()
         return await self._backplane.disconnect_user(user, code, reason)
 
     async def members(self, room: str) -> list[str]:
         """Identified users in ``room``, on every node."""
+        await self._ensure_started()
         return await self._backplane.members(room)
 
     def rooms(self) -> list[str]:
@@ -654,6 +668,7 @@ class ConnectionManager:
                 since=message.fields.get("since"),
                 epoch=message.fields.get("epoch"),
                 limit=room.history_size,
+                history_ttl=room.history_ttl,
             )
             members = await backplane.members(name)
             if conn._closed:
@@ -732,13 +747,13 @@ class ConnectionManager:
             method = type(state.room)._custom_handler_name(type_)
             if method is not None:
                 await call_hook(getattr(state.room, method), conn, message)
-                self._answer(conn, message)
+                self._answer(conn, message, message.id)
                 return
         handler = self._handlers.get(type_)
         if handler is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"no handler for message type {type_!r}")
         await call_hook(handler, conn, message)
-        self._answer(conn, message)
+        self._answer(conn, message, message.id)
 
     def _begin_close(
         self, conn: Connection, code: int, reason: str, *, grace: float | None = None

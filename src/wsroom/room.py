@@ -28,8 +28,8 @@ class Room:
 
     The manager creates one instance per room name when the first client joins and drops
     it when the last one leaves. The instance holds no membership of its own: members,
-    history and presence live in the manager (and, with Redis, in Redis), so it can never
-    disagree with them. Keep your own per-room state on it if you like; it lives as long as
+    history and presence live in the manager and its backplane, so it can never disagree
+    with them. Keep your own per-room state on it if you like; it lives as long as
     the room has members in this process.
 
     Every hook may be a plain ``def`` or an ``async def``. A hook that raises is logged and
@@ -42,10 +42,11 @@ class Room:
     history_size: ClassVar[int] = 100
     """Messages kept per room and replayed to whoever joins (0: no history, no recovery)."""
     history_ttl: ClassVar[float] = 3600.0
-    """Seconds the history is kept after the room's last activity, so a client that comes
-    back to an emptied room can still recover what it missed."""
+    """Seconds the history is kept after the room's last message or join, so a client that
+    comes back to an emptied room can still recover what it missed."""
     max_members: ClassVar[int | None] = 10_000
-    """Most users in the room at once (``None``: no limit). One more gets ``room_full``."""
+    """Most members at once in this process: distinct users plus each anonymous connection
+    (``None``: no limit). One more gets ``room_full``."""
     echo: ClassVar[bool] = True
     """Whether a sender receives its own messages back."""
 

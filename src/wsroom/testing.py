@@ -79,7 +79,8 @@ class TestClient:
 
     Args:
         manager: The manager under test.
-        user: Skip the authenticate hook and connect as this user id.
+        user: Connect as this user id, skipping the handshake checks (origin,
+            subprotocol, authenticate hook); only a shutdown still refuses.
         path: The request path of the handshake (query string included), e.g.
             ``"/ws?token=abc"``; the authenticate hook sees it when ``user`` is not given.
         headers: Handshake headers, e.g. ``{"Origin": "https://example.com"}``.
@@ -196,7 +197,11 @@ class TestClient:
                     return frame
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send ``frame`` with a fresh ``ref`` and return the direct answer to it."""
+        """Send ``frame`` with a fresh ``ref`` and return the direct answer to it.
+
+        Frames that arrive before the answer (broadcasts, presence, the sender's own echoed
+        message) are discarded; use :meth:`send` and :meth:`receive` to see them.
+        """
         ref = self.next_ref()
         await self.send({**frame, "ref": ref})
         async with asyncio.timeout(self.timeout):

@@ -3,7 +3,7 @@
 Either let wsroom start the server::
 
     async with wsroom.adapters.websockets.serve(manager, "", 8765) as server:
-        await server.serve_forever()
+        await server.serve_forever()   # Ctrl-C: graceful shutdown, then return
 
 or plug it into a server you create yourself::
 
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve as _serve
+from websockets.asyncio.server import Server as WSServer, ServerConnection, serve as _serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -38,7 +39,7 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 
-__all__ = ["WebsocketsAdapter", "WebsocketsTransport", "serve"]
+__all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -131,6 +132,7 @@ class WebsocketsAdapter:
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
+        self._warned = False
         self._accepted: weakref.WeakKeyDictionary[
             ServerConnection, tuple[Handshake, str | None]
         ] = weakref.WeakKeyDictionary()
@@ -181,9 +183,18 @@ class WebsocketsAdapter:
         """The connection handler: runs one client until it disconnects."""
         accepted = self._accepted.pop(ws, None)
         if accepted is None:
-            # process_request was not wired: authenticate now, refuse with 1008.
+            # process_request was not wired: check now, refuse with 1008 after the upgrade.
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "wsroom checks handshakes after the upgrade: pass **adapter.options() to "
+                    "websockets' serve() to refuse bad clients with HTTP 401/403 and to "
+                    "negotiate the %s subprotocol browsers ask for",
+                    self.manager.protocol.subprotocol,
+                )
             handshake = _handshake(ws, ws.request)
             try:
+                self.manager.select_subprotocol(handshake.subprotocols)
                 user = await self.manager.authorize(handshake)
             except HandshakeRejected as exc:
                 await ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
@@ -201,6 +212,51 @@ class WebsocketsAdapter:
         await self.manager.serve(transport, handshake, user, receive)
 
 
+class Server:
+    """A running ``websockets`` server serving a manager, as :func:`serve` yields it.
+
+    Stopping it is always graceful: first :meth:`ConnectionManager.shutdown
+    <wsroom.ConnectionManager.shutdown>` (queued frames delivered, close code 1001), then the
+    ``websockets`` server closes.
+    """
+
+    def __init__(
+        self, server: WSServer, manager: ConnectionManager, shutdown_timeout: float
+    ) -> None:
+        self.server = server
+        """The underlying ``websockets.asyncio.server.Server``."""
+        self.manager = manager
+        """The manager this server serves."""
+        self.shutdown_timeout = shutdown_timeout
+        """Seconds clients get to receive what is queued before they are aborted."""
+        self._stop = asyncio.Event()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (``server.sockets[0].getsockname()`` gives the port)."""
+        return tuple(self.server.sockets)
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called or this task is cancelled (Ctrl-C under
+        ``asyncio.run``), then shut down gracefully."""
+        try:
+            await self._stop.wait()
+        finally:
+            # Runs on cancellation too, before websockets closes the connections itself.
+            await self.aclose()
+
+    def close(self) -> None:
+        """Ask :meth:`serve_forever` to return after a graceful shutdown."""
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Shut down gracefully now: the manager first, then the ``websockets`` server."""
+        self._stop.set()
+        await self.manager.shutdown(self.shutdown_timeout)
+        self.server.close()
+        await self.server.wait_closed()
+
+
 @asynccontextmanager
 async def serve(
     manager: ConnectionManager,
@@ -213,14 +269,15 @@ async def serve(
 ) -> AsyncIterator[Server]:
     """Start a ``websockets`` server for ``manager``; shut both down gracefully on exit.
 
-    On exit, clients get what is queued for them and a close frame with 1001 within
-    ``shutdown_timeout`` seconds. Other keyword arguments go to
-    ``websockets.asyncio.server.serve``.
+    On exit, or when :meth:`Server.serve_forever` is cancelled, clients get what is queued
+    for them and a close frame with 1001 within ``shutdown_timeout`` seconds. Other keyword
+    arguments go to ``websockets.asyncio.server.serve``.
     """
     adapter = WebsocketsAdapter(manager)
     options = adapter.options(process_request, **kwargs)
-    async with _serve(adapter.handler, host, port, **options) as server:
+    async with _serve(adapter.handler, host, port, **options) as ws_server:
         await manager.start()
+        server = Server(ws_server, manager, shutdown_timeout)
         try:
             yield server
         finally:

@@ -100,9 +100,18 @@ class Backplane(ABC):
 
     @abstractmethod
     async def snapshot(
-        self, room: str, *, since: int | None, epoch: str | None, limit: int
+        self,
+        room: str,
+        *,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        history_ttl: float,
     ) -> RoomSnapshot:
-        """The room's history for a ``joined`` frame, applying PROTOCOL.md's recovery rules."""
+        """The room's history for a ``joined`` frame, applying PROTOCOL.md's recovery rules.
+
+        A join counts as activity: the history is kept ``history_ttl`` seconds from now.
+        """
 
     @abstractmethod
     async def join(self, room: str, user: str, *, first_local: bool) -> bool:

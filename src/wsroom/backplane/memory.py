@@ -37,9 +37,11 @@ class _Stream:
 class MemoryBackplane(Backplane):
     """Backplane for a single process: history, ids and presence live in this process.
 
-    A room's history outlives its last member for the room's ``history_ttl`` seconds, so a
-    client that reconnects to an emptied room can still recover what it missed. Every
-    method completes without suspending, which keeps joins and broadcasts atomic.
+    A room's history outlives its last member for the room's ``history_ttl`` seconds after
+    its last message or join, so a client that reconnects to an emptied room can still
+    recover what it missed. Expired histories are dropped lazily, on the next publish or
+    join in any room. Every method completes without suspending, which keeps joins and
+    broadcasts atomic.
     """
 
     def __init__(self) -> None:
@@ -120,11 +122,15 @@ class MemoryBackplane(Backplane):
         self.node.deliver_room(room, frame, exclude)
 
     async def snapshot(
-        self, room: str, *, since: int | None, epoch: str | None, limit: int
+        self,
+        room: str,
+        *,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        history_ttl: float,
     ) -> RoomSnapshot:
-        stream = self._streams.get(room)
-        if stream is None:
-            stream = self._stream(room, limit, _DEFAULT_TTL)
+        stream = self._stream(room, limit, history_ttl)
         return recovery_snapshot(
             list(stream.messages),
             stream.last_id,
@@ -157,6 +163,3 @@ class MemoryBackplane(Backplane):
 
     async def disconnect_user(self, user: str, code: int, reason: str) -> int:
         return self.node.disconnect_local_user(user, code, reason)
-
-
-_DEFAULT_TTL = 300.0

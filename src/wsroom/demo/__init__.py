@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
 
-from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ..adapters.websockets import serve
+from ..adapters.websockets import Server, serve
 from ..connection import Connection
 from ..handshake import Handshake
 from ..manager import ConnectionManager
