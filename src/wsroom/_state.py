@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class RoomState:
     """One room with local members, or with a join in flight."""
 
-    __slots__ = ("connections", "pending", "room", "users")
+    __slots__ = ("anonymous", "connections", "pending", "room", "users")
 
     def __init__(self, room: Room) -> None:
         self.room = room
@@ -30,7 +30,14 @@ class RoomState:
         self.connections: dict[Connection, None] = {}
         # identified user -> number of its connections in this room, here
         self.users: dict[str, int] = {}
+        # connections without a user id, each counting as one member
+        self.anonymous = 0
         self.pending = 0
+
+    @property
+    def member_count(self) -> int:
+        """Distinct users plus anonymous connections, here."""
+        return len(self.users) + self.anonymous
 
     @property
     def idle(self) -> bool:
@@ -95,6 +102,7 @@ class Registry:
         conn._rooms.add(name)
         user = conn.user
         if user is None:
+            state.anonymous += 1
             return False
         count = state.users.get(user, 0)
         state.users[user] = count + 1
@@ -114,7 +122,9 @@ class Registry:
         conn._rooms.discard(name)
         last = False
         user = conn.user
-        if user is not None:
+        if user is None:
+            state.anonymous -= 1
+        else:
             count = state.users[user] - 1
             if count:
                 state.users[user] = count

@@ -652,12 +652,10 @@ class ConnectionManager:
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
                 if conn._closed:
                     return
-                if room.max_members is not None and (
-                    conn.user is None or conn.user not in state.users
-                ):
-                    anonymous = sum(1 for c in state.connections if c.user is None)
-                    if len(state.users) + anonymous >= room.max_members:
-                        raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
+                already_member = conn.user is not None and conn.user in state.users
+                limit = room.max_members
+                if limit is not None and not already_member and state.member_count >= limit:
+                    raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
                 first_local = registry.join(conn, state)
             backplane = self._backplane
             first = False
