@@ -100,13 +100,12 @@ class WebsocketsTransport(Transport):
             async with asyncio.timeout(conn.manager.limits.write_timeout):
                 await self.ws.drain()
         except TimeoutError:
-            self._drain_task = None
             conn.manager.evict(conn, "client too slow: write timeout")
             return
         except Exception:
+            return  # the connection is gone; the receive loop releases it
+        finally:
             self._drain_task = None
-            return
-        self._drain_task = None
         if conn.queued_frames:
             self._flush()
 
