@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -31,7 +32,72 @@ async def websockets_asyncio_server(manager: ConnectionManager) -> AsyncIterator
         yield f"ws://127.0.0.1:{port}"
 
 
-ADAPTERS: dict[str, ServerFactory] = {"websockets": websockets_asyncio_server}
+@asynccontextmanager
+async def websockets_sync_server(manager: ConnectionManager) -> AsyncIterator[str]:
+    """The threading adapter. The manager runs on the test's event loop, as it would next
+    to an asyncio application; the server's threads reach it across threads."""
+    from websockets.sync.server import serve as sync_serve
+
+    from wsroom.adapters.websockets_sync import SyncAdapter
+
+    await manager.start()
+    adapter = SyncAdapter(manager)
+    server = sync_serve(adapter.handler, "127.0.0.1", 0, **adapter.options())
+    thread = threading.Thread(target=server.serve_forever, name="sync-server", daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+    finally:
+        await manager.shutdown()
+        await asyncio.to_thread(server.shutdown)
+        await asyncio.to_thread(thread.join, TIMEOUT)
+
+
+@asynccontextmanager
+async def starlette_server(manager: ConnectionManager) -> AsyncIterator[str]:
+    """The Starlette adapter as a route endpoint, under uvicorn on the test's loop."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from wsroom.adapters.starlette import endpoint
+
+    app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    # Server.serve() polls for its exit every 0.1 s; driving startup and shutdown directly
+    # keeps each of the hundreds of conformance tests fast.
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        await manager.shutdown()
+        # What uvicorn's Server.shutdown() does, without its fixed 0.1 s pauses: stop
+        # listening, ask each connection to shut down, wait for their tasks.
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
+        await wait_for(lambda: not server.server_state.tasks, interval=0.002)
+        for listener in server.servers:
+            await listener.wait_closed()
+
+
+ADAPTERS: dict[str, ServerFactory] = {
+    "websockets": websockets_asyncio_server,
+    "websockets_sync": websockets_sync_server,
+    "starlette": starlette_server,
+}
 
 
 class Client:

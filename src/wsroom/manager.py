@@ -29,6 +29,7 @@ from .protocol import (
     is_valid_room_name,
 )
 from .room import Room
+from .threads import BlockingPortal
 
 __all__ = ["Authenticate", "ConnectionManager", "Statistics"]
 
@@ -158,6 +159,7 @@ class ConnectionManager:
         self._dropped_frames = 0
         self._evictions = 0
         self._encode = self.protocol.dumps
+        self._portal = BlockingPortal(self)
 
     # Lifecycle.
 
@@ -215,6 +217,21 @@ class ConnectionManager:
         await self.shutdown()
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this manager runs on, once started; ``None`` before."""
+        return self._loop
+
+    @property
+    def from_thread(self) -> BlockingPortal:
+        """The server-side API for code running in other threads (blocking calls).
+
+        For example, from a Flask view while a server serves the rooms::
+
+            manager.from_thread.broadcast("lobby", {"text": "deploy finished"})
+        """
+        return self._portal
+
+    @property
     def closing(self) -> bool:
         """Whether :meth:`shutdown` was called."""
         return self._closing
@@ -256,10 +273,7 @@ class ConnectionManager:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        if self._closing:
-            raise HandshakeRejected(503, "Server shutting down")
-        if not self.origins.allows(handshake):
-            raise HandshakeRejected(403, "Origin not allowed")
+        self.admit(handshake)
         if self.authenticate is None:
             return None
         try:
@@ -280,6 +294,18 @@ class ConnectionManager:
             )
             raise HandshakeRejected(500, "Internal Server Error")
         return user
+
+    def admit(self, handshake: Handshake) -> None:
+        """The checks that apply even to clients an application authenticated itself:
+        shutdown (HTTP 503), then the origin policy (403).
+
+        Raises:
+            HandshakeRejected: the adapter must refuse the upgrade with its status.
+        """
+        if self._closing:
+            raise HandshakeRejected(503, "Server shutting down")
+        if not self.origins.allows(handshake):
+            raise HandshakeRejected(403, "Origin not allowed")
 
     def select_subprotocol(self, offered: Iterable[str]) -> str | None:
         """The subprotocol to accept among those a client offered.
