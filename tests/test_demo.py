@@ -8,6 +8,8 @@ import signal
 import socket
 import sys
 
+import pytest
+
 from tests.helpers import TIMEOUT, Client
 from wsroom.demo import demo_server
 
@@ -52,13 +54,17 @@ def _free_port() -> int:
         return port
 
 
-async def test_demo_command_shuts_down_gracefully_on_ctrl_c() -> None:
+@pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, signum: int) -> None:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "wsroom",
         "demo",
+        "--transport",
+        transport,
         "--port",
         str(port),
         stdout=asyncio.subprocess.PIPE,
@@ -69,9 +75,14 @@ async def test_demo_command_shuts_down_gracefully_on_ctrl_c() -> None:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
         assert f"http://127.0.0.1:{port}/".encode() in line
+        status, body = await _http_get(port, "/")
+        assert status == 200 and b"wsroom.v1" in body
         client = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
+        assert client.welcome["user"] == "bob"
         await client.join("lobby")
-        process.send_signal(signal.SIGINT)
+        await client.send({"type": "message", "room": "lobby", "data": "hi"})
+        assert (await client.recv_type("message"))["data"] == "hi"
+        process.send_signal(signum)
         assert await client.wait_closed() == 1001
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
     finally:

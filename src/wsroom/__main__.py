@@ -17,15 +17,36 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     demo.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    demo.add_argument(
+        "--transport",
+        choices=("asyncio", "sync", "starlette"),
+        default="asyncio",
+        help="websockets asyncio (default), websockets threading, or Starlette under uvicorn",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "demo":
-        from .demo import run
+        from . import demo as chat_demo
 
         try:
-            asyncio.run(run(args.host, args.port))
+            if args.transport == "sync":
+                chat_demo.run_sync(args.host, args.port)
+            elif args.transport == "starlette":
+                try:
+                    import starlette  # noqa: F401
+                    import uvicorn  # noqa: F401
+                except ImportError:
+                    print(
+                        "wsroom demo --transport starlette needs Starlette and uvicorn: "
+                        "pip install 'wsroom[starlette]' uvicorn",
+                        file=sys.stderr,
+                    )
+                    return 1
+                chat_demo.run_starlette(args.host, args.port)
+            else:
+                asyncio.run(chat_demo.run(args.host, args.port))
         except OSError as exc:
             print(
                 f"wsroom demo: cannot listen on {args.host}:{args.port}: {exc.strerror}",

@@ -11,12 +11,13 @@ import asyncio
 import logging
 import secrets
 import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
+from typing import Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -27,7 +28,15 @@ from ..manager import ConnectionManager
 from ..protocol import Message
 from ..room import Room
 
-__all__ = ["ChatRoom", "create_manager", "demo_server", "run"]
+__all__ = [
+    "ChatRoom",
+    "create_manager",
+    "demo_server",
+    "run",
+    "run_starlette",
+    "run_sync",
+    "starlette_app",
+]
 
 logger = logging.getLogger("wsroom.demo")
 
@@ -60,45 +69,134 @@ def _page() -> bytes:
     return files(__package__).joinpath("index.html").read_bytes()
 
 
-def _serve_page(connection: ServerConnection, request: Request) -> Response | None:
-    path = request.path.partition("?")[0]
+def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
+    """What the demo answers on ``path`` over plain HTTP; ``None`` for the WebSocket."""
+    path = path.partition("?")[0]
     if path == "/ws":
         return None
     if path in ("/", "/index.html"):
-        body = _page()
-        headers = Headers(
-            [
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-cache"),
-            ]
-        )
-        return Response(HTTPStatus.OK, "OK", headers, body)
-    return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        return HTTPStatus.OK, _page(), "text/html; charset=utf-8"
+    return HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8"
+
+
+def _serve_page(connection: Any, request: Request) -> Response | None:
+    # websockets' process_request, for both its asyncio and its threading server.
+    routed = _route(request.path)
+    if routed is None:
+        return None
+    status, body, content_type = routed
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
 
 
 @asynccontextmanager
 async def demo_server(
     host: str = "127.0.0.1", port: int = 8765, manager: ConnectionManager | None = None
 ) -> AsyncIterator[Server]:
-    """Start the demo server; on exit, shut it down gracefully."""
+    """Start the demo server (websockets asyncio); on exit, shut it down gracefully."""
     manager = manager if manager is not None else create_manager()
     async with serve(manager, host, port, process_request=_serve_page) as server:
         yield server
 
 
+def _announce(address: Any) -> None:
+    print(f"wsroom demo: open http://{_url_host(str(address[0]))}:{address[1]}/", flush=True)
+
+
 async def run(host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve the demo until SIGINT or SIGTERM, then shut down gracefully."""
+    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
     async with demo_server(host, port) as server:
         for sock in server.sockets:
-            address = sock.getsockname()
-            print(f"wsroom demo: open http://{_url_host(address[0])}:{address[1]}/", flush=True)
+            _announce(sock.getsockname())
         await stop
         print("wsroom demo: shutting down", flush=True)
+
+
+def run_sync(host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM."""
+    from ..adapters import websockets_sync
+
+    with websockets_sync.serve(create_manager(), host, port, process_request=_serve_page) as server:
+
+        def stop(signum: int, frame: object) -> None:
+            # shutdown() waits for serve_forever() to return: call it from another thread.
+            threading.Thread(target=server.shutdown, name="wsroom-demo-stop").start()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        _announce(server.socket.getsockname())
+        server.serve_forever()
+        print("wsroom demo: shutting down", flush=True)
+
+
+def starlette_app(manager: ConnectionManager | None = None) -> Any:
+    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HTTPRequest
+    from starlette.responses import Response as HTTPResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    from ..adapters.starlette import endpoint
+
+    manager = manager if manager is not None else create_manager()
+
+    async def page(request: HTTPRequest) -> HTTPResponse:
+        routed = _route(request.url.path)
+        assert routed is not None
+        status, body, content_type = routed
+        return HTTPResponse(body, status_code=status.value, media_type=content_type)
+
+    app = Starlette(routes=[Route("/", page), WebSocketRoute("/ws", endpoint(manager))])
+    app.state.manager = manager
+    return app
+
+
+def run_starlette(host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM."""
+    import uvicorn
+
+    manager = create_manager()
+
+    class DemoServer(uvicorn.Server):
+        # uvicorn closes WebSockets with 1012 and runs the lifespan shutdown only after
+        # they are gone; shut the rooms down first, so clients get their frames and 1001.
+        draining = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            loop = manager.loop
+            if self.draining or loop is None:
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.drain()))
+
+        async def drain(self) -> None:
+            print("wsroom demo: shutting down", flush=True)
+            await manager.shutdown()
+            # Not super().handle_exit(): uvicorn would re-raise the signal once stopped.
+            self.should_exit = True
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            await manager.start()
+            for server in self.servers:
+                for sock in server.sockets:
+                    _announce(sock.getsockname())
+
+    config = uvicorn.Config(
+        starlette_app(manager), host=host, port=port, log_level="warning", lifespan="off"
+    )
+    DemoServer(config).run()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
