@@ -264,7 +264,7 @@ class ConnectionManager:
     # The adapter side: handshake, connection loop.
 
     async def authorize(self, handshake: Handshake) -> str | None:
-        """Check a handshake before the upgrade: shutdown (503), origin (403), then the
+        """Check a handshake before the upgrade: :meth:`admit` (503, 403, 400), then the
         authenticate hook (401, 403, or 500 when the hook fails).
 
         Returns:
@@ -297,7 +297,7 @@ class ConnectionManager:
 
     def admit(self, handshake: Handshake) -> None:
         """The checks that apply even to clients an application authenticated itself:
-        shutdown (HTTP 503), then the origin policy (403).
+        shutdown (HTTP 503), the origin policy (403), the subprotocols offered (400).
 
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
@@ -306,6 +306,7 @@ class ConnectionManager:
             raise HandshakeRejected(503, "Server shutting down")
         if not self.origins.allows(handshake):
             raise HandshakeRejected(403, "Origin not allowed")
+        self.select_subprotocol(handshake.subprotocols)
 
     def select_subprotocol(self, offered: Iterable[str]) -> str | None:
         """The subprotocol to accept among those a client offered.

@@ -124,7 +124,6 @@ class TestClient:
     async def connect(self) -> dict[str, Any]:
         """Run the handshake and return the ``welcome`` frame."""
         if self._user is _UNSET:
-            self.manager.select_subprotocol(self.handshake.subprotocols)
             user = await self.manager.authorize(self.handshake)
         else:
             if self.manager.closing:

@@ -165,7 +165,6 @@ async def serve(
     """
     handshake = _handshake(websocket)
     try:
-        subprotocol = manager.select_subprotocol(handshake.subprotocols)
         if user is _UNSET:
             user = await manager.authorize(handshake)
         else:
@@ -173,7 +172,7 @@ async def serve(
     except HandshakeRejected as exc:
         await _refuse(websocket, exc)
         return
-    await websocket.accept(subprotocol=subprotocol)
+    await websocket.accept(subprotocol=manager.select_subprotocol(handshake.subprotocols))
     transport = StarletteTransport(websocket, binary=manager.protocol.binary)
     try:
         await manager.serve(transport, handshake, user, transport.receive)

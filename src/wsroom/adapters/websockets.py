@@ -21,23 +21,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server as WSServer, ServerConnection, serve as _serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.typing import Subprotocol
 
 from ..connection import Connection, Transport
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
+from ._websockets_common import AdapterBase, handshake_of, refusal
 
 __all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
 
@@ -122,7 +120,7 @@ class WebsocketsTransport(Transport):
             transport.abort()
 
 
-class WebsocketsAdapter:
+class WebsocketsAdapter(AdapterBase):
     """Connects a :class:`~wsroom.ConnectionManager` to ``websockets.asyncio.server``.
 
     Pass :attr:`handler` as the server's handler and :meth:`options` as its keyword
@@ -130,11 +128,7 @@ class WebsocketsAdapter:
     """
 
     def __init__(self, manager: ConnectionManager) -> None:
-        self.manager = manager
-        self._warned = False
-        self._accepted: weakref.WeakKeyDictionary[
-            ServerConnection, tuple[Handshake, str | None]
-        ] = weakref.WeakKeyDictionary()
+        super().__init__(manager)
 
     def options(
         self, process_request: ProcessRequest | None = None, **overrides: Any
@@ -162,44 +156,27 @@ class WebsocketsAdapter:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
-        handshake = _handshake(connection, request)
+        handshake = handshake_of(connection, request)
         try:
-            self.manager.select_subprotocol(handshake.subprotocols)
             user = await self.manager.authorize(handshake)
         except HandshakeRejected as exc:
-            return _refusal(connection, exc)
-        self._accepted[connection] = (handshake, user)
+            return refusal(connection, exc)
+        self._handshakes.accepted(connection, handshake, user)
         return None
-
-    def select_subprotocol(
-        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
-        wanted = self.manager.protocol.subprotocol
-        return Subprotocol(wanted) if wanted in subprotocols else None
 
     async def handler(self, ws: ServerConnection) -> None:
         """The connection handler: runs one client until it disconnects."""
-        accepted = self._accepted.pop(ws, None)
-        if accepted is None:
+        checked = self._handshakes.take(ws)
+        if isinstance(checked, Handshake):
             # process_request was not wired: check now, refuse with 1008 after the upgrade.
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "wsroom checks handshakes after the upgrade: pass **adapter.options() to "
-                    "websockets' serve() to refuse bad clients with HTTP 401/403 and to "
-                    "negotiate the %s subprotocol browsers ask for",
-                    self.manager.protocol.subprotocol,
-                )
-            handshake = _handshake(ws, ws.request)
+            handshake = checked
             try:
-                self.manager.select_subprotocol(handshake.subprotocols)
                 user = await self.manager.authorize(handshake)
             except HandshakeRejected as exc:
                 await ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
                 return
         else:
-            handshake, user = accepted
+            handshake, user = checked
         transport = WebsocketsTransport(ws, binary=self.manager.protocol.binary)
 
         async def receive() -> str | bytes | None:
@@ -281,21 +258,6 @@ async def serve(
             yield server
         finally:
             await manager.shutdown(shutdown_timeout)
-
-
-def _handshake(connection: ServerConnection, request: Request | None) -> Handshake:
-    if request is None:  # pragma: no cover - websockets sets it before the handler runs
-        return Handshake(path="/")
-    remote = connection.remote_address
-    address = (str(remote[0]), int(remote[1])) if remote else None
-    return Handshake.from_target(request.path, request.headers.raw_items(), address)
-
-
-def _refusal(connection: ServerConnection, exc: HandshakeRejected) -> Response:
-    response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
-    if exc.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
-    return response
 
 
 def _chain(first: ProcessRequest, second: ProcessRequest) -> ProcessRequest:

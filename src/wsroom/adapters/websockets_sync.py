@@ -27,17 +27,14 @@ import contextlib
 import logging
 import socket
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.sync.server import Server as WSServer, ServerConnection, serve as _serve
-from websockets.typing import Subprotocol
 
 from ..connection import Connection, Transport
 from ..exceptions import HandshakeRejected
@@ -45,6 +42,7 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from ..threads import BackgroundLoop
+from ._websockets_common import AdapterBase, handshake_of, refusal
 
 __all__ = ["Server", "SyncAdapter", "SyncTransport", "serve"]
 
@@ -180,7 +178,7 @@ class SyncTransport(Transport):
             self.ws.socket.shutdown(socket.SHUT_RDWR)
 
 
-class SyncAdapter:
+class SyncAdapter(AdapterBase):
     """Connects a :class:`~wsroom.ConnectionManager` to ``websockets.sync.server``.
 
     Pass :attr:`handler` as the server's handler and :meth:`options` as its keyword
@@ -194,13 +192,9 @@ class SyncAdapter:
     """
 
     def __init__(self, manager: ConnectionManager, *, timeout: float = 10.0) -> None:
-        self.manager = manager
+        super().__init__(manager)
         self.timeout = timeout
         self._background: BackgroundLoop | None = None
-        self._warned = False
-        self._accepted: weakref.WeakKeyDictionary[
-            ServerConnection, tuple[Handshake, str | None]
-        ] = weakref.WeakKeyDictionary()
         loop = manager.loop
         if loop is None or loop.is_closed() or not loop.is_running():
             self._background = BackgroundLoop()
@@ -243,48 +237,29 @@ class SyncAdapter:
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
-        handshake = _handshake(connection, request)
+        handshake = handshake_of(connection, request)
         try:
-            self.manager.select_subprotocol(handshake.subprotocols)
             user = asyncio.run_coroutine_threadsafe(
                 self.manager.authorize(handshake), self.loop
             ).result(self.timeout)
         except HandshakeRejected as exc:
-            response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
-            if exc.status == 401:
-                response.headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
-            return response
-        self._accepted[connection] = (handshake, user)
+            return refusal(connection, exc)
+        self._handshakes.accepted(connection, handshake, user)
         return None
-
-    def select_subprotocol(
-        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
-        wanted = self.manager.protocol.subprotocol
-        return Subprotocol(wanted) if wanted in subprotocols else None
 
     def handler(self, ws: ServerConnection) -> None:
         """The connection handler: runs one client until it disconnects (in its thread)."""
-        accepted = self._accepted.pop(ws, None)
-        if accepted is None:
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "wsroom checks handshakes after the upgrade: pass **adapter.options() to "
-                    "websockets' serve() to refuse bad clients with HTTP 401/403 and to "
-                    "negotiate the %s subprotocol browsers ask for",
-                    self.manager.protocol.subprotocol,
-                )
-            handshake = _handshake(ws, ws.request)
+        checked = self._handshakes.take(ws)
+        if isinstance(checked, Handshake):
+            # process_request was not wired: check now, refuse with 1008 after the upgrade.
+            handshake = checked
             try:
-                self.manager.select_subprotocol(handshake.subprotocols)
                 user = self.run(self.manager.authorize(handshake))
             except HandshakeRejected as exc:
                 ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
                 return
         else:
-            handshake, user = accepted
+            handshake, user = checked
         transport = SyncTransport(ws, self.loop, binary=self.manager.protocol.binary)
         conn: Connection = self.run(self.manager.accept(transport, handshake, user))
         try:
@@ -377,11 +352,3 @@ def serve(
                 server.shutdown()
     finally:
         adapter.close()
-
-
-def _handshake(connection: ServerConnection, request: Request | None) -> Handshake:
-    if request is None:  # pragma: no cover - websockets sets it before the handler runs
-        return Handshake(path="/")
-    remote = connection.remote_address
-    address = (str(remote[0]), int(remote[1])) if remote else None
-    return Handshake.from_target(request.path, request.headers.raw_items(), address)
