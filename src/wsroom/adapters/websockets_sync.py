@@ -195,6 +195,9 @@ class SyncAdapter(AdapterBase):
         super().__init__(manager)
         self.timeout = timeout
         self._background: BackgroundLoop | None = None
+        # Handlers in progress: the background loop must outlive them.
+        self._handlers = threading.Condition()
+        self._running = 0
         loop = manager.loop
         if loop is None or loop.is_closed() or not loop.is_running():
             self._background = BackgroundLoop()
@@ -261,19 +264,32 @@ class SyncAdapter(AdapterBase):
         else:
             handshake, user = checked
         transport = SyncTransport(ws, self.loop, binary=self.manager.protocol.binary)
-        conn: Connection = self.run(self.manager.accept(transport, handshake, user))
+        with self._handlers:
+            self._running += 1
         try:
-            while not conn.closed:
-                try:
-                    frame = ws.recv()
-                except (ConnectionClosed, OSError):
-                    break
-                self.run(self.manager.receive(conn, frame))
+            conn: Connection = self.run(self.manager.accept(transport, handshake, user))
+            try:
+                while not conn.closed:
+                    try:
+                        frame = ws.recv()
+                    except (ConnectionClosed, OSError):
+                        break
+                    self.run(self.manager.receive(conn, frame))
+            finally:
+                self.run(self.manager.release(conn))
         finally:
-            self.run(self.manager.release(conn))
+            with self._handlers:
+                self._running -= 1
+                self._handlers.notify_all()
 
-    def close(self) -> None:
-        """Stop the background event loop, if this adapter started one."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background event loop, if this adapter started one.
+
+        Handlers still running (their clients were closed by the manager's shutdown) get
+        up to ``timeout`` seconds to release their connections on it first.
+        """
+        with self._handlers:
+            self._handlers.wait_for(lambda: self._running == 0, timeout)
         if self._background is not None:
             self._background.stop()
             self._background = None
