@@ -44,22 +44,52 @@ class RoomState:
         return not self.connections and not self.pending
 
 
+def _ignore(name: str) -> None:
+    pass
+
+
 class Registry:
-    """Connections, users and rooms of one manager."""
+    """Connections, users and rooms of one manager.
 
-    __slots__ = ("connections", "rooms", "users")
+    The ``on_*`` callbacks tell the outside world (the backplane) when a room gets its first
+    member here or loses its last, and likewise for users. They must not block.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "connections",
+        "on_room_closed",
+        "on_room_opened",
+        "on_user_closed",
+        "on_user_opened",
+        "rooms",
+        "users",
+    )
+
+    def __init__(
+        self,
+        on_room_opened: Callable[[str], None] = _ignore,
+        on_room_closed: Callable[[str], None] = _ignore,
+        on_user_opened: Callable[[str], None] = _ignore,
+        on_user_closed: Callable[[str], None] = _ignore,
+    ) -> None:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, dict[Connection, None]] = {}
         self.rooms: dict[str, RoomState] = {}
+        self.on_room_opened = on_room_opened
+        self.on_room_closed = on_room_closed
+        self.on_user_opened = on_user_opened
+        self.on_user_closed = on_user_closed
 
     # Connections.
 
     def add_connection(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         if conn.user is not None:
-            self.users.setdefault(conn.user, {})[conn] = None
+            conns = self.users.get(conn.user)
+            if conns is None:
+                conns = self.users[conn.user] = {}
+                self.on_user_opened(conn.user)
+            conns[conn] = None
 
     def remove_connection(self, conn: Connection) -> list[tuple[RoomState, bool]]:
         """Forget ``conn``; return each room it was in and whether its user left it."""
@@ -71,6 +101,7 @@ class Registry:
                 conns.pop(conn, None)
                 if not conns:
                     del self.users[conn.user]
+                    self.on_user_closed(conn.user)
         return [item for item in left if item is not None]
 
     def user_connections(self, user: str) -> list[Connection]:
@@ -83,6 +114,7 @@ class Registry:
         state = self.rooms.get(name)
         if state is None:
             state = self.rooms[name] = RoomState(make_room(name))
+            self.on_room_opened(name)
         state.pending += 1
         return state
 
@@ -95,9 +127,9 @@ class Registry:
         """Add ``conn`` to the room; ``True`` if it is its user's first connection there."""
         name = state.room.name
         if self.rooms.get(name) is not state:
-            # The room was dropped while this join was pending; it cannot be, because a
-            # pending join holds it open. Re-register rather than lose the member.
+            # Safety net: a pending join holds its room open, so this should never run.
             self.rooms[name] = state
+            self.on_room_opened(name)
         state.connections[conn] = None
         conn._rooms.add(name)
         user = conn.user
@@ -137,3 +169,4 @@ class Registry:
     def _discard_if_idle(self, state: RoomState) -> None:
         if state.idle and self.rooms.get(state.room.name) is state:
             del self.rooms[state.room.name]
+            self.on_room_closed(state.room.name)

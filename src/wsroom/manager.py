@@ -146,7 +146,12 @@ class ConnectionManager:
         self.can_direct = can_direct
         """The hook deciding whether a direct message may be sent, or ``None``."""
         self._backplane: Backplane = backplane if backplane is not None else MemoryBackplane()
-        self._registry = Registry()
+        self._registry = Registry(
+            on_room_opened=self._backplane.watch_room,
+            on_room_closed=self._backplane.unwatch_room,
+            on_user_opened=self._backplane.watch_user,
+            on_user_closed=self._backplane.unwatch_user,
+        )
         self._handlers: dict[str, Handler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -673,21 +678,23 @@ class ConnectionManager:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"there is no room {name!r}") from None
         try:
             room = state.room
-            first_local = False
-            if not rejoin:
-                if not await call_hook(room.can_join, conn, message.data):
-                    raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
-                if conn._closed:
-                    return
-                already_member = conn.user is not None and conn.user in state.users
-                limit = room.max_members
-                if limit is not None and not already_member and state.member_count >= limit:
-                    raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
-                first_local = registry.join(conn, state)
+            if not rejoin and not await call_hook(room.can_join, conn, message.data):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
             backplane = self._backplane
-            first = False
-            if first_local and conn.user is not None:
-                first = await backplane.join(name, conn.user, first_local=True)
+            # Everything that waits comes first: the room's traffic reaches this node,
+            # then its members and history are read. The connection becomes a member and
+            # gets its 'joined' in one step after, so no frame of the room precedes it.
+            await backplane.ready(name)
+            members = await backplane.members(name)
+            if not rejoin:
+                already_member = conn.user is not None and conn.user in members
+                limit = room.max_members
+                if (
+                    limit is not None
+                    and not already_member
+                    and len(members) + state.anonymous >= limit
+                ):
+                    raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
             snapshot = await backplane.snapshot(
                 name,
                 since=message.fields.get("since"),
@@ -695,9 +702,13 @@ class ConnectionManager:
                 limit=room.history_size,
                 history_ttl=room.history_ttl,
             )
-            members = await backplane.members(name)
             if conn._closed:
                 return
+            first_local = False
+            if not rejoin:
+                first_local = registry.join(conn, state)
+                if conn.user is not None and conn.user not in members:
+                    members.append(conn.user)
             joined: dict[str, Any] = {
                 "type": "joined",
                 "room": name,
@@ -710,6 +721,9 @@ class ConnectionManager:
             if snapshot.recovered is not None:
                 joined["recovered"] = snapshot.recovered
             self._send_frame(conn, joined)
+            first = False
+            if first_local and conn.user is not None:
+                first = await backplane.join(name, conn.user, first_local=True)
             if first:
                 await backplane.publish_event(
                     name,

@@ -76,6 +76,27 @@ class Backplane(ABC):
     async def stop(self) -> None:
         """Disconnect from the bus and release everything."""
 
+    def watch_room(self, room: str) -> None:  # noqa: B027 - optional hook
+        """This node now has members in ``room`` (or a join in progress): receive its traffic.
+
+        Called on the manager's loop; must not block. The default does nothing.
+        """
+
+    def unwatch_room(self, room: str) -> None:  # noqa: B027 - optional hook
+        """This node has no member left in ``room``. The default does nothing."""
+
+    def watch_user(self, user: str) -> None:  # noqa: B027 - optional hook
+        """``user`` now has a connection on this node: receive its direct messages."""
+
+    def unwatch_user(self, user: str) -> None:  # noqa: B027 - optional hook
+        """``user`` has no connection left on this node."""
+
+    async def ready(self, room: str) -> None:  # noqa: B027 - optional hook
+        """Return once this node receives ``room``'s traffic (after :meth:`watch_room`).
+
+        A join awaits it before reading the history, so no message falls between the two.
+        """
+
     @abstractmethod
     async def publish(
         self,
