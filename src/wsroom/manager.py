@@ -15,7 +15,7 @@ from ._state import Registry, RoomState
 from .backplane.base import Backplane
 from .backplane.memory import MemoryBackplane
 from .connection import Connection, Transport
-from .exceptions import ConfigurationError, HandshakeRejected, ProtocolError
+from .exceptions import BackplaneError, ConfigurationError, HandshakeRejected, ProtocolError
 from .handshake import Handshake, OriginPolicy
 from .limits import Limits, _is_positive_number
 from .protocol import (
@@ -423,6 +423,15 @@ class ConnectionManager:
             self._send_error(
                 conn, exc.code, exc.message, exc.ref if exc.ref is not None else message.ref
             )
+        except BackplaneError as exc:
+            # Logged by the backplane when it goes down; the client may retry later.
+            logger.debug("backplane error while handling %r: %s", message.type, exc)
+            self._send_error(
+                conn,
+                ErrorCode.INTERNAL_ERROR,
+                "temporarily unavailable: try again shortly",
+                message.ref,
+            )
         except Exception:
             logger.exception("error while handling a %r frame from %r", message.type, conn)
             self._send_error(conn, ErrorCode.INTERNAL_ERROR, "internal server error", message.ref)
@@ -528,6 +537,11 @@ class ConnectionManager:
     def encode(self, frame: dict[str, Any]) -> bytes:
         """Encode a frame with this manager's protocol."""
         return self._encode(frame)
+
+    def decode(self, data: bytes) -> Any:
+        """Decode bytes made by :meth:`encode` (for backplanes carrying frames)."""
+        protocol = self.protocol
+        return protocol.loads(data if protocol.binary else data.decode("utf-8"))
 
     # BackplaneNode: what the backplane calls to reach this process's connections.
 
@@ -765,6 +779,9 @@ class ConnectionManager:
                         ),
                     )
             await call_hook(state.room.on_leave, conn)
+        except BackplaneError as exc:
+            # The backplane reconciles this node's presence once it is reachable again.
+            logger.debug("presence of %r in %r not updated: %s", conn, name, exc)
         except Exception:
             logger.exception("error while %r left the room %r", conn, name)
 

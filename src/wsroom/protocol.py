@@ -46,7 +46,7 @@ _CUSTOM_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 BUILTIN_CLIENT_TYPES: Final = frozenset({"join", "leave", "message", "direct", "ping"})
 SERVER_TYPES: Final = frozenset(
-    {"welcome", "joined", "left", "message", "direct", "presence", "ack", "pong", "error"}
+    {"welcome", "joined", "left", "message", "direct", "presence", "ack", "pong", "error", "gap"}
 )
 
 

@@ -19,6 +19,7 @@ from tests.helpers import (
     check_error,
     check_frame,
     connect_as,
+    single_node_only,
     user_from_query,
     wait_for,
     websockets_handler_server,
@@ -55,6 +56,7 @@ async def read_until_closed(client: Client) -> tuple[list[dict[str, Any]], int |
 
 
 async def test_1000_when_the_server_closes_a_connection(start_server: ServerFactory) -> None:
+    single_node_only(start_server, "closes a connection object of one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -78,6 +80,7 @@ async def test_1000_when_the_server_closes_a_connection(start_server: ServerFact
 
 
 async def test_1001_on_graceful_shutdown_after_queued_frames(start_server: ServerFactory) -> None:
+    single_node_only(start_server, "shuts down one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         clients = [await connect_as(url, name) for name in ("alice", "bob")]

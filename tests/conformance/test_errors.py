@@ -14,6 +14,7 @@ from tests.helpers import (
     check_error,
     check_frame,
     connect_as,
+    single_node_only,
     user_from_query,
 )
 from wsroom import (
@@ -227,6 +228,8 @@ async def test_room_full(start_server: ServerFactory) -> None:
 
 
 async def test_room_full_counts_anonymous_connections(start_server: ServerFactory) -> None:
+    single_node_only(start_server, "anonymous connections count toward max_members per node")
+
     class Solo(Room):
         max_members = 1
 

@@ -14,6 +14,7 @@ from tests.helpers import (
     check_frame,
     connect_as,
     connect_raw,
+    single_node_only,
     user_from_query,
 )
 from wsroom import Connection, ConnectionManager, Message, Room
@@ -57,6 +58,7 @@ async def test_welcome_is_the_first_frame(start_server: ServerFactory) -> None:
 
 
 async def test_welcome_names_the_connection_and_user(start_server: ServerFactory) -> None:
+    single_node_only(start_server, "looks connections up on one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         tab1 = await connect_as(url, "alice")

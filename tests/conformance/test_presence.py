@@ -7,6 +7,7 @@ from tests.helpers import (
     ServerFactory,
     check_frame,
     connect_as,
+    single_node_only,
     user_from_query,
     wait_for,
 )
@@ -79,6 +80,7 @@ async def test_first_tab_disconnecting_sends_no_presence(start_server: ServerFac
 async def test_presence_when_the_server_closes_the_last_connection(
     start_server: ServerFactory,
 ) -> None:
+    single_node_only(start_server, "closes connection objects of one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         bob = await connect_as(url, "bob")

@@ -36,6 +36,10 @@ class BackplaneNode(Protocol):
         """Encode a frame with the manager's protocol."""
         ...
 
+    def decode(self, data: bytes) -> Any:
+        """Decode bytes produced by :meth:`encode`."""
+        ...
+
     def deliver_room(self, room: str, frame: bytes, exclude: str | None) -> None:
         """Queue ``frame`` to this node's members of ``room``, except connection ``exclude``."""
         ...
