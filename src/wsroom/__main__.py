@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 
+from .exceptions import BackplaneError
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsroom`` command."""
@@ -23,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         default="asyncio",
         help="websockets asyncio (default), websockets threading, or Starlette under uvicorn",
     )
+    demo.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the rooms with other demo processes through this Redis "
+        "(e.g. redis://127.0.0.1:6379/0; needs pip install 'wsroom[redis]')",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             if args.transport == "sync":
-                chat_demo.run_sync(args.host, args.port)
+                chat_demo.run_sync(args.host, args.port, args.redis)
             elif args.transport == "starlette":
                 try:
                     import starlette  # noqa: F401
@@ -44,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                         file=sys.stderr,
                     )
                     return 1
-                chat_demo.run_starlette(args.host, args.port)
+                chat_demo.run_starlette(args.host, args.port, args.redis)
             else:
-                asyncio.run(chat_demo.run(args.host, args.port))
+                asyncio.run(chat_demo.run(args.host, args.port, args.redis))
+        except BackplaneError as exc:
+            print(f"wsroom demo: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(
                 f"wsroom demo: cannot listen on {args.host}:{args.port}: {exc.strerror}",

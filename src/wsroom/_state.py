@@ -6,11 +6,13 @@ Rules of this file:
    and nowhere else. ``Room`` instances and ``Connection.rooms`` only read it, so no second
    copy can drift.
 2. Nothing here does I/O, awaits, or knows about transports or backplanes. Every method
-   runs to completion, so callers on one event loop see each change whole.
+   runs to completion, so callers on one event loop see each change whole. (A room's join
+   lock lives here because it belongs to the room, but only the manager awaits it.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 class RoomState:
     """One room with local members, or with a join in flight."""
 
-    __slots__ = ("anonymous", "connections", "pending", "room", "users")
+    __slots__ = ("_join_lock", "anonymous", "connections", "pending", "room", "users")
 
     def __init__(self, room: Room) -> None:
         self.room = room
@@ -33,6 +35,14 @@ class RoomState:
         # connections without a user id, each counting as one member
         self.anonymous = 0
         self.pending = 0
+        self._join_lock: asyncio.Lock | None = None
+
+    @property
+    def join_lock(self) -> asyncio.Lock:
+        """Serializes the joins of this room on this node (created on first use)."""
+        if self._join_lock is None:
+            self._join_lock = asyncio.Lock()
+        return self._join_lock
 
     @property
     def member_count(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import secrets
@@ -691,24 +692,36 @@ class ConnectionManager:
         except _NoSuchRoom:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"there is no room {name!r}") from None
         try:
-            room = state.room
-            if not rejoin and not await call_hook(room.can_join, conn, message.data):
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
-            backplane = self._backplane
-            # Everything that waits comes first: the room's traffic reaches this node,
-            # then its members and history are read. The connection becomes a member and
-            # gets its 'joined' in one step after, so no frame of the room precedes it.
-            await backplane.ready(name)
-            members = await backplane.members(name)
-            if not rejoin:
-                already_member = conn.user is not None and conn.user in members
-                limit = room.max_members
-                if (
-                    limit is not None
-                    and not already_member
-                    and len(members) + state.anonymous >= limit
-                ):
-                    raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
+            # One join at a time per room on this node: whether this connection is its
+            # user's first here is then known before the waits below, and stays true.
+            async with state.join_lock:
+                await self._join_locked(conn, message, state, rejoin)
+        finally:
+            registry.release(state)
+
+    async def _join_locked(
+        self, conn: Connection, message: Message, state: RoomState, rejoin: bool
+    ) -> None:
+        name = state.room.name
+        room = state.room
+        user = conn.user
+        if not rejoin and not await call_hook(room.can_join, conn, message.data):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
+        backplane = self._backplane
+        # Everything that waits comes first: the room's traffic reaches this node, its
+        # members are read, the user is counted in, the history is read. The connection
+        # becomes a member and gets its 'joined' in one step after, so no frame of the
+        # room precedes it, and whoever joins after sees this user among the members.
+        await backplane.ready(name)
+        members = await backplane.members(name)
+        if not rejoin:
+            already_member = user is not None and user in members
+            limit = room.max_members
+            if limit is not None and not already_member and len(members) + state.anonymous >= limit:
+                raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
+        counted = not rejoin and user is not None and user not in state.users
+        first = await backplane.join(name, user, first_local=True) if counted and user else False
+        try:
             snapshot = await backplane.snapshot(
                 name,
                 since=message.fields.get("since"),
@@ -716,40 +729,43 @@ class ConnectionManager:
                 limit=room.history_size,
                 history_ttl=room.history_ttl,
             )
-            if conn._closed:
-                return
-            first_local = False
-            if not rejoin:
-                first_local = registry.join(conn, state)
-                if conn.user is not None and conn.user not in members:
-                    members.append(conn.user)
-            joined: dict[str, Any] = {
-                "type": "joined",
-                "room": name,
-                "ref": message.ref,
-                "members": members,
-                "history": snapshot.history,
-                "offset": snapshot.offset,
-                "epoch": snapshot.epoch,
-            }
-            if snapshot.recovered is not None:
-                joined["recovered"] = snapshot.recovered
-            self._send_frame(conn, joined)
-            first = False
-            if first_local and conn.user is not None:
-                first = await backplane.join(name, conn.user, first_local=True)
-            if first:
-                await backplane.publish_event(
-                    name,
-                    self.encode(
-                        {"type": "presence", "room": name, "event": "join", "user": conn.user}
-                    ),
-                    exclude=conn.id,
-                )
-            if not rejoin:
-                await call_hook(room.on_join, conn)
-        finally:
-            registry.release(state)
+        except BaseException:
+            if counted and user is not None:
+                with contextlib.suppress(BackplaneError):
+                    await backplane.leave(name, user, last_local=True)
+            raise
+        if conn._closed:
+            if counted and user is not None:
+                await backplane.leave(name, user, last_local=True)
+            return
+        if not rejoin:
+            first_local = self._registry.join(conn, state)
+            if first_local and not counted and user is not None:
+                # Another connection of this user left the room during the waits and
+                # took the user's presence with it: count the user in again.
+                first = await backplane.join(name, user, first_local=True)
+            if user is not None and user not in members:
+                members.append(user)
+        joined: dict[str, Any] = {
+            "type": "joined",
+            "room": name,
+            "ref": message.ref,
+            "members": members,
+            "history": snapshot.history,
+            "offset": snapshot.offset,
+            "epoch": snapshot.epoch,
+        }
+        if snapshot.recovered is not None:
+            joined["recovered"] = snapshot.recovered
+        self._send_frame(conn, joined)
+        if first:
+            await backplane.publish_event(
+                name,
+                self.encode({"type": "presence", "room": name, "event": "join", "user": user}),
+                exclude=conn.id,
+            )
+        if not rejoin:
+            await call_hook(room.on_join, conn)
 
     def _make_room_or_refuse(self, name: str) -> Room:
         room = self._make_room(name)

@@ -211,6 +211,7 @@ class RedisBackplane(Backplane):
         self._direct_seen: deque[int] = deque(maxlen=1024)
         self._direct_waiting: dict[int, asyncio.Future[None]] = {}
         self._all_channel = f"{prefix}:all"
+        self._want.add(self._all_channel)
 
     # Names.
 
@@ -249,7 +250,9 @@ class RedisBackplane(Backplane):
             self.url,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
-            health_check_interval=0,
+            # A pooled connection idle this long is checked first, so the first command
+            # after a Redis restart does not fail on a connection that died meanwhile.
+            health_check_interval=self.heartbeat,
         )
         for name, lua in (
             ("publish", _PUBLISH),
@@ -311,9 +314,13 @@ class RedisBackplane(Backplane):
                 await self._redis.aclose()
             self._redis = None
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        """One Redis operation, bounded in time; failures become BackplaneError."""
-        if not self._available:
+    async def _call(self, awaitable: Awaitable[T], *, probe: bool = False) -> T:
+        """One Redis operation, bounded in time; failures become BackplaneError.
+
+        While Redis is known to be down, operations fail at once (a client gets its
+        error without waiting), except probes, which find out whether it is back.
+        """
+        if not self._available and not probe:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise BackplaneError("Redis is unavailable; retrying in the background")
@@ -398,10 +405,11 @@ class RedisBackplane(Backplane):
         while not self._stopping:
             pubsub = self._redis.pubsub()
             try:
-                channels = [self._all_channel, *sorted(self._want)]
+                channels = sorted(self._want)
                 async with asyncio.timeout(self.timeout):
                     await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
+                self._set_available(True)
                 self._requested = set(channels)
                 self._confirmed.clear()
                 if self._dirty is not None:
@@ -571,38 +579,52 @@ class RedisBackplane(Backplane):
             track = self._tracks.get(room)
             if track is None:
                 continue
-            try:
-                epoch, seq, entries = await self._read_room(room, touch_ms=0)
-            except BackplaneError:
+            for attempt in range(3):
+                try:
+                    epoch, seq, entries = await self._read_room(room, touch_ms=0, probe=True)
+                    break
+                except BackplaneError:
+                    # A pooled connection that died with the old server fails once.
+                    await asyncio.sleep(self.heartbeat * attempt)
+            else:
                 self._gap(room, track.epoch or b"", track.last)
                 entries, epoch, seq = [], track.epoch or b"", track.last
-            if epoch == track.epoch:
-                missed = [(i, env) for i, env in entries if i > track.last]
-                if len(missed) == seq - track.last and all(
-                    i == track.last + n + 1 for n, (i, _) in enumerate(missed)
-                ):
-                    for i, envelope in missed:
-                        self._deliver(room, track, epoch, i, b"", envelope)
-                elif seq > track.last:
-                    track.last = seq
-                    self._gap(room, epoch, seq)
-            else:
-                track.epoch, track.last = epoch, seq
-                self._gap(room, epoch, seq)
+            self._catch_up(room, track, epoch, seq, entries)
             track.repairing = False
             held, track.held = track.held, []
             for item in held:
                 self._deliver(room, track, *item)
         logger.warning("Redis subscription restored; %d room(s) checked for gaps", len(rooms))
 
+    def _catch_up(
+        self, room: str, track: _Track, epoch: bytes, seq: int, entries: list[tuple[int, bytes]]
+    ) -> None:
+        """Deliver from the history what this node missed of a room, or tell its members."""
+        if epoch != track.epoch:
+            # Redis lost the room: its ids restarted in a new epoch. Members reset theirs.
+            track.epoch, track.last = epoch, 0
+            if entries and entries[0][0] != 1:
+                track.last = seq
+            self._gap(room, epoch, track.last)
+        missed = [(id_, envelope) for id_, envelope in entries if id_ > track.last]
+        if seq <= track.last:
+            return
+        if len(missed) == seq - track.last and missed[0][0] == track.last + 1:
+            for id_, envelope in missed:
+                self._deliver(room, track, epoch, id_, b"", envelope)
+        else:
+            track.last = seq
+            self._gap(room, epoch, seq)
+
     async def _read_room(
-        self, room: str, *, touch_ms: int
+        self, room: str, *, touch_ms: int, probe: bool = False
     ) -> tuple[bytes, int, list[tuple[int, bytes]]]:
         epoch, seq, raw = await self._call(
             self._scripts["snapshot"](
                 keys=[self._key(room, "meta"), self._key(room, "history")],
                 args=[new_epoch(), touch_ms],
-            )
+            ),
+            probe=probe,
         )
         entries = []
         for item in raw:

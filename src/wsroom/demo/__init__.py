@@ -60,9 +60,17 @@ def demo_user(handshake: Handshake) -> str:
     return name or f"guest-{secrets.token_hex(3)}"
 
 
-def create_manager() -> ConnectionManager:
-    """The demo's manager: :class:`ChatRoom` rooms, users named by the query string."""
-    return ConnectionManager(ChatRoom, authenticate=demo_user)
+def create_manager(redis_url: str | None = None) -> ConnectionManager:
+    """The demo's manager: :class:`ChatRoom` rooms, users named by the query string.
+
+    With ``redis_url``, rooms are shared with every other demo process on that Redis.
+    """
+    backplane = None
+    if redis_url is not None:
+        from ..backplane.redis import RedisBackplane
+
+        backplane = RedisBackplane(redis_url, prefix="wsroom-demo")
+    return ConnectionManager(ChatRoom, authenticate=demo_user, backplane=backplane)
 
 
 def _page() -> bytes:
@@ -109,24 +117,25 @@ def _announce(address: Any) -> None:
     print(f"wsroom demo: open http://{_url_host(str(address[0]))}:{address[1]}/", flush=True)
 
 
-async def run(host: str = "127.0.0.1", port: int = 8765) -> None:
+async def run(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
     """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
-    async with demo_server(host, port) as server:
+    async with demo_server(host, port, create_manager(redis_url)) as server:
         for sock in server.sockets:
             _announce(sock.getsockname())
         await stop
         print("wsroom demo: shutting down", flush=True)
 
 
-def run_sync(host: str = "127.0.0.1", port: int = 8765) -> None:
+def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
     """Serve the demo on a threaded websockets server until SIGINT or SIGTERM."""
     from ..adapters import websockets_sync
 
-    with websockets_sync.serve(create_manager(), host, port, process_request=_serve_page) as server:
+    manager = create_manager(redis_url)
+    with websockets_sync.serve(manager, host, port, process_request=_serve_page) as server:
 
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever() to return: call it from another thread.
@@ -161,11 +170,11 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
     return app
 
 
-def run_starlette(host: str = "127.0.0.1", port: int = 8765) -> None:
+def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
     """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM."""
     import uvicorn
 
-    manager = create_manager()
+    manager = create_manager(redis_url)
 
     class DemoServer(uvicorn.Server):
         # uvicorn closes WebSockets with 1012 and runs the lifespan shutdown only after

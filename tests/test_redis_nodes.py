@@ -1,0 +1,345 @@
+"""Many nodes, one Redis: processes share rooms, survive each other's death and Redis faults.
+
+Node processes run ``tests/node_process.py``; tests that kill, pause or restart Redis run
+their own ``redis-server`` on a free port and signal it by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import TIMEOUT, Client, wait_for, websockets_asyncio_server
+from tests.node_process import HEARTBEAT, NODE_TTL
+from tests.redis_support import (
+    PrivateRedis,
+    delete_prefix,
+    fresh_prefix,
+    private_redis,
+    shared_redis_url,
+    twin,
+)
+from wsroom import ConnectionManager, Handshake, Room
+from wsroom.backplane.redis import RedisBackplane
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def user_from_query(handshake: Handshake) -> str | None:
+    return handshake.query.get("user") or None
+
+
+@pytest.fixture
+def redis() -> Any:
+    with private_redis() as server:
+        yield server
+
+
+class Node:
+    """A node process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}"
+
+    async def connect(self, user: str) -> Client:
+        return await Client.connect(self.url, f"/ws?user={user}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+
+
+@asynccontextmanager
+async def node_process(redis_url: str, prefix: str) -> AsyncIterator[Node]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.node_process",
+        redis_url,
+        prefix,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+        yield Node(process, int(line))
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def next_of(client: Client, *types: str) -> dict[str, Any]:
+    """The next frame of one of ``types`` (pongs of other checks are skipped)."""
+    while True:
+        frame = await client.recv()
+        if frame["type"] in types:
+            return frame
+
+
+async def test_two_processes_share_messages_history_presence_and_directs(
+    redis: PrivateRedis,
+) -> None:
+    prefix = fresh_prefix()
+    async with node_process(redis.url, prefix) as a, node_process(redis.url, prefix) as b:
+        alice1 = await a.connect("alice")
+        bob = await b.connect("bob")
+        alice2 = await b.connect("alice")
+        await alice1.join("lobby")
+        joined = await bob.join("lobby")
+        assert joined["members"] == ["alice", "bob"]
+        presence = await next_of(alice1, "presence")
+        assert (presence["event"], presence["user"]) == ("join", "bob")
+
+        # A second tab of alice on the other node is not a second member.
+        assert (await alice2.join("lobby"))["members"] == ["alice", "bob"]
+        await bob.send({"type": "message", "room": "lobby", "data": "hi from b"})
+        first = await next_of(alice1, "message", "presence")
+        assert (first["type"], first["id"], first["from"]) == ("message", 1, "bob")
+        await alice1.send({"type": "message", "room": "lobby", "data": "hi from a", "ref": "r"})
+        assert (await next_of(alice1, "message"))["id"] == 2
+        assert (await next_of(alice1, "ack"))["id"] == 2
+        for client in (bob, alice2):
+            assert (await next_of(client, "message"))["id"] == 1
+            assert (await next_of(client, "message"))["id"] == 2
+
+        # History written through both nodes, read on either.
+        carol = await a.connect("carol")
+        history = (await carol.join("lobby"))["history"]
+        assert [(m["id"], m["data"]) for m in history] == [(1, "hi from b"), (2, "hi from a")]
+
+        # Direct messages cross nodes; user_offline only when the user is nowhere.
+        ack = await bob.request({"type": "direct", "to": "carol", "data": "psst"})
+        direct = await next_of(carol, "direct")
+        assert (direct["id"], direct["from"], direct["data"]) == (ack["id"], "bob", "psst")
+        assert (await bob.request({"type": "direct", "to": "nobody", "data": 1}))[
+            "code"
+        ] == "user_offline"
+
+        # alice leaves only when her last tab, on either node, is gone.
+        await alice1.close()
+        await alice2.send({"type": "message", "room": "lobby", "data": "still here"})
+        assert (await next_of(bob, "message", "presence"))["type"] == "message"
+        await alice2.close()
+        leave = await next_of(bob, "presence")
+        assert (leave["event"], leave["user"]) == ("leave", "alice")
+        await bob.close()
+        await carol.close()
+
+
+async def test_a_killed_node_leaves_presence_in_bounded_time(redis: PrivateRedis) -> None:
+    prefix = fresh_prefix()
+    async with node_process(redis.url, prefix) as a, node_process(redis.url, prefix) as b:
+        bob = await a.connect("bob")
+        alice = await b.connect("alice")
+        await alice.join("lobby")
+        assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
+        b.kill()
+        started = time.monotonic()
+        leave = await next_of(bob, "presence")
+        elapsed = time.monotonic() - started
+        assert (leave["event"], leave["user"]) == ("leave", "alice")
+        # Bounded: the node's TTL plus a heartbeat of the survivor to notice, and slack.
+        assert elapsed < NODE_TTL + 2 * HEARTBEAT + 2
+        carol = await a.connect("carol")
+        assert (await carol.join("lobby"))["members"] == ["bob", "carol"]
+        await bob.close()
+        await carol.close()
+
+
+async def _numsub(redis_url: str, channels: list[str]) -> list[int]:
+    from redis import asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        return [count for _, count in await client.pubsub_numsub(*channels)]
+    finally:
+        await client.aclose()
+
+
+async def test_redis_killed_and_restarted_mid_broadcast(redis: PrivateRedis) -> None:
+    prefix = fresh_prefix()
+    async with node_process(redis.url, prefix) as a, node_process(redis.url, prefix) as b:
+        publisher = await a.connect("pub")
+        readers = [await a.connect("r1"), await b.connect("r2")]
+        await publisher.join("news")
+        for reader in readers:
+            await reader.join("news")
+
+        received: list[list[dict[str, Any]]] = [[] for _ in readers]
+
+        async def read(index: int, client: Client) -> None:
+            while True:
+                frame = await client.recv(timeout=60)
+                if frame["type"] in ("message", "gap"):
+                    received[index].append(frame)
+
+        tasks = [asyncio.create_task(read(i, c)) for i, c in enumerate(readers)]
+        sent = errors = 0
+
+        async def publish(count: int) -> None:
+            nonlocal sent, errors
+            for _ in range(count):
+                answer = await publisher.request({"type": "message", "room": "news", "data": sent})
+                if answer["type"] == "ack":
+                    sent += 1
+                else:
+                    assert answer["code"] == "internal_error", answer
+                    errors += 1
+
+        await publish(20)
+        redis.kill()
+        await publish(5)  # refused while Redis is gone, never silently lost
+        assert errors >= 1
+        redis.start()  # same port, empty: the rooms' ids restart in a new epoch
+        started = time.monotonic()
+        channels = [f"{prefix}:room:news", f"{prefix}:all"]
+        while await _numsub(redis.url, channels) != [2, 2]:
+            assert time.monotonic() - started < 10, "nodes did not resubscribe within 10 s"
+            await asyncio.sleep(0.1)  # polling another process's state
+        # Publishing works again once the publishing node sees Redis back.
+        while True:
+            answer = await publisher.request({"type": "message", "room": "news", "data": "back"})
+            if answer["type"] == "ack":
+                break
+            assert time.monotonic() - started < 15
+            await asyncio.sleep(0.1)
+        await publish(10)
+        # Each reader got every message before the crash, was told of the gap, and then
+        # gets the new epoch's messages in order.
+        last = sent - 1
+        await wait_for(lambda: all(got and got[-1].get("data") == last for got in received))
+        for index in range(len(readers)):
+            frames = received[index]
+            before = frames[: next(i for i, f in enumerate(frames) if f["type"] == "gap")]
+            assert [f["id"] for f in before] == list(range(1, 21))
+            gaps = [f for f in frames if f["type"] == "gap"]
+            assert gaps, "the reader was not told that it may have missed messages"
+            after = frames[frames.index(gaps[-1]) + 1 :]
+            assert [f["id"] for f in after] == list(
+                range(gaps[-1]["offset"] + 1, gaps[-1]["offset"] + 1 + len(after))
+            )
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_stalled_redis_does_not_freeze_the_event_loop(redis: PrivateRedis) -> None:
+    prefix = fresh_prefix()
+    backplane = RedisBackplane(redis.url, prefix=prefix, heartbeat=0.3, node_ttl=1.5, timeout=0.5)
+    manager = ConnectionManager(authenticate=user_from_query, backplane=backplane)
+    async with websockets_asyncio_server(manager) as url:
+        alice = await Client.connect(url, "/ws?user=alice")
+        await alice.join("lobby")
+        redis.pause()  # SIGSTOP: the socket stays open, nothing answers
+        try:
+            for _ in range(5):
+                started = time.monotonic()
+                assert (await alice.request({"type": "ping"}))["type"] == "pong"
+                assert time.monotonic() - started < 0.25, "the event loop stalled"
+            started = time.monotonic()
+            answer = await alice.request({"type": "message", "room": "lobby", "data": 1})
+            assert answer["code"] == "internal_error"
+            assert "temporarily unavailable" in answer["message"]
+            assert time.monotonic() - started < backplane.timeout + 1
+        finally:
+            redis.resume()
+        started = time.monotonic()
+        while (answer := await alice.request({"type": "message", "room": "lobby", "data": 2}))[
+            "type"
+        ] != "ack":
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.1)
+        await alice.close()
+
+
+@pytest.fixture
+def shared_url() -> str:
+    url = shared_redis_url()
+    if url is None:
+        pytest.skip("no Redis server (scripts/test.sh starts one)")
+    return url
+
+
+@asynccontextmanager
+async def two_nodes(
+    url: str, room_class: type[Room] = Room
+) -> AsyncIterator[tuple[ConnectionManager, str, ConnectionManager, str]]:
+    prefix = fresh_prefix()
+    node_a = ConnectionManager(
+        room_class, authenticate=user_from_query, backplane=RedisBackplane(url, prefix=prefix)
+    )
+    node_b = twin(node_a, RedisBackplane(url, prefix=prefix))
+    try:
+        async with (
+            websockets_asyncio_server(node_a) as url_a,
+            websockets_asyncio_server(node_b) as url_b,
+        ):
+            yield node_a, url_a, node_b, url_b
+    finally:
+        await delete_prefix(url, prefix)
+
+
+async def test_server_side_api_reaches_every_node(shared_url: str) -> None:
+    async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        bob2 = await Client.connect(url_b, "/ws?user=bob")
+        await bob.join("lobby")
+        message_id = await node_a.broadcast("lobby", "from node a")
+        frame = await next_of(bob, "message")
+        assert (frame["id"], frame["from"], frame["data"]) == (message_id, None, "from node a")
+        assert await node_a.members("lobby") == ["bob"]
+        direct_id = await node_a.send_to_user("bob", "psst", sender="system")
+        assert (await next_of(bob, "direct"))["id"] == direct_id
+        assert await node_a.send_to_user("nobody", 1) is None
+        await node_a.send_all("notice", {"all": True})
+        assert (await next_of(bob2, "notice"))["data"] == {"all": True}
+        await node_a.disconnect_user("bob", 1008, "banned")
+        assert await bob.wait_closed() == 1008
+        assert await bob2.wait_closed() == 1008
+
+
+async def test_garbage_on_the_bus_is_dropped(shared_url: str) -> None:
+    from redis import asyncio as aioredis
+
+    async with two_nodes(shared_url) as (node_a, url_a, _node_b, _url_b):
+        alice = await Client.connect(url_a, "/ws?user=alice")
+        await alice.join("lobby")
+        backplane = node_a.backplane
+        assert isinstance(backplane, RedisBackplane)
+        client = aioredis.from_url(shared_url)
+        try:
+            channel = f"{backplane.prefix}:room:lobby"
+            for garbage in (
+                b"",
+                b"\x80\x04pickle",
+                b"M\nnot-a-number",
+                b"E\n\nnot json",
+                b"A\n[1,2]",
+                b"Z\nwhat",
+            ):
+                await client.publish(channel, garbage)
+            await client.publish(channel, b"E\n\n" + b'{"type":"notice","data":1}')
+        finally:
+            await client.aclose()
+        # Only the valid frame arrives, after the garbage was dropped.
+        assert await next_of(alice, "notice") == {"type": "notice", "data": 1}
+        assert backplane.dropped_messages == 6
