@@ -89,3 +89,42 @@ async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, sig
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_two_demo_processes_serve_one_chat_through_redis() -> None:
+    from tests.redis_support import private_redis
+
+    with private_redis() as redis:
+        processes = []
+        try:
+            ports = [_free_port(), _free_port()]
+            for port in ports:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "wsroom",
+                    "demo",
+                    "--port",
+                    str(port),
+                    "--redis",
+                    redis.url,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+                processes.append(process)
+                assert process.stdout is not None
+                await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+            alice = await Client.connect(f"ws://127.0.0.1:{ports[0]}", "/ws?name=alice")
+            bob = await Client.connect(f"ws://127.0.0.1:{ports[1]}", "/ws?name=bob")
+            await alice.join("lobby")
+            assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
+            await alice.send({"type": "message", "room": "lobby", "data": {"text": "across"}})
+            assert (await bob.recv_type("message"))["data"] == {"text": "across"}
+            await alice.close()
+            await bob.close()
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGINT)
+                    await asyncio.wait_for(process.wait(), TIMEOUT)

@@ -28,7 +28,7 @@ from tests.redis_support import (
     shared_redis_url,
     twin,
 )
-from wsroom import ConnectionManager, Handshake, Room
+from wsroom import BackplaneError, ConnectionManager, Handshake, Room
 from wsroom.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.timeout(90)
@@ -343,3 +343,45 @@ async def test_garbage_on_the_bus_is_dropped(shared_url: str) -> None:
         # Only the valid frame arrives, after the garbage was dropped.
         assert await next_of(alice, "notice") == {"type": "notice", "data": 1}
         assert backplane.dropped_messages == 6
+
+
+async def test_unreachable_redis_fails_fast_without_leaking_the_password() -> None:
+    manager = ConnectionManager(
+        backplane=RedisBackplane("redis://user:hunter2@127.0.0.1:1/0", timeout=0.5)
+    )
+    with pytest.raises(BackplaneError) as failed:
+        await manager.start()
+    assert "hunter2" not in str(failed.value)
+    assert "***@127.0.0.1:1" in str(failed.value)
+
+
+def test_backplane_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RedisBackplane(prefix="a{b}")
+    with pytest.raises(ValueError, match="node_ttl"):
+        RedisBackplane(heartbeat=5, node_ttl=5)
+
+
+async def test_history_expires_with_the_rooms_ttl(shared_url: str) -> None:
+    class Brief(Room):
+        history_ttl = 0.2
+
+    async with two_nodes(shared_url, Brief) as (node_a, url_a, _node_b, _url_b):
+        alice = await Client.connect(url_a, "/ws?user=alice")
+        joined = await alice.join("lobby")
+        await alice.request({"type": "message", "room": "lobby", "data": 1})
+        await alice.request({"type": "leave", "room": "lobby"})
+        backplane = node_a.backplane
+        assert isinstance(backplane, RedisBackplane)
+        from redis import asyncio as aioredis
+
+        client = aioredis.from_url(shared_url)
+        try:
+            meta = f"{backplane.prefix}:room:{{lobby}}:meta"
+            async with asyncio.timeout(TIMEOUT):
+                while await client.exists(meta):  # noqa: ASYNC110 - Redis expires keys itself
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        again = await alice.join("lobby")
+        assert again["epoch"] != joined["epoch"] and again["offset"] == 0
