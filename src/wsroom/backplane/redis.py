@@ -197,6 +197,7 @@ class RedisBackplane(Backplane):
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._repairs: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._available = False
         # Subscriptions: wanted by the manager, requested from Redis, confirmed by Redis.
@@ -289,7 +290,7 @@ class RedisBackplane(Backplane):
         # redis-py may swallow a cancellation while it reads, so the loops also check this
         # flag, and closing the subscription's connection ends a pending read.
         self._stopping = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._repairs]:
             task.cancel()
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
@@ -460,7 +461,9 @@ class RedisBackplane(Backplane):
                     connected.set_result(None)
                 if not repaired and self._requested <= self._confirmed:
                     repaired = True
-                    asyncio.get_running_loop().create_task(self._repair_all())
+                    task = asyncio.get_running_loop().create_task(self._repair_all())
+                    self._repairs.add(task)
+                    task.add_done_callback(self._repair_done)
             elif kind == "unsubscribe":
                 self._confirmed.discard(channel)
             elif kind == "message":
@@ -567,6 +570,11 @@ class RedisBackplane(Backplane):
         node = self.node
         frame = {"type": "gap", "room": room, "epoch": epoch.decode(), "offset": offset}
         node.deliver_room(room, node.encode(frame), None)
+
+    def _repair_done(self, task: asyncio.Task[None]) -> None:
+        self._repairs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("gap repair failed", exc_info=task.exception())
 
     async def _repair_all(self) -> None:
         """After a reconnect: deliver what each room missed from its history, or say so."""
