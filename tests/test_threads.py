@@ -99,3 +99,33 @@ async def test_thread_broadcasts_into_rooms_of_a_threading_server() -> None:
         await asyncio.to_thread(thread.join, TIMEOUT)
     assert not thread.is_alive()
     assert manager.loop is not None and manager.loop.is_closed()
+
+
+def test_threading_server_left_without_serving_shuts_down() -> None:
+    manager = ConnectionManager()
+    with websockets_sync.serve(manager, "127.0.0.1", 0) as server:
+        assert server.socket.getsockname()[1] > 0
+    assert manager.closing
+
+
+async def test_threading_shutdown_from_the_serving_thread_does_not_deadlock() -> None:
+    manager = ConnectionManager()
+    done = threading.Event()
+
+    def run() -> None:
+        with websockets_sync.serve(manager, "127.0.0.1", 0) as server:
+            original = server.server.serve_forever
+
+            def serve_then_stop() -> None:
+                # What a signal handler does: shutdown() on the thread that serves.
+                server.shutdown()
+                original()
+
+            server.server.serve_forever = serve_then_stop  # type: ignore[method-assign]
+            server.serve_forever()
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert await asyncio.to_thread(done.wait, TIMEOUT)
+    await asyncio.to_thread(thread.join, TIMEOUT)

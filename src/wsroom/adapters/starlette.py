@@ -3,6 +3,8 @@
 As a route::
 
     app = Starlette(routes=[WebSocketRoute("/ws", wsroom.adapters.starlette.endpoint(manager))])
+    # or: app.router.add_websocket_route("/ws", endpoint(manager)); FastAPI:
+    # app.add_api_websocket_route("/ws", endpoint(manager))
 
 or from a FastAPI endpoint that authenticated the user itself::
 
@@ -138,11 +140,11 @@ class StarletteTransport(Transport):
 
 
 def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None]]:
-    """A WebSocket endpoint for ``WebSocketRoute(path, ...)`` or ``app.add_websocket_route``.
+    """A WebSocket endpoint for ``WebSocketRoute(path, ...)`` or ``app.router.add_websocket_route``.
 
-    It runs the manager's origin and authentication checks before accepting, so refused
-    clients get an HTTP status (401, 403, ...) where the ASGI server supports denial
-    responses (uvicorn does), else a 403.
+    It runs the manager's checks (shutdown, origin, subprotocol, authenticate hook) before
+    accepting, so refused clients get an HTTP status (503, 403, 400, 401...) where the
+    ASGI server supports denial responses (uvicorn does), else a 403.
     """
 
     async def wsroom_endpoint(websocket: WebSocket) -> None:
@@ -160,8 +162,8 @@ async def serve(
         websocket: The endpoint's ``WebSocket``, not accepted yet.
         manager: The manager to serve it.
         user: The user id when your endpoint authenticated the client itself (a FastAPI
-            ``Depends()``); the manager's ``authenticate`` hook is then skipped, the origin
-            policy still applies. Omit it to run the hook.
+            ``Depends()``); the manager's ``authenticate`` hook is then skipped, its other
+            checks (shutdown, origin, subprotocol) still apply. Omit it to run the hook.
     """
     handshake = _handshake(websocket)
     try:
@@ -172,7 +174,10 @@ async def serve(
     except HandshakeRejected as exc:
         await _refuse(websocket, exc)
         return
-    await websocket.accept(subprotocol=manager.select_subprotocol(handshake.subprotocols))
+    try:
+        await websocket.accept(subprotocol=manager.select_subprotocol(handshake.subprotocols))
+    except _CLOSED:
+        return  # the client left during the handshake
     transport = StarletteTransport(websocket, binary=manager.protocol.binary)
     try:
         await manager.serve(transport, handshake, user, transport.receive)

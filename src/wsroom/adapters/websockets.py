@@ -3,7 +3,7 @@
 Either let wsroom start the server::
 
     async with wsroom.adapters.websockets.serve(manager, "", 8765) as server:
-        await server.serve_forever()   # Ctrl-C: graceful shutdown, then return
+        await server.serve_forever()   # on Ctrl-C: graceful shutdown, then KeyboardInterrupt
 
 or plug it into a server you create yourself::
 

@@ -3,7 +3,7 @@
 Either let wsroom start the server::
 
     with wsroom.adapters.websockets_sync.serve(manager, "", 8765) as server:
-        server.serve_forever()   # Ctrl-C: graceful shutdown, then return
+        server.serve_forever()   # on Ctrl-C: graceful shutdown, then KeyboardInterrupt
 
 or plug it into a server you create yourself::
 
@@ -312,6 +312,8 @@ class Server:
         """Seconds clients get to receive what is queued before they are aborted."""
         self._lock = threading.Lock()
         self._done = False
+        self._serving: threading.Thread | None = None
+        self._served = False
 
     @property
     def manager(self) -> ConnectionManager:
@@ -324,22 +326,42 @@ class Server:
         return self.server.socket
 
     def serve_forever(self) -> None:
-        """Serve until :meth:`shutdown` or Ctrl-C, then shut down gracefully."""
+        """Serve until :meth:`shutdown` is called or Ctrl-C; shut down gracefully either way.
+
+        After Ctrl-C the ``KeyboardInterrupt`` goes on once the shutdown is done.
+        """
+        self._serving = threading.current_thread()
+        self._served = True
         try:
             self.server.serve_forever()
         finally:
+            self._serving = None
             self.shutdown()
 
     def shutdown(self) -> None:
         """Shut down gracefully: the manager first, then the ``websockets`` server.
 
-        Safe to call from any thread but the manager's event loop, and more than once.
+        Safe to call more than once and from any thread but the manager's event loop. From
+        the thread running :meth:`serve_forever` (a signal handler, say), it starts the
+        shutdown in another thread and returns; :meth:`serve_forever` then returns.
         """
+        if threading.current_thread() is self._serving:
+            threading.Thread(target=self.shutdown, name="wsroom-shutdown").start()
+            return
         with self._lock:
             if self._done:
                 return
             self._done = True
         self.adapter.run(self.manager.shutdown(self.shutdown_timeout))
+        if self._serving is None and not self._served:
+            # websockets' shutdown waits for serve_forever() to stop accepting, and that
+            # closes its wake-up socket; serve_forever() never ran, so do both here.
+            socket_closed = getattr(self.server, "socket_closed", None)
+            if socket_closed is not None:
+                socket_closed.set()
+            watcher = getattr(self.server, "shutdown_watcher", None)
+            if watcher is not None:
+                watcher.close()
         self.server.shutdown()
 
 

@@ -165,7 +165,13 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
         status, body, content_type = routed
         return HTTPResponse(body, status_code=status.value, media_type=content_type)
 
-    app = Starlette(routes=[Route("/", page), WebSocketRoute("/ws", endpoint(manager))])
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/index.html", page),
+            WebSocketRoute("/ws", endpoint(manager)),
+        ]
+    )
     app.state.manager = manager
     return app
 
@@ -180,6 +186,7 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
         # uvicorn closes WebSockets with 1012 and runs the lifespan shutdown only after
         # they are gone; shut the rooms down first, so clients get their frames and 1001.
         draining = False
+        drain_task: asyncio.Task[None] | None = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             loop = manager.loop
@@ -187,7 +194,10 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
                 super().handle_exit(sig, frame)
                 return
             self.draining = True
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.drain()))
+            loop.call_soon_threadsafe(self.start_drain, loop)
+
+        def start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.drain_task = loop.create_task(self.drain())
 
         async def drain(self) -> None:
             print("wsroom demo: shutting down", flush=True)
