@@ -1,0 +1,458 @@
+"""One server of the fan-out benchmark, in a process of its own (started by fanout.py).
+
+    python benchmarks/fanout_server.py VARIANT [--redis-url URL --prefix P --cleanup]
+
+It listens on 127.0.0.1 on a free port, prints ``READY <port>``, then obeys one command
+per line on its standard input and answers each on its standard output:
+
+``COUNT n``
+    wait until exactly ``n`` clients are in the room (``OK n``, or ``TIMEOUT k``);
+``BURST k``
+    publish ``k`` messages back to back, each carrying its creation time (``SENT <s>``);
+``QUIT`` (or end of input)
+    exit at once.
+
+Every variant publishes from the server itself, the way an application pushes an event
+to a room; only the way the frames reach the sockets differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+ROOM = "bench"
+PAD = "x" * 56  # the JSON payload is about 100 bytes
+COUNT_TIMEOUT = 120.0
+
+
+def payload(index: int) -> dict[str, Any]:
+    """The message: its creation time first (the client finds it without a JSON parser)."""
+    return {"t": time.time(), "i": index, "p": PAD}
+
+
+def raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    return sock
+
+
+class Variant:
+    """What the control loop needs from a server: how many are in the room, and publish."""
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def burst(self, messages: int) -> None:
+        """Publish ``messages`` messages; called from the control thread."""
+        raise NotImplementedError
+
+
+class AsyncVariant(Variant):
+    """A server running on an asyncio loop in the main thread; commands hop onto it."""
+
+    loop: asyncio.AbstractEventLoop
+
+    async def publish(self, messages: int) -> None:
+        raise NotImplementedError
+
+    def local_count(self) -> int:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        async def read() -> int:
+            return self.local_count()
+
+        return asyncio.run_coroutine_threadsafe(read(), self.loop).result()
+
+    def burst(self, messages: int) -> None:
+        asyncio.run_coroutine_threadsafe(self.publish(messages), self.loop).result()
+
+
+def control(variant: Variant, port: int, on_quit: Callable[[], None]) -> None:
+    """Answer the orchestrator's commands; exit the process on QUIT or end of input."""
+    print(f"READY {port}", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        command = words[0]
+        if command == "COUNT":
+            wanted = int(words[1])
+            deadline = time.monotonic() + COUNT_TIMEOUT
+            have = variant.count()
+            while have != wanted and time.monotonic() < deadline:
+                time.sleep(0.005)
+                have = variant.count()
+            print(f"{'OK' if have == wanted else 'TIMEOUT'} {have}", flush=True)
+        elif command == "BURST":
+            start = time.perf_counter()
+            variant.burst(int(words[1]))
+            print(f"SENT {time.perf_counter() - start:.6f}", flush=True)
+        elif command == "QUIT":
+            break
+    on_quit()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def start_control(variant: Variant, port: int, on_quit: Callable[[], None] = lambda: None) -> None:
+    threading.Thread(target=control, args=(variant, port, on_quit), daemon=True).start()
+
+
+# websockets, asyncio: raw broadcast() and the two seed patterns.
+
+
+class WebsocketsPeer(AsyncVariant):
+    def __init__(self, mode: str) -> None:
+        from websockets.asyncio.server import ServerConnection
+
+        self.mode = mode
+        self.clients: set[ServerConnection] = set()
+
+    def local_count(self) -> int:
+        return len(self.clients)
+
+    async def handler(self, ws: Any) -> None:
+        self.clients.add(ws)
+        try:
+            async for _ in ws:
+                pass
+        except Exception:
+            pass
+        finally:
+            self.clients.discard(ws)
+
+    async def publish(self, messages: int) -> None:
+        from websockets.asyncio.server import broadcast
+        from websockets.exceptions import ConnectionClosed
+
+        if self.mode == "raw":
+            for i in range(messages):
+                broadcast(self.clients, json.dumps(payload(i)))
+        elif self.mode == "loop":
+            # The seeds' pattern: encode per recipient, await each send in turn.
+            for i in range(messages):
+                msg = payload(i)
+                for ws in list(self.clients):
+                    try:
+                        await ws.send(json.dumps(msg))
+                    except ConnectionClosed:
+                        pass
+        else:
+            for i in range(messages):
+                msg = payload(i)
+                await asyncio.gather(
+                    *(ws.send(json.dumps(msg)) for ws in list(self.clients)),
+                    return_exceptions=True,
+                )
+
+    async def main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self.loop = asyncio.get_running_loop()
+        sock = listening_socket()
+        async with serve(self.handler, sock=sock):
+            start_control(self, sock.getsockname()[1])
+            await asyncio.Future()
+
+
+# websockets, threads: the seed loop with one thread per connection.
+
+
+class SyncPeer(Variant):
+    def __init__(self) -> None:
+        self.clients: set[Any] = set()
+        self.lock = threading.Lock()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.clients)
+
+    def handler(self, ws: Any) -> None:
+        with self.lock:
+            self.clients.add(ws)
+        try:
+            for _ in ws:
+                pass
+        except Exception:
+            pass
+        finally:
+            with self.lock:
+                self.clients.discard(ws)
+
+    def burst(self, messages: int) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        for i in range(messages):
+            msg = payload(i)
+            with self.lock:
+                clients = list(self.clients)
+            for ws in clients:
+                try:
+                    ws.send(json.dumps(msg))
+                except ConnectionClosed:
+                    pass
+
+    def main(self) -> None:
+        from websockets.sync.server import serve
+
+        sock = listening_socket()
+        with serve(self.handler, sock=sock) as server:
+            start_control(self, sock.getsockname()[1])
+            server.serve_forever()
+
+
+# Starlette under uvicorn: the seed loop.
+
+
+async def serve_uvicorn(app: Any, variant: AsyncVariant) -> None:
+    import uvicorn
+
+    variant.loop = asyncio.get_running_loop()
+    sock = listening_socket()
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False, backlog=4096
+    )
+    server = uvicorn.Server(config)
+    start_control(variant, sock.getsockname()[1])
+    await server.serve(sockets=[sock])
+
+
+class StarlettePeer(AsyncVariant):
+    def __init__(self) -> None:
+        self.clients: set[Any] = set()
+
+    def local_count(self) -> int:
+        return len(self.clients)
+
+    async def endpoint(self, websocket: Any) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        await websocket.accept()
+        self.clients.add(websocket)
+        try:
+            while True:
+                await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            self.clients.discard(websocket)
+
+    async def publish(self, messages: int) -> None:
+        for i in range(messages):
+            msg = payload(i)
+            for websocket in list(self.clients):
+                with contextlib.suppress(Exception):
+                    await websocket.send_text(json.dumps(msg))
+
+    async def main(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import WebSocketRoute
+
+        app = Starlette(routes=[WebSocketRoute("/", self.endpoint)])
+        await serve_uvicorn(app, self)
+
+
+# python-socketio: AsyncServer (ASGI) under uvicorn, room emit.
+
+
+class SocketIOPeer(AsyncVariant):
+    def __init__(self) -> None:
+        import socketio
+
+        # Long ping intervals: a run never waits on Engine.IO's own heartbeat.
+        self.sio = socketio.AsyncServer(async_mode="asgi", ping_interval=600, ping_timeout=600)
+        self.members: set[str] = set()
+        self.sio.on("join", self.join)
+        self.sio.on("disconnect", self.disconnect)
+
+    async def join(self, sid: str, data: Any = None) -> None:
+        await self.sio.enter_room(sid, ROOM)
+        self.members.add(sid)
+
+    async def disconnect(self, sid: str, reason: Any = None) -> None:
+        self.members.discard(sid)
+
+    def local_count(self) -> int:
+        return len(self.members)
+
+    async def publish(self, messages: int) -> None:
+        for i in range(messages):
+            await self.sio.emit("bench", payload(i), room=ROOM)
+
+    async def main(self) -> None:
+        import socketio
+
+        await serve_uvicorn(socketio.ASGIApp(self.sio), self)
+
+
+# wsroom, on each adapter, alone or over Redis.
+
+
+def wsroom_manager(redis_url: str | None, prefix: str | None) -> Any:
+    from wsroom import ConnectionManager
+
+    if redis_url is None:
+        return ConnectionManager()
+    from wsroom.backplane.redis import RedisBackplane
+
+    return ConnectionManager(backplane=RedisBackplane(redis_url, prefix=prefix or "wsroom-bench"))
+
+
+def wsroom_count(manager: Any) -> int:
+    room = manager.room(ROOM)
+    return len(room.connections) if room is not None else 0
+
+
+class WsroomAsync(AsyncVariant):
+    def __init__(self, redis_url: str | None, prefix: str | None, cleanup: bool) -> None:
+        self.manager = wsroom_manager(redis_url, prefix)
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.cleanup = cleanup
+
+    def local_count(self) -> int:
+        return wsroom_count(self.manager)
+
+    async def publish(self, messages: int) -> None:
+        broadcast = self.manager.broadcast
+        for i in range(messages):
+            await broadcast(ROOM, payload(i))
+
+    def on_quit(self) -> None:
+        if self.cleanup and self.redis_url and self.prefix:
+            delete_prefix(self.redis_url, self.prefix)
+
+    async def main(self) -> None:
+        from wsroom.adapters.websockets import serve
+
+        self.loop = asyncio.get_running_loop()
+        sock = listening_socket()
+        async with serve(self.manager, sock=sock):
+            start_control(self, sock.getsockname()[1], self.on_quit)
+            await asyncio.Future()
+
+
+class WsroomSync(Variant):
+    """The threading adapter; the publisher is a plain thread, as in a threaded app."""
+
+    def __init__(self) -> None:
+        self.manager = wsroom_manager(None, None)
+
+    def count(self) -> int:
+        result: int = self.manager.from_thread.call(wsroom_count, self.manager)
+        return result
+
+    def burst(self, messages: int) -> None:
+        broadcast = self.manager.from_thread.broadcast
+        for i in range(messages):
+            broadcast(ROOM, payload(i))
+
+    def main(self) -> None:
+        from wsroom.adapters.websockets_sync import serve
+
+        sock = listening_socket()
+        with serve(self.manager, sock=sock) as server:
+            start_control(self, sock.getsockname()[1])
+            server.serve_forever()
+
+
+class WsroomStarlette(AsyncVariant):
+    def __init__(self) -> None:
+        self.manager = wsroom_manager(None, None)
+
+    def local_count(self) -> int:
+        return wsroom_count(self.manager)
+
+    async def publish(self, messages: int) -> None:
+        broadcast = self.manager.broadcast
+        for i in range(messages):
+            await broadcast(ROOM, payload(i))
+
+    async def main(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import WebSocketRoute
+
+        from wsroom.adapters.starlette import endpoint
+
+        app = Starlette(routes=[WebSocketRoute("/", endpoint(self.manager))])
+        await serve_uvicorn(app, self)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove the run's keys from Redis (the node that quits last does it)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
+    name: str = args.variant
+    if name == "raw":
+        return WebsocketsPeer("raw").main
+    if name == "seed-loop":
+        return WebsocketsPeer("loop").main
+    if name == "seed-gather":
+        return WebsocketsPeer("gather").main
+    if name == "seed-sync":
+        return SyncPeer().main
+    if name == "seed-starlette":
+        return StarlettePeer().main
+    if name == "socketio":
+        return SocketIOPeer().main
+    if name == "wsroom":
+        return WsroomAsync(None, None, False).main
+    if name == "wsroom-redis":
+        return WsroomAsync(args.redis_url, args.prefix, args.cleanup).main
+    if name == "wsroom-sync":
+        return WsroomSync().main
+    if name == "wsroom-starlette":
+        return WsroomStarlette().main
+    raise SystemExit(f"unknown server variant {name!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one server of the fan-out benchmark")
+    parser.add_argument("variant")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--prefix")
+    parser.add_argument("--cleanup", action="store_true", help="delete the prefix's keys on QUIT")
+    args = parser.parse_args()
+    raise_open_file_limit()
+    # Clients vanish without a close frame at the end of a run: nothing worth logging.
+    logging.basicConfig(level=logging.CRITICAL)
+    run = build(args)
+    result = run()
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+
+
+if __name__ == "__main__":
+    main()
