@@ -386,3 +386,40 @@ async def test_history_expires_with_the_rooms_ttl(shared_url: str) -> None:
             await client.aclose()
         again = await alice.join("lobby")
         assert again["epoch"] != joined["epoch"] and again["offset"] == 0
+
+
+async def test_redis_restored_from_an_older_snapshot_starts_a_new_epoch(
+    redis: PrivateRedis,
+) -> None:
+    from redis import asyncio as aioredis
+
+    async with two_nodes(redis.url) as (node_a, _url_a, _node_b, url_b):
+        reader = await Client.connect(url_b, "/ws?user=reader")
+        joined = await reader.join("news")
+        for index in range(3):
+            await node_a.broadcast("news", index)
+        client = aioredis.from_url(redis.url)
+        try:
+            await client.save()  # a snapshot holding ids 1 to 3
+        finally:
+            await client.aclose()
+        for index in range(3, 5):
+            await node_a.broadcast("news", index)
+        assert [(await next_of(reader, "message"))["id"] for _ in range(5)] == [1, 2, 3, 4, 5]
+        redis.kill()
+        redis.start()  # restores the snapshot: the room's sequence is back at 3
+        started = time.monotonic()
+        while True:
+            try:
+                message_id = await node_a.broadcast("news", "after the restart")
+                break
+            except BackplaneError:
+                assert time.monotonic() - started < 10
+                await asyncio.sleep(0.1)
+        # Ids 4 and 5 would be handed out again; a new epoch makes that impossible to miss.
+        gap = await next_of(reader, "gap")
+        assert gap["epoch"] != joined["epoch"]
+        frame = await next_of(reader, "message")
+        assert (frame["id"], frame["data"]) == (message_id, "after the restart")
+        assert frame["id"] == gap["offset"] + 1
+        await reader.close()

@@ -56,12 +56,25 @@ logger = logging.getLogger("wsroom.backplane")
 T = TypeVar("T")
 
 # Lua keeps each step atomic: ids, history and publish in one order for every node.
-_PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+# A Redis restarted from an older snapshot would hand out ids already used: the epoch is
+# also tied to the server's run_id, so a restarted Redis always starts a new epoch.
+_CURRENT_EPOCH = """
+local function current_epoch(meta, history, candidate)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch and redis.call('HGET', meta, 'run') == run then
+    return epoch
+  end
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', 0, 'run', run)
+  redis.call('DEL', history)
+  return candidate
 end
+"""
+
+_PUBLISH = (
+    _CURRENT_EPOCH
+    + """
+local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[1])
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local size = tonumber(ARGV[3])
 if size > 0 then
@@ -76,13 +89,12 @@ local header = 'M\\n' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[6] .. '\\n'
 redis.call('PUBLISH', ARGV[5], header .. ARGV[2])
 return {id, epoch}
 """
+)
 
-_SNAPSHOT = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-end
+_SNAPSHOT = (
+    _CURRENT_EPOCH
+    + """
+local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[1])
 local seq = redis.call('HGET', KEYS[1], 'seq')
 if ARGV[2] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -90,6 +102,7 @@ if ARGV[2] ~= '0' then
 end
 return {epoch, seq, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
+)
 
 _JOIN = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -166,7 +179,8 @@ class RedisBackplane(Backplane):
             its users leave every room (``presence`` leave frames).
         timeout: Seconds any Redis command may take before the operation fails (the
             client then gets ``internal_error``); the event loop never waits longer.
-        reconnect_max: Longest pause, in seconds, between reconnection attempts.
+        reconnect_max: Longest pause, in seconds, between reconnection attempts (before a
+            random jitter of -50% to +50%).
     """
 
     def __init__(
@@ -239,6 +253,11 @@ class RedisBackplane(Backplane):
         return self._node
 
     @property
+    def _halted(self) -> bool:
+        # A property, so that type narrowing of _stopping in a loop does not hide changes.
+        return self._stopping
+
+    @property
     def available(self) -> bool:
         """Whether Redis answered the last command."""
         return self._available
@@ -247,6 +266,7 @@ class RedisBackplane(Backplane):
 
     async def start(self, node: BackplaneNode) -> None:
         self._node = node
+        self._stopping = False
         self._redis = aioredis.from_url(
             self.url,
             socket_timeout=self.timeout,
@@ -421,7 +441,9 @@ class RedisBackplane(Backplane):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if self._halted:
+                    return  # stop() closed the connection under the read
                 logger.warning("Redis subscription lost (%s); reconnecting", exc)
             self._pubsub = None
             self._confirmed.clear()
@@ -710,7 +732,7 @@ class RedisBackplane(Backplane):
         exclude: str | None = None,
     ) -> int:
         envelope = self.node.encode({"from": sender, "data": data, "ts": ts})
-        id_, _ = await self._call(
+        id_, epoch = await self._call(
             self._scripts["publish"](
                 keys=[self._key(room, "meta"), self._key(room, "history")],
                 args=[
@@ -725,7 +747,7 @@ class RedisBackplane(Backplane):
         )
         message_id = int(id_)
         track = self._tracks.get(room)
-        if track is not None and track.last < message_id:
+        if track is not None and (track.last < message_id or track.epoch != bytes(epoch)):
             # As on one node, the sender's own copy is queued before its 'ack': wait until
             # the message came back through the subscription (bounded; it is sent anyway).
             future = track.waiting.setdefault(
