@@ -412,3 +412,11 @@ async def test_custom_hook_that_stores_the_message_acks_its_id() -> None:
         await a.join("p")
         ack = await a.request({"type": "vote", "room": "p", "data": "yes"})
         assert ack == {"type": "ack", "ref": ack["ref"], "id": 1}
+
+
+async def test_a_manager_that_was_shut_down_stays_down() -> None:
+    manager = ConnectionManager()
+    await manager.broadcast("news", 1)
+    await manager.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        await manager.broadcast("news", 2)

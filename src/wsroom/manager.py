@@ -190,8 +190,11 @@ class ConnectionManager:
             self._started = True
 
     async def _ensure_started(self) -> None:
-        # The server-side API may be used before the first client connects.
+        # The server-side API may be used before the first client connects, not after
+        # shutdown(): a manager that was shut down stays down.
         if not self._started:
+            if self._closing:
+                raise RuntimeError("this ConnectionManager was shut down; create a new one")
             await self.start()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
@@ -340,7 +343,8 @@ class ConnectionManager:
         Adapters call it once the upgrade is done, then :meth:`receive` for every frame,
         and :meth:`release` when the socket is gone.
         """
-        await self.start()
+        if not self._closing:
+            await self.start()
         conn = Connection(self, transport, secrets.token_hex(8), user, handshake)
         self._registry.add_connection(conn)
         self._send_frame(
