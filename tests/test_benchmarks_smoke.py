@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,3 +16,30 @@ def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     module = runpy.run_path(str(BENCHMARKS / "core_fanout.py"), run_name="smoke")
     module["main"](["--clients", "20", "--messages", "5", "--repeat", "1"])
     assert "deliveries/s" in capsys.readouterr().out
+
+
+def test_fanout_quick_smoke() -> None:
+    """The socket benchmark's --quick mode: a server process per variant, a row for each.
+
+    It needs neither python-socketio nor matplotlib: --quick runs only variants built on
+    websockets and wsroom.
+    """
+    module = runpy.run_path(str(BENCHMARKS / "fanout.py"), run_name="smoke")
+    expected = {module["VARIANTS"][name].label for name in module["QUICK_VARIANTS"]}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fanout.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| variant")
+    ]
+    assert {row[0] for row in rows} == expected, result.stdout
+    for row in rows:
+        assert row[1] == "5", row
+        assert row[2] not in ("failed", "-"), row  # deliveries per second were measured

@@ -81,11 +81,26 @@ class WebsocketsTransport(Transport):
         ws = self.ws
         if ws.protocol.state is not State.OPEN:
             return
-        send = ws.protocol.send_binary if self._send_binary else ws.protocol.send_text
+        protocol = ws.protocol
+        send = protocol.send_binary if self._send_binary else protocol.send_text
         try:
             for frame in frames:
                 send(frame)
-            ws.send_data()
+            chunks = protocol.data_to_send()
+            if all(chunks):
+                # One write for all of them: a write per frame would leave as many small TCP
+                # segments, each waiting on the peer's delayed acknowledgements.
+                ws.transport.write(b"".join(chunks))
+            else:
+                # An empty chunk asks for a half-close (the protocol is closing): write
+                # chunk by chunk, as websockets' own send_data() does.
+                for chunk in chunks:
+                    if chunk:
+                        ws.transport.write(chunk)
+                    elif ws.transport.can_write_eof():
+                        ws.transport.write_eof()
+                    else:
+                        ws.transport.close()
         except Exception:
             # The transport is closing under us; the receive loop sees it and releases.
             logger.debug("write to %r failed", conn, exc_info=True)
