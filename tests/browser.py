@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -71,7 +74,8 @@ class Page:
 @asynccontextmanager
 async def browser_page(executable: str) -> AsyncIterator[Page]:
     """A headless Chromium with one blank tab, stopped on exit."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile as it is removed.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once; its output is read in a thread
             [
                 executable,
@@ -90,6 +94,7 @@ async def browser_page(executable: str) -> AsyncIterator[Page]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: stop its helpers with it
         )
         try:
             assert process.stderr is not None
@@ -102,11 +107,13 @@ async def browser_page(executable: str) -> AsyncIterator[Page]:
             async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
                 yield Page(cdp)
         finally:
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             if process.stderr is not None:
                 process.stderr.close()
