@@ -112,6 +112,8 @@ class Room:
             history_size=self.history_size,
             history_ttl=self.history_ttl,
             exclude=exclude.id if exclude is not None else None,
+            # A client's message reaches its sender before the 'ack' does.
+            local_first=isinstance(message, Message),
         )
         self.manager._messages_published += 1
         if isinstance(message, Message):

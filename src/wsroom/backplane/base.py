@@ -112,8 +112,13 @@ class Backplane(ABC):
         history_size: int,
         history_ttl: float,
         exclude: str | None = None,
+        local_first: bool = False,
     ) -> int:
         """Store a room message, deliver it to every node's members, return its id.
+
+        With ``local_first``, return only once this node's members have it queued (the
+        sender of a client message must get it before its ``ack``); otherwise the
+        delivery may still be on its way.
 
         Ids are strictly increasing per room, starting at 1 in each epoch. Every node
         delivers a room's messages in id order.

@@ -100,6 +100,7 @@ class MemoryBackplane(Backplane):
         history_size: int,
         history_ttl: float,
         exclude: str | None = None,
+        local_first: bool = False,
     ) -> int:
         node = self.node
         stream = self._stream(room, history_size, history_ttl)

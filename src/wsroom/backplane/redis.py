@@ -730,6 +730,7 @@ class RedisBackplane(Backplane):
         history_size: int,
         history_ttl: float,
         exclude: str | None = None,
+        local_first: bool = False,
     ) -> int:
         envelope = self.node.encode({"from": sender, "data": data, "ts": ts})
         id_, epoch = await self._call(
@@ -747,7 +748,11 @@ class RedisBackplane(Backplane):
         )
         message_id = int(id_)
         track = self._tracks.get(room)
-        if track is not None and (track.last < message_id or track.epoch != bytes(epoch)):
+        if (
+            local_first
+            and track is not None
+            and (track.last < message_id or track.epoch != bytes(epoch))
+        ):
             # As on one node, the sender's own copy is queued before its 'ack': wait until
             # the message came back through the subscription (bounded; it is sent anyway).
             future = track.waiting.setdefault(
