@@ -441,11 +441,13 @@ class LoadClient:
 class ServerProcess:
     """One benchmark server (fanout_server.py) and the pipes that drive it."""
 
-    def __init__(self, variant: str, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, variant: str, extra: Sequence[str] = (), *, script: Path = SERVER_SCRIPT
+    ) -> None:
         # Closed in stop(): the server's stderr, shown when it fails.
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT), variant, *extra],
+            [sys.executable, str(script), variant, *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

@@ -43,3 +43,52 @@ def test_fanout_quick_smoke() -> None:
     for row in rows:
         assert row[1] == "5", row
         assert row[2] not in ("failed", "-"), row  # deliveries per second were measured
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| variant")
+    ]
+
+
+def test_slow_reader_quick_smoke() -> None:
+    """The slow-reader scenario's --quick mode: each variant with and without the reader."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "slow_reader.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| variant | non-reader |" in result.stdout, result.stdout
+    rows = _table_rows(result.stdout)
+    assert [(row[0], row[1]) for row in rows] == [
+        ("wsroom, websockets asyncio", "without"),
+        ("wsroom, websockets asyncio", "with"),
+        ("seed loop, websockets asyncio", "without"),
+        ("seed loop, websockets asyncio", "with"),
+    ], result.stdout
+    for row in rows:
+        assert row[2] != "failed", row
+        assert row[4] != "-", row  # a p99 was measured
+
+
+def test_joins_quick_smoke() -> None:
+    """The join/leave scenario's --quick mode; the Redis row only when a Redis answers."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "joins.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| variant | join p50 ms |" in result.stdout, result.stdout
+    rows = _table_rows(result.stdout)
+    assert rows, result.stdout
+    assert rows[0][0] == "wsroom asyncio, memory backplane", result.stdout
+    for row in rows:
+        assert row[1] != "failed", row

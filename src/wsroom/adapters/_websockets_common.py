@@ -7,7 +7,10 @@ them and the manager is written once, here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 import weakref
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -95,3 +98,18 @@ class AdapterBase:
     ) -> Subprotocol | None:
         """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
         return chosen_subprotocol(self.manager, subprotocols)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make closing ``sock`` send a TCP reset and drop its unsent data.
+
+    An evicted client stopped reading: a normal close would keep its unsent bytes (up to
+    megabytes) in the kernel and the client would see only a late EOF, mid-frame.
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

@@ -35,7 +35,7 @@ from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
-from ._websockets_common import AdapterBase, handshake_of, refusal
+from ._websockets_common import AdapterBase, handshake_of, refusal, reset_on_close
 
 __all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
 
@@ -132,6 +132,7 @@ class WebsocketsTransport(Transport):
     def abort(self) -> None:
         transport = self.ws.transport
         if transport is not None:
+            reset_on_close(transport.get_extra_info("socket"))
             transport.abort()
 
 

@@ -42,7 +42,7 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from ..threads import BackgroundLoop
-from ._websockets_common import AdapterBase, handshake_of, refusal
+from ._websockets_common import AdapterBase, handshake_of, refusal, reset_on_close
 
 __all__ = ["Server", "SyncAdapter", "SyncTransport", "serve"]
 
@@ -174,6 +174,9 @@ class SyncTransport(Transport):
     def abort(self) -> None:
         self._pending = None
         self._unlock()
+        # The server's thread closes the socket once shut down: with a reset, not a FIN
+        # queued behind data the client will never read.
+        reset_on_close(self.ws.socket)
         with contextlib.suppress(OSError):  # already closed
             self.ws.socket.shutdown(socket.SHUT_RDWR)
 

@@ -181,6 +181,8 @@ class RedisBackplane(Backplane):
             client then gets ``internal_error``); the event loop never waits longer.
         reconnect_max: Longest pause, in seconds, between reconnection attempts (before a
             random jitter of -50% to +50%).
+        max_connections: Connections to Redis for commands (the subscription has its own);
+            more concurrent commands wait for one.
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class RedisBackplane(Backplane):
         node_ttl: float = 10.0,
         timeout: float = 2.0,
         reconnect_max: float = 2.0,
+        max_connections: int = 100,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}\n "):
             raise ValueError("prefix must be non-empty, without braces, spaces or newlines")
@@ -203,6 +206,7 @@ class RedisBackplane(Backplane):
         self.node_ttl = node_ttl
         self.timeout = timeout
         self.reconnect_max = reconnect_max
+        self.max_connections = max_connections
         self.node_id: str = secrets.token_hex(6)
         """This node's id in Redis."""
         self.dropped_messages = 0
@@ -267,14 +271,19 @@ class RedisBackplane(Backplane):
     async def start(self, node: BackplaneNode) -> None:
         self._node = node
         self._stopping = False
-        self._redis = aioredis.from_url(
+        # A blocking pool makes a burst of commands (a reconnect storm of joins) wait for a
+        # connection instead of failing; the wait is bounded by each call's timeout.
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=self.max_connections,
+            timeout=None,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             # A pooled connection idle this long is checked first, so the first command
             # after a Redis restart does not fail on a connection that died meanwhile.
             health_check_interval=self.heartbeat,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
         for name, lua in (
             ("publish", _PUBLISH),
             ("snapshot", _SNAPSHOT),
@@ -348,7 +357,11 @@ class RedisBackplane(Backplane):
         try:
             async with asyncio.timeout(self.timeout):
                 return await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            # Slow is not down: only this call fails. The heartbeat finds a Redis that
+            # stopped answering and makes every call fail fast until it answers again.
+            raise BackplaneError("Redis did not answer in time") from exc
+        except (RedisError, OSError) as exc:
             self._set_available(False, exc)
             raise BackplaneError(f"Redis command failed: {exc}") from exc
 
