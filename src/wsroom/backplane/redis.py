@@ -471,6 +471,28 @@ class RedisBackplane(Backplane):
         last_heard = time.monotonic()
         ping_sent = False
         repaired = not repair
+
+        def handle(message: dict[str, Any]) -> None:
+            nonlocal repaired
+            kind = message.get("type")
+            channel = _text(message.get("channel"))
+            if kind == "message":
+                self._dispatch(channel, message.get("data"))
+            elif kind == "subscribe":
+                self._confirmed.add(channel)
+                event = self._confirm_events.pop(channel, None)
+                if event is not None:
+                    event.set()
+                if not connected.done() and channel == self._all_channel:
+                    connected.set_result(None)
+                if not repaired and self._requested <= self._confirmed:
+                    repaired = True
+                    task = asyncio.get_running_loop().create_task(self._repair_all())
+                    self._repairs.add(task)
+                    task.add_done_callback(self._repair_done)
+            elif kind == "unsubscribe":
+                self._confirmed.discard(channel)
+
         while not self._stopping:
             message = await asyncio.wait_for(
                 pubsub.get_message(timeout=self.heartbeat), self.heartbeat + self.timeout
@@ -485,24 +507,14 @@ class RedisBackplane(Backplane):
                 continue
             last_heard = now
             ping_sent = False
-            kind = message.get("type")
-            channel = _text(message.get("channel"))
-            if kind == "subscribe":
-                self._confirmed.add(channel)
-                event = self._confirm_events.pop(channel, None)
-                if event is not None:
-                    event.set()
-                if not connected.done() and channel == self._all_channel:
-                    connected.set_result(None)
-                if not repaired and self._requested <= self._confirmed:
-                    repaired = True
-                    task = asyncio.get_running_loop().create_task(self._repair_all())
-                    self._repairs.add(task)
-                    task.add_done_callback(self._repair_done)
-            elif kind == "unsubscribe":
-                self._confirmed.discard(channel)
-            elif kind == "message":
-                self._dispatch(channel, message.get("data"))
+            handle(message)
+            # Take what Redis already sent before waiting again, so that the frames of a
+            # burst leave in one write per connection rather than one write per message.
+            for _ in range(_DRAIN_BATCH):
+                more = await pubsub.get_message(timeout=0.0)
+                if more is None:
+                    break
+                handle(more)
 
     # Bus messages: ``KIND\\n`` then fields separated by newlines, the body last.
 
@@ -866,6 +878,9 @@ class RedisBackplane(Backplane):
         )
         return here
 
+
+# Subscription messages handled in one go before the listener waits again.
+_DRAIN_BATCH = 256
 
 # A cutoff later than any heartbeat: reap a node whatever its last heartbeat.
 _FOREVER_MS = 2**53
