@@ -56,9 +56,9 @@ class StarletteTransport(Transport):
     """Moves one connection's queued frames onto a Starlette ``WebSocket``.
 
     ASGI has no synchronous write, so a writer task per connection sends the queued frames
-    one by one. A send that stays blocked past ``Limits.write_timeout`` evicts the client;
-    eviction cancels the blocked send, since the TCP connection cannot be aborted from an
-    ASGI application.
+    one by one. A send that stays blocked past ``Limits.write_timeout`` evicts the client
+    (one timer per connection watches the sends); eviction cancels the blocked send, since
+    the TCP connection cannot be aborted from an ASGI application.
     """
 
     def __init__(self, websocket: WebSocket, *, binary: bool = False) -> None:
@@ -69,6 +69,8 @@ class StarletteTransport(Transport):
         self._idle.set()
         self._aborted = asyncio.get_running_loop().create_future()
         self._writer: asyncio.Task[None] | None = None
+        self._send_started: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
         if self._writer is None:
@@ -80,26 +82,43 @@ class StarletteTransport(Transport):
         conn = self.connection
         assert conn is not None
         send = self.websocket.send
-        limits = conn.manager.limits
+        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while frames := conn.take_outgoing():
+                if self._watchdog is None:
+                    self._watchdog = loop.call_later(conn.manager.limits.write_timeout, self._watch)
                 for frame in frames:
                     message = (
                         {"type": "websocket.send", "bytes": frame}
                         if self._binary
                         else {"type": "websocket.send", "text": frame.decode("utf-8")}
                     )
+                    # A timestamp per send, checked by one timer, costs far less than a
+                    # timeout context around every frame.
+                    self._send_started = loop.time()
                     try:
-                        async with asyncio.timeout(limits.write_timeout):
-                            await send(message)
-                    except TimeoutError:
-                        conn.manager.evict(conn, "client too slow: write timeout")
-                        return
+                        await send(message)
                     except _CLOSED:
                         return  # the receive loop sees the disconnect and releases
+                    self._send_started = None
             self._idle.set()
+
+    def _watch(self) -> None:
+        """Evict the client if one send has been blocked for ``write_timeout`` seconds."""
+        self._watchdog = None
+        started = self._send_started
+        conn = self.connection
+        if started is None or conn is None or self._writer is None:
+            return  # idle: the next batch arms the timer again
+        limit = conn.manager.limits.write_timeout
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - started
+        if waited >= limit:
+            conn.manager.evict(conn, "client too slow: write timeout")
+        else:
+            self._watchdog = loop.call_later(limit - waited, self._watch)
 
     async def receive(self) -> str | bytes | None:
         """The next frame from the client, or ``None`` once it is gone (or aborted)."""
@@ -133,6 +152,9 @@ class StarletteTransport(Transport):
             self._aborted.set_result(None)
 
     def _stop_writer(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None
