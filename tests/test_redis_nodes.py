@@ -249,6 +249,9 @@ async def test_a_stalled_redis_does_not_freeze_the_event_loop(redis: PrivateRedi
     async with websockets_asyncio_server(manager) as url:
         alice = await Client.connect(url, "/ws?user=alice")
         await alice.join("lobby")
+        # The join's presence goes to Redis after 'joined': a pong proves it is done, so
+        # that the pings below measure the loop, not this connection's previous frame.
+        await alice.request({"type": "ping"})
         redis.pause()  # SIGSTOP: the socket stays open, nothing answers
         try:
             for _ in range(5):
