@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import queue
-import resource
 import secrets
 import selectors
 import socket
@@ -42,6 +41,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import psutil
+from fanout_server import raise_open_file_limit as raise_open_file_limit
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "fanout_server.py"
@@ -668,28 +668,6 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 # Environment.
-
-
-WANTED_FILES = 65_536
-
-
-def raise_open_file_limit() -> int:
-    """Raise the open-file limit to 65,536 (the hard limit too, where this user may: the
-    websockets sync server holds four descriptors per connection), else to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    unlimited = hard == resource.RLIM_INFINITY
-    attempts = [(WANTED_FILES, hard if unlimited else max(hard, WANTED_FILES))]
-    if not unlimited:
-        attempts.append((hard, hard))
-    for limits in attempts:
-        if limits[0] <= soft:
-            break
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
-            break
-        except (ValueError, OSError):
-            continue
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def redis_url_to_use(given: str | None) -> str:

@@ -58,7 +58,7 @@ def text_frame(data: bytes) -> bytes:
 WANTED_FILES = 65_536
 
 
-def raise_open_file_limit() -> None:
+def raise_open_file_limit() -> int:
     """Raise the open-file limit to 65,536 (the hard limit too, where this user may: the
     websockets sync server holds four descriptors per connection), else to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -74,6 +74,7 @@ def raise_open_file_limit() -> None:
             break
         except (ValueError, OSError):
             continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def listening_socket() -> socket.socket:

@@ -18,12 +18,14 @@ def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert "deliveries/s" in capsys.readouterr().out
 
 
-def test_fanout_quick_smoke() -> None:
+def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     """The socket benchmark's --quick mode: a server process per variant, a row for each.
 
     It needs neither python-socketio nor matplotlib: --quick runs only variants built on
     websockets and wsroom.
     """
+    # The benchmark scripts import each other, as they do when run from benchmarks/.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = runpy.run_path(str(BENCHMARKS / "fanout.py"), run_name="smoke")
     expected = {module["VARIANTS"][name].label for name in module["QUICK_VARIANTS"]}
     result = subprocess.run(
