@@ -14,7 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConnectionClosedError
-from .protocol import SERVER_TYPES, CloseCode, is_valid_room_name
+from .protocol import SERVER_TYPES, CloseCode, _require_room_name
 
 if TYPE_CHECKING:
     from .handshake import Handshake
@@ -173,8 +173,8 @@ class Connection:
             raise ValueError(
                 f"{type!r} is a frame type of the protocol itself; choose another event name"
             )
-        if room is not None and not is_valid_room_name(room):
-            raise ValueError(f"invalid room name {room!r}")
+        if room is not None:
+            _require_room_name(room)
         if self._closed:
             raise ConnectionClosedError(f"connection {self.id} is closed")
         frame: dict[str, Any] = {"type": type, "data": data}

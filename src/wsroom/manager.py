@@ -27,7 +27,7 @@ from .protocol import (
     ErrorCode,
     Message,
     MessageProtocol,
-    is_valid_room_name,
+    _require_room_name,
 )
 from .room import Room
 from .threads import BlockingPortal
@@ -600,10 +600,7 @@ class ConnectionManager:
     # Internals.
 
     def _room_handle(self, name: str) -> Room:
-        if not is_valid_room_name(name):
-            raise ValueError(
-                f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /"
-            )
+        _require_room_name(name)
         state = self._registry.rooms.get(name)
         if state is not None:
             return state.room

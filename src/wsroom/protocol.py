@@ -83,6 +83,14 @@ def is_valid_room_name(name: object) -> bool:
     return isinstance(name, str) and _ROOM_NAME.fullmatch(name) is not None
 
 
+def _require_room_name(name: object) -> None:
+    """Raise ``ValueError`` unless ``name`` is a valid room name (for server-side calls)."""
+    if not is_valid_room_name(name):
+        raise ValueError(
+            f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /"
+        )
+
+
 @dataclass(slots=True, eq=False)
 class Message:
     """One frame received from a client, decoded and validated.

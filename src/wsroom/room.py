@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from .exceptions import ConfigurationError
 from .limits import _is_positive_number
-from .protocol import SERVER_TYPES, Message, is_valid_room_name
+from .protocol import SERVER_TYPES, Message
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -168,10 +168,3 @@ class Room:
         if name in _BUILTIN_HOOKS or not callable(getattr(cls, name, None)):
             return None
         return name
-
-
-def _validate_room_name(name: str) -> None:
-    if not is_valid_room_name(name):
-        raise ValueError(
-            f"invalid room name {name!r}: use 1 to 128 letters, digits and _ - . : @ /"
-        )
