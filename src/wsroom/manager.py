@@ -27,6 +27,7 @@ from .protocol import (
     ErrorCode,
     Message,
     MessageProtocol,
+    _is_valid_ref,
     _require_room_name,
 )
 from .room import Room
@@ -894,8 +895,6 @@ def _peek_ref(protocol: MessageProtocol, frame: str | bytes) -> str | int | None
         return None
     if isinstance(value, dict):
         ref = value.get("ref")
-        if isinstance(ref, str) and len(ref) <= 64:
-            return ref
-        if type(ref) is int and len(str(ref)) <= 64:
-            return ref
+        if _is_valid_ref(ref):
+            return cast(str | int, ref)
     return None
