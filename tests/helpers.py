@@ -100,6 +100,18 @@ ADAPTERS: dict[str, ServerFactory] = {
 }
 
 
+_connections_made = 0
+
+
+def _next_compression() -> str | None:
+    """Every other client offers permessage-deflate, as browsers do; the others offer no
+    extension. Rooms in every test thus mix compressed connections, which servers frame per
+    connection, with plain ones, which get frames shared by every recipient."""
+    global _connections_made
+    _connections_made += 1
+    return "deflate" if _connections_made % 2 else None
+
+
 class Client:
     """A test client speaking the wsroom protocol over a real WebSocket."""
 
@@ -119,6 +131,7 @@ class Client:
         **kwargs: Any,
     ) -> Client:
         offered = ["wsroom.v1"] if subprotocols is None else subprotocols
+        kwargs.setdefault("compression", _next_compression())
         ws = await websockets.connect(
             url + path,
             # An empty list would send an empty Sec-WebSocket-Protocol header: send none.

@@ -35,7 +35,13 @@ from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
-from ._websockets_common import AdapterBase, handshake_of, refusal, reset_on_close
+from ._websockets_common import (
+    AdapterBase,
+    SharedFrames,
+    handshake_of,
+    refusal,
+    reset_on_close,
+)
 
 __all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
 
@@ -48,20 +54,23 @@ class WebsocketsTransport(Transport):
     """Moves one connection's queued frames onto a ``websockets`` asyncio connection.
 
     Frames are written the way ``websockets.broadcast()`` writes them: straight into the
-    connection's protocol and transport, without awaiting, all queued frames of a loop
-    iteration in one go. While the socket's write buffer is above its high-water mark, frames
+    connection's transport, without awaiting, all queued frames of a loop iteration in one
+    go, each message framed once for all the connections that can take the same bytes
+    (:class:`SharedFrames`). While the socket's write buffer is above its high-water mark, frames
     wait in the connection's bounded queue and one task waits for the buffer to drain; a
     client that keeps it full longer than ``Limits.write_timeout``, or overflows the queue, is
     evicted and its TCP connection aborted, since ``close()`` cannot complete on a peer that
     stopped reading.
     """
 
-    def __init__(self, ws: ServerConnection, *, binary: bool = False) -> None:
+    def __init__(
+        self, ws: ServerConnection, *, binary: bool = False, shared: SharedFrames | None = None
+    ) -> None:
         self.ws = ws
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
         self._drain_task: asyncio.Task[None] | None = None
-        self._send_binary = binary
+        self._frames = shared if shared is not None else SharedFrames(self._loop, binary=binary)
 
     def wake(self) -> None:
         if not self._flush_scheduled and self._drain_task is None:
@@ -81,12 +90,8 @@ class WebsocketsTransport(Transport):
         ws = self.ws
         if ws.protocol.state is not State.OPEN:
             return
-        protocol = ws.protocol
-        send = protocol.send_binary if self._send_binary else protocol.send_text
         try:
-            for frame in frames:
-                send(frame)
-            chunks = protocol.data_to_send()
+            chunks = self._frames.data_to_send(ws.protocol, frames)
             if all(chunks):
                 # One write for all of them: a write per frame would leave as many small TCP
                 # segments, each waiting on the peer's delayed acknowledgements.
@@ -193,7 +198,11 @@ class WebsocketsAdapter(AdapterBase):
                 return
         else:
             handshake, user = checked
-        transport = WebsocketsTransport(ws, binary=self.manager.protocol.binary)
+        transport = WebsocketsTransport(
+            ws,
+            binary=self.manager.protocol.binary,
+            shared=self.shared_frames(asyncio.get_running_loop()),
+        )
 
         async def receive() -> str | bytes | None:
             try:

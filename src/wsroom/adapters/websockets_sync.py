@@ -42,7 +42,13 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from ..threads import BackgroundLoop
-from ._websockets_common import AdapterBase, handshake_of, refusal, reset_on_close
+from ._websockets_common import (
+    AdapterBase,
+    SharedFrames,
+    handshake_of,
+    refusal,
+    reset_on_close,
+)
 
 __all__ = ["Server", "SyncAdapter", "SyncTransport", "serve"]
 
@@ -55,20 +61,27 @@ class SyncTransport(Transport):
     """Moves one connection's queued frames onto a ``websockets.sync`` connection.
 
     Frames are written from the manager's event loop, as the asyncio adapter writes them:
-    all frames queued in a loop iteration are framed under the connection's lock and sent
-    with one non-blocking ``send()``. Whatever the socket does not take at once is sent when
-    it becomes writable, the lock held meanwhile so nothing interleaves. No thread waits
-    on a slow client, and a client that stops reading holds at most its bounded queue: the
-    queue overflowing, or the socket staying unwritable past ``Limits.write_timeout``,
-    evicts it, and the socket is shut down, which unblocks the server's threads.
+    all frames queued in a loop iteration are framed under the connection's lock (each
+    message once for all the connections that can take the same bytes:
+    :class:`SharedFrames`) and sent with one non-blocking ``send()``. Whatever the socket
+    does not take at once is sent when it becomes writable, the lock held meanwhile so
+    nothing interleaves. No thread waits on a slow client, and a client that stops reading
+    holds at most its bounded queue: the queue overflowing, or the socket staying
+    unwritable past ``Limits.write_timeout``, evicts it, and the socket is shut down, which
+    unblocks the server's threads.
     """
 
     def __init__(
-        self, ws: ServerConnection, loop: asyncio.AbstractEventLoop, *, binary: bool = False
+        self,
+        ws: ServerConnection,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        binary: bool = False,
+        shared: SharedFrames | None = None,
     ) -> None:
         self.ws = ws
         self._loop = loop
-        self._binary = binary
+        self._frames = shared if shared is not None else SharedFrames(loop, binary=binary)
         # Everything below is only touched on the manager's loop.
         self._scheduled = False
         self._locked = False
@@ -104,10 +117,7 @@ class SyncTransport(Transport):
         if not frames or ws.protocol.state is not State.OPEN:
             self._unlock()
             return
-        send = ws.protocol.send_binary if self._binary else ws.protocol.send_text
-        for frame in frames:
-            send(frame)
-        self._write(memoryview(b"".join(ws.protocol.data_to_send())))
+        self._write(memoryview(b"".join(self._frames.data_to_send(ws.protocol, frames))))
 
     def _write(self, data: memoryview) -> None:
         try:
@@ -266,7 +276,12 @@ class SyncAdapter(AdapterBase):
                 return
         else:
             handshake, user = checked
-        transport = SyncTransport(ws, self.loop, binary=self.manager.protocol.binary)
+        transport = SyncTransport(
+            ws,
+            self.loop,
+            binary=self.manager.protocol.binary,
+            shared=self.shared_frames(self.loop),
+        )
         with self._handlers:
             self._running += 1
         try:
