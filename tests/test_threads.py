@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import TIMEOUT, Client, websockets_asyncio_server
-from wsroom import ConnectionManager
+from wsroom import ConnectionManager, EncodeError
 from wsroom.adapters import websockets_sync
+from wsroom.threads import BlockingPortal
 
 
 def in_thread(func: Callable[[], Any]) -> Any:
@@ -129,3 +131,96 @@ async def test_threading_shutdown_from_the_serving_thread_does_not_deadlock() ->
     thread.start()
     assert await asyncio.to_thread(done.wait, TIMEOUT)
     await asyncio.to_thread(thread.join, TIMEOUT)
+
+
+async def test_broadcasts_from_threads_keep_each_threads_order_waiting_or_not() -> None:
+    manager = ConnectionManager()
+    async with websockets_asyncio_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("feed")
+        portal = manager.from_thread
+        per_thread = 300
+
+        def publish(name: str) -> list[int]:
+            ids: list[int] = []
+            futures = []
+            for index in range(per_thread):
+                if index % 50 == 49:  # a waiting call in the middle of a stream
+                    ids.append(portal.broadcast("feed", [name, index]))
+                else:
+                    futures.append((index, portal.broadcast_nowait("feed", [name, index])))
+            ids.extend(future.result(TIMEOUT) or 0 for _, future in futures)
+            return sorted(ids)
+
+        published = await asyncio.gather(
+            asyncio.to_thread(in_thread, lambda: publish("a")),
+            asyncio.to_thread(in_thread, lambda: publish("b")),
+        )
+        frames = [await client.recv_type("message") for _ in range(2 * per_thread)]
+        ids = [frame["id"] for frame in frames]
+        assert ids == sorted(ids) == sorted(published[0] + published[1])
+        for name in ("a", "b"):
+            indexes = [f["data"][1] for f in frames if f["data"][0] == name]
+            assert indexes == list(range(per_thread))
+        await client.close()
+
+
+async def test_broadcast_nowait_reports_errors_to_the_caller_or_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = ConnectionManager()
+    async with websockets_asyncio_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("feed")
+        portal = manager.from_thread
+        with pytest.raises(ValueError, match="invalid room name"):
+            await asyncio.to_thread(in_thread, lambda: portal.broadcast_nowait("bad room", 1))
+        with caplog.at_level("ERROR", "wsroom"):
+            failed = await asyncio.to_thread(
+                in_thread, lambda: portal.broadcast_nowait("feed", object())
+            )
+            with pytest.raises(EncodeError, match="cannot encode"):
+                await asyncio.to_thread(failed.result, TIMEOUT)
+        assert "broadcast_nowait to room 'feed' failed" in caplog.text
+        # The stream goes on after a failure.
+        after = await asyncio.to_thread(in_thread, lambda: portal.broadcast_nowait("feed", 2))
+        message_id = await asyncio.to_thread(after.result, TIMEOUT)
+        frame = await client.recv_type("message")
+        assert (frame["id"], frame["data"]) == (message_id, 2)
+        await client.close()
+
+
+async def test_broadcast_nowait_waits_for_room_when_the_loop_is_stuck() -> None:
+    manager = ConnectionManager()
+    async with websockets_asyncio_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("feed")
+        portal = BlockingPortal(manager, timeout=0.2, max_pending=3)
+        loop_blocked = threading.Event()
+        release_loop = threading.Event()
+
+        def block_the_loop() -> None:
+            loop_blocked.set()
+            release_loop.wait(TIMEOUT)
+
+        def publish() -> tuple[list[concurrent.futures.Future[int | None]], str]:
+            manager_loop = manager.loop
+            assert manager_loop is not None
+            manager_loop.call_soon_threadsafe(block_the_loop)
+            assert loop_blocked.wait(TIMEOUT)
+            try:
+                futures = [portal.broadcast_nowait("feed", index) for index in range(3)]
+                try:
+                    portal.broadcast_nowait("feed", 3)
+                except TimeoutError as exc:
+                    return futures, str(exc)
+                return futures, "no error"
+            finally:
+                release_loop.set()
+
+        futures, error = await asyncio.to_thread(in_thread, publish)
+        assert "3 broadcasts were still waiting" in error
+        ids = [await asyncio.to_thread(future.result, TIMEOUT) for future in futures]
+        frames = [await client.recv_type("message") for _ in range(3)]
+        assert [(f["id"], f["data"]) for f in frames] == list(zip(ids, range(3), strict=True))
+        await client.close()
