@@ -426,3 +426,63 @@ async def test_redis_restored_from_an_older_snapshot_starts_a_new_epoch(
         assert (frame["id"], frame["data"]) == (message_id, "after the restart")
         assert frame["id"] == gap["offset"] + 1
         await reader.close()
+
+
+async def test_concurrent_broadcasts_are_pipelined_in_call_order(
+    shared_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines: list[int] = []
+    original = RedisBackplane._pipeline_publishes
+
+    async def counted(self: RedisBackplane, batch: list[Any]) -> list[Any]:
+        pipelines.append(len(batch))
+        return await original(self, batch)
+
+    monkeypatch.setattr(RedisBackplane, "_pipeline_publishes", counted)
+    async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        await bob.join("lobby")
+        count = 300
+        ids = await asyncio.gather(*(node_a.broadcast("lobby", i) for i in range(count)))
+        assert ids == list(range(ids[0], ids[0] + count))
+        frames = [await next_of(bob, "message") for _ in range(count)]
+        assert [(f["id"], f["data"]) for f in frames] == list(zip(ids, range(count), strict=True))
+        # One round trip carried many publishes: the first alone, then the rest together.
+        assert sum(pipelines) == count and len(pipelines) <= 4, pipelines
+        await bob.close()
+
+
+async def test_a_threads_stream_over_redis_arrives_in_order(shared_url: str) -> None:
+    async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        await bob.join("lobby")
+        count = 300
+
+        def stream() -> list[int]:
+            futures = [node_a.from_thread.broadcast_nowait("lobby", i) for i in range(count)]
+            return [future.result(TIMEOUT) or 0 for future in futures]
+
+        ids = await asyncio.to_thread(stream)
+        assert ids == sorted(ids) and len(set(ids)) == count
+        frames = [await next_of(bob, "message") for _ in range(count)]
+        assert [(f["id"], f["data"]) for f in frames] == list(zip(ids, range(count), strict=True))
+        await bob.close()
+
+
+async def test_publishes_recover_when_redis_forgets_its_scripts(redis: PrivateRedis) -> None:
+    from redis import asyncio as aioredis
+
+    async with two_nodes(redis.url) as (node_a, _url_a, _node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        await bob.join("lobby")
+        first = await node_a.broadcast("lobby", "before")
+        client = aioredis.from_url(redis.url)
+        try:
+            await client.script_flush()  # what a Redis restarted without its scripts has
+        finally:
+            await client.aclose()
+        ids = await asyncio.gather(*(node_a.broadcast("lobby", i) for i in range(5)))
+        assert ids == list(range(first + 1, first + 6))
+        frames = [await next_of(bob, "message") for _ in range(6)]
+        assert [f["data"] for f in frames] == ["before", 0, 1, 2, 3, 4]
+        await bob.close()

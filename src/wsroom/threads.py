@@ -208,9 +208,11 @@ class BlockingPortal:
                         return
                     batch, self._pending = self._pending, batch
                     self._room_freed.notify_all()
-                while batch:
-                    await self._apply(batch[0])
-                    batch.popleft()
+                # Started together, in order: each reaches the backplane in call order
+                # before any of them waits, so a backplane that pipelines (Redis) sends
+                # the whole batch in one round trip.
+                await asyncio.gather(*(self._apply(item) for item in batch))
+                batch.clear()
                 # Let the transports write this batch (one write per connection for all of
                 # it) and the clients be served before the next one.
                 await asyncio.sleep(0)

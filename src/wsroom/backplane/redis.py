@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 try:
     from redis import asyncio as aioredis
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "wsroom's Redis backplane needs redis-py: pip install 'wsroom[redis]'"
@@ -231,6 +231,9 @@ class RedisBackplane(Backplane):
         self._direct_waiting: dict[int, asyncio.Future[None]] = {}
         self._all_channel = f"{prefix}:all"
         self._want.add(self._all_channel)
+        # Publishes waiting to be pipelined to Redis, in call order, and the task sending them.
+        self._outgoing: deque[tuple[list[str], list[Any], asyncio.Future[Any]]] = deque()
+        self._sender: asyncio.Task[None] | None = None
 
     # Names.
 
@@ -758,10 +761,15 @@ class RedisBackplane(Backplane):
         local_first: bool = False,
     ) -> int:
         envelope = self.node.encode({"from": sender, "data": data, "ts": ts})
-        id_, epoch = await self._call(
-            self._scripts["publish"](
-                keys=[self._key(room, "meta"), self._key(room, "history")],
-                args=[
+        if not self._available:
+            raise BackplaneError("Redis is unavailable; retrying in the background")
+        # Queued before the first suspension: publishes reach Redis in the order they were
+        # called, and those called while a batch is on its way leave in the next one.
+        result = asyncio.get_running_loop().create_future()
+        self._outgoing.append(
+            (
+                [self._key(room, "meta"), self._key(room, "history")],
+                [
                     new_epoch(),
                     envelope,
                     history_size,
@@ -769,8 +777,14 @@ class RedisBackplane(Backplane):
                     self._room_channel(room),
                     exclude or "",
                 ],
+                result,
             )
         )
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send_publishes(), name="wsroom-redis-publish"
+            )
+        id_, epoch = await result
         message_id = int(id_)
         track = self._tracks.get(room)
         if (
@@ -788,6 +802,66 @@ class RedisBackplane(Backplane):
                     await future
             track.waiting.pop(message_id, None)
         return message_id
+
+    async def _send_publishes(self) -> None:
+        """Send queued publishes to Redis, as many as are waiting in one pipeline each time.
+
+        A pipeline costs one round trip whatever its length, so concurrent publishers (the
+        members of a busy room, a thread's stream handed over by ``broadcast_nowait``) are
+        not each held up by a round trip of their own, and the messages reach the other
+        nodes together, where they leave in one write per connection.
+        """
+        outgoing = self._outgoing
+        try:
+            while outgoing:
+                batch = [outgoing.popleft() for _ in range(min(len(outgoing), _PIPELINE_MAX))]
+                try:
+                    replies = await self._call(self._run_publishes(batch))
+                except BackplaneError as exc:
+                    for _, _, result in batch:
+                        if not result.done():
+                            result.set_exception(BackplaneError(str(exc)))
+                    continue
+                for (_, _, result), reply in zip(batch, replies, strict=True):
+                    if result.done():
+                        continue  # its publisher was cancelled
+                    if isinstance(reply, Exception):
+                        result.set_exception(BackplaneError(f"Redis refused a publish: {reply}"))
+                    else:
+                        result.set_result(reply)
+        finally:
+            self._sender = None
+            # Only a cancellation (the loop is stopping) leaves publishes queued.
+            while outgoing:
+                result = outgoing.popleft()[2]
+                if not result.done():
+                    result.set_exception(
+                        BackplaneError("the backplane stopped before this message was sent")
+                    )
+
+    async def _run_publishes(
+        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        replies = await self._pipeline_publishes(batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis restarted or flushed its scripts. A NOSCRIPT reply means that publish did
+            # not run, so sending it again cannot duplicate it.
+            await self._redis.script_load(_PUBLISH)
+            retried = await self._pipeline_publishes([batch[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline_publishes(
+        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        sha = self._scripts["publish"].sha
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def publish_event(self, room: str, frame: bytes, *, exclude: str | None = None) -> None:
         await self._call(
@@ -881,6 +955,8 @@ class RedisBackplane(Backplane):
 
 # Subscription messages handled in one go before the listener waits again.
 _DRAIN_BATCH = 256
+# Publishes sent in one pipeline at most: bounds the reply a batch waits for.
+_PIPELINE_MAX = 512
 
 # A cutoff later than any heartbeat: reap a node whatever its last heartbeat.
 _FOREVER_MS = 2**53
