@@ -4,13 +4,16 @@
     python benchmarks/fanout.py --sizes 100,1000,5000 --repeat 5 --json out.json --plot out.png
     python benchmarks/fanout.py --variants raw,wsroom --sizes 1000
     python benchmarks/fanout.py --quick               # smoke run: a few seconds
+    python benchmarks/fanout.py --rate 1000 --messages 1000   # the latency run: paced
+    python benchmarks/fanout.py --compress            # clients offer permessage-deflate
 
 For each size N and each variant, a fresh server process gets N clients in one room and
-publishes 100 back-to-back ~100-byte JSON messages; this process is the load client and
-measures deliveries per second, end-to-end latency (from a timestamp in the message),
-the server's CPU time and memory per idle connection, the connect time, and its own CPU.
-Variants run interleaved within each repeat, so their ratios come from the same
-conditions; each cell is repeated and its median reported. See docs/benchmarks.md.
+publishes 100 back-to-back ~100-byte JSON messages (or paced ones, ``--rate``); this
+process is the load client and measures deliveries per second, end-to-end latency (from a
+timestamp in the message), the server's CPU time and memory per idle connection, the
+connect time, and its own CPU. Variants run interleaved within each repeat, so their
+ratios come from the same conditions; each cell is repeated and its median reported. See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +56,9 @@ RECV_SIZE = 65536  # below glibc's mmap threshold: no mmap/munmap per recv()
 CONNECT_WINDOW = 64  # handshakes in flight at once
 SAMPLES_PER_BURST = 2000  # timestamps parsed per burst, spread over every client
 CLIENT_BOUND = 0.8  # client CPU / wall time above which a figure is the client's limit
+# What a browser offers (RFC 7692): the client takes what the server answers.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+INFLATED_CONNS = 16  # with compression offered: the connections that inflate, for latency
 
 
 # The variants.
@@ -69,6 +76,8 @@ class Variant:
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
+SOCKETIO = (("socketio", "python-socketio"), ("uvicorn", "uvicorn"))
+REDIS = (("redis", "redis"),)
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
@@ -85,7 +94,16 @@ VARIANTS: dict[str, Variant] = {
             "python-socketio room emit",
             "socketio",
             kind="socketio",
-            needs=(("socketio", "python-socketio"), *STARLETTE[1:]),
+            needs=SOCKETIO,
+        ),
+        Variant(
+            "socketio-redis2",
+            "python-socketio, 2 nodes over Redis",
+            "socketio-redis",
+            kind="socketio",
+            nodes=2,
+            needs=(*SOCKETIO, *REDIS),
+            redis=True,
         ),
         Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom"),
         Variant("wsroom-sync", "wsroom, websockets sync", "wsroom-sync", kind="wsroom"),
@@ -102,7 +120,16 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-redis",
             kind="wsroom",
             nodes=2,
-            needs=(("redis", "redis"),),
+            needs=REDIS,
+            redis=True,
+        ),
+        Variant(
+            "wsroom-redis3",
+            "wsroom, 3 nodes over Redis",
+            "wsroom-redis",
+            kind="wsroom",
+            nodes=3,
+            needs=REDIS,
             redis=True,
         ),
     ]
@@ -168,8 +195,51 @@ def timestamp_of(payload: bytes) -> float | None:
         return None
 
 
+def deflate_parameters(head: bytes) -> dict[str, str] | None:
+    """The permessage-deflate parameters of a handshake response (RFC 7692), or ``None``
+    when the server did not accept the extension."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"sec-websocket-extensions":
+            continue
+        for extension in value.decode("latin-1").split(","):
+            token, *params = (part.strip() for part in extension.split(";"))
+            if token.lower() == "permessage-deflate":
+                pairs = (param.partition("=") for param in params)
+                return {key.strip().lower(): val.strip().strip('"') for key, _, val in pairs}
+    return None
+
+
+def inflated_indexes(count: int, nodes: int, wanted: int = INFLATED_CONNS) -> set[int]:
+    """Up to ``wanted`` of ``count`` clients dealt round-robin over ``nodes``: as many on
+    each node, spread over its clients."""
+    chosen: set[int] = set()
+    per_node = max(1, wanted // nodes)
+    for node in range(nodes):
+        members = range(node, count, nodes)
+        step = max(1, len(members) // per_node)
+        chosen.update(members[::step][:per_node])
+    return chosen
+
+
 class Conn:
-    __slots__ = ("buf", "frames", "index", "joined", "port", "script_pos", "sock", "state")
+    __slots__ = (
+        "buf",
+        "compressed",
+        "deflate",
+        "frames",
+        "index",
+        "inflate",
+        "inflater",
+        "joined",
+        "no_takeover",
+        "parts",
+        "port",
+        "script_pos",
+        "sock",
+        "state",
+        "wbits",
+    )
 
     def __init__(self, sock: socket.socket, index: int, port: int) -> None:
         self.sock = sock
@@ -180,6 +250,14 @@ class Conn:
         self.frames = 0  # data frames received
         self.script_pos = 0
         self.joined = False  # in the room
+        self.deflate = False  # the server accepted permessage-deflate
+        # Read every message in full (inflated when compressed), for latency samples.
+        self.inflate = False
+        self.inflater: Any = None  # zlib decompressor, when ``inflate`` and ``deflate``
+        self.wbits = -15
+        self.no_takeover = False  # server_no_context_takeover: a fresh window per message
+        self.compressed = False  # the message in progress has RSV1 set
+        self.parts: list[bytes] = []  # the message in progress, inflated
 
 
 class LoadClient:
@@ -189,13 +267,21 @@ class LoadClient:
     its timestamp; the others are skipped by their length. A frame costs the client well
     under a microsecond when many arrive in one read, and a read (system call and wake-up
     included) a few microseconds when each brings a single frame.
+
+    With ``compress``, every client offers permessage-deflate, as browsers do, and takes
+    what the server answers. Compressed payloads cannot be searched, so a fixed set of
+    connections (:data:`INFLATED_CONNS`, spread over the nodes) inflates every message it
+    receives, and only their messages give latency samples; the others only count.
     """
 
-    def __init__(self, protocol: ClientProtocol, *, quickack: bool = False) -> None:
+    def __init__(
+        self, protocol: ClientProtocol, *, quickack: bool = False, compress: bool = False
+    ) -> None:
         self.protocol = protocol
         # Acknowledge every read at once instead of letting the kernel delay ACKs
         # (a diagnostic: real clients, browsers included, delay them).
         self.quickack = quickack
+        self.compress = compress
         self.selector = selectors.DefaultSelector()
         self.conns: list[Conn] = []
         self.total = 0  # data frames received by all clients since reset
@@ -205,6 +291,7 @@ class LoadClient:
         self.sampling = False
         self.every = 1
         self.countdown = 1
+        self.sampling_inflated = False  # every message of the inflating connections
         self.latencies: list[float] = []
 
     # Connecting.
@@ -213,22 +300,28 @@ class LoadClient:
         """Open ``count`` clients, spread over ``ports``, until each is in the room."""
         target = len(self.conns) + count
         base = len(self.conns)
+        inflated = inflated_indexes(count, len(ports)) if self.compress else set()
         opened = 0
         goal = self.ready + count
         while self.ready < goal:
             while opened < count and len(self.conns) - self.ready - self.closed < CONNECT_WINDOW:
                 index = base + opened
-                self._open(index, ports[index % len(ports)])
+                self._open(index, ports[index % len(ports)], inflate=opened in inflated)
                 opened += 1
             if self.errors or time.monotonic() > deadline:
                 return False
             self._poll(min(0.5, max(0.0, deadline - time.monotonic())))
         return len(self.conns) == target and not self.errors
 
-    def _open(self, index: int, port: int) -> None:
+    def deflated(self) -> int:
+        """Open connections on which the server accepted permessage-deflate."""
+        return sum(1 for conn in self.conns if conn.deflate and conn.state == OPEN)
+
+    def _open(self, index: int, port: int, *, inflate: bool = False) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         conn = Conn(sock, index, port)
+        conn.inflate = inflate
         self.conns.append(conn)
         err = sock.connect_ex(("127.0.0.1", port))
         if err not in (0, errno.EINPROGRESS):
@@ -246,7 +339,9 @@ class LoadClient:
         request = (
             f"GET {self.protocol.path} HTTP/1.1\r\nHost: 127.0.0.1:{conn.port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            + (f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.compress else "")
+            + "\r\n"
         )
         self._send(conn, request.encode())
         conn.state = HANDSHAKE
@@ -265,6 +360,15 @@ class LoadClient:
             status = head.split(b"\r\n", 1)[0]
             self._fail(conn, f"handshake refused: {status!r}")
             return
+        params = deflate_parameters(head) if self.compress else None
+        if params is not None:
+            conn.deflate = True
+            # -15 would inflate any window; the server's maximum is what it uses.
+            bits = params.get("server_max_window_bits") or "15"
+            conn.wbits = -max(9, min(15, int(bits) if bits.isdigit() else 15))
+            conn.no_takeover = "server_no_context_takeover" in params
+            if conn.inflate:
+                conn.inflater = zlib.decompressobj(conn.wbits)
         conn.state = OPEN
         self._advance(conn)
         if rest:
@@ -329,6 +433,9 @@ class LoadClient:
             conn.sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
 
     def _feed(self, conn: Conn, data: bytes) -> None:
+        if conn.inflate:
+            self._feed_inflating(conn, data)
+            return
         if conn.buf:
             data = conn.buf + data
         size = len(data)
@@ -381,6 +488,78 @@ class LoadClient:
             if not conn.joined:
                 self._advance(conn)
 
+    def _feed_inflating(self, conn: Conn, data: bytes) -> None:
+        """:meth:`_feed` for an inflating connection: each message read in full, inflated
+        when compressed (RFC 7692: its frames' payloads, then 00 00 ff ff, through one
+        raw-deflate stream unless the server takes no context over), and, while sampling,
+        each one a latency sample."""
+        if conn.buf:
+            data = conn.buf + data
+        size = len(data)
+        pos = 0
+        frames = 0
+        now = 0.0
+        while pos + 2 <= size:
+            length = data[pos + 1] & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                start = pos + 4
+                if start > size:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+            else:
+                start = pos + 10
+                if start > size:
+                    break
+                length = int.from_bytes(data[pos + 2 : start], "big")
+            end = start + length
+            if end > size:
+                break
+            first = data[pos]
+            opcode = first & 0x0F
+            if opcode < 8:
+                body = data[start:end]
+                if opcode:  # a message's first frame: RSV1 says whether it is compressed
+                    conn.compressed = bool(first & 0x40)
+                    conn.parts = []
+                if conn.compressed:
+                    if conn.inflater is None:
+                        self._fail(conn, "compressed frame without permessage-deflate")
+                        return
+                    try:
+                        body = conn.inflater.decompress(body)
+                        if first & 0x80:
+                            body += conn.inflater.decompress(b"\x00\x00\xff\xff")
+                    except zlib.error as exc:
+                        self._fail(conn, f"inflate: {exc}")
+                        return
+                    if first & 0x80 and conn.no_takeover:
+                        conn.inflater = zlib.decompressobj(conn.wbits)
+                conn.parts.append(body)
+                if first & 0x80:
+                    frames += 1
+                    message = b"".join(conn.parts) if len(conn.parts) > 1 else conn.parts[0]
+                    conn.parts = []
+                    if self.sampling_inflated:
+                        stamp = timestamp_of(message)
+                        if stamp is not None:
+                            if not now:
+                                now = time.time()
+                            self.latencies.append(now - stamp)
+            elif opcode == 9:
+                self._send(conn, client_frame(data[start:end], 0xA))
+            elif opcode == 8:
+                self._fail(conn, f"close frame from the server: {data[start:end]!r}")
+                return
+            pos = end
+        conn.buf = data[pos:] if pos < size else b""
+        if frames:
+            conn.frames += frames
+            self.total += frames
+            if not conn.joined:
+                self._advance(conn)
+
     def _send(self, conn: Conn, data: bytes) -> None:
         try:
             sent = conn.sock.send(data)
@@ -417,7 +596,9 @@ class LoadClient:
     def reset(self, sample_every: int = 0) -> None:
         self.total = 0
         self.latencies = []
-        self.sampling = sample_every > 0
+        # Offering compression, only the inflating connections sample: all their messages.
+        self.sampling = sample_every > 0 and not self.compress
+        self.sampling_inflated = sample_every > 0
         self.every = self.countdown = max(1, sample_every)
 
     def close(self, first: int = 0) -> None:
@@ -543,6 +724,9 @@ class Sample:
     connect_s: float
     server_send_s: float
     redis_cpu_s: float | None = None  # the Redis server's, when it runs on this machine
+    # With --compress: of the N connections, those on which the server accepted
+    # permessage-deflate (None: not offered).
+    deflate_conns: int | None = None
     repeat: int = 0  # which round of the run: variants of one round ran back to back
 
 
@@ -565,8 +749,17 @@ def shares(total: int, nodes: int) -> list[int]:
 
 
 def run_once(
-    variant: Variant, n: int, messages: int, redis_url: str | None, *, quickack: bool = False
+    variant: Variant,
+    n: int,
+    messages: int,
+    redis_url: str | None,
+    *,
+    quickack: bool = False,
+    compress: bool = False,
+    rate: float | None = None,
 ) -> Sample:
+    """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
+    server publishes ``rate`` messages per second, each carrying its due time."""
     extra: list[list[str]] = [[] for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
@@ -576,7 +769,7 @@ def run_once(
             if i == 0:
                 args.append("--cleanup")  # node 0 quits last and removes the run's keys
     servers: list[ServerProcess] = []
-    client = LoadClient(PROTOCOLS[variant.kind], quickack=quickack)
+    client = LoadClient(PROTOCOLS[variant.kind], quickack=quickack, compress=compress)
     try:
         for args in extra:
             servers.append(ServerProcess(variant.server, args))
@@ -591,9 +784,10 @@ def run_once(
         def burst(count: int, sample_every: int = 0) -> tuple[float, float]:
             """Publish ``count`` messages; (seconds until the last delivery, send time)."""
             client.reset(sample_every)
-            deadline = time.monotonic() + 30 + n * count / 2_000  # at least 2k deliveries/s
+            # At least 2k deliveries/s, after the paced schedule if any.
+            deadline = time.monotonic() + 30 + n * count / 2_000 + (count / rate if rate else 0)
             start = time.perf_counter()
-            publisher.send(f"BURST {count}")
+            publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
             if not client.expect(n * count, deadline):
                 raise BenchError(
                     f"{client.total} of {n * count} deliveries"
@@ -619,6 +813,7 @@ def run_once(
         in_room(n)
         connect_s = time.perf_counter() - start
         rss_after = sum(s.rss() for s in servers)
+        deflate_conns = client.deflated() if compress else None
 
         burst(warm)  # not measured: first bursts allocate buffers
         redis = redis_process(redis_url) if variant.redis and redis_url else None
@@ -648,6 +843,7 @@ def run_once(
                 if redis_after is not None and redis_before is not None
                 else None
             ),
+            deflate_conns=deflate_conns,
         )
     except (BenchError, OSError, psutil.Error) as exc:
         details = "; ".join(
@@ -840,7 +1036,9 @@ def saturation(cell: Cell) -> str:
     return " ~" if per_node >= CLIENT_BOUND * wall else " !"
 
 
-def table(cells: list[Cell], sizes: list[int]) -> str:
+def table(cells: list[Cell], sizes: list[int], *, compress: bool = False) -> str:
+    """The results; with ``compress``, a last column: connections (of N) that negotiated
+    permessage-deflate."""
     headers = [
         "variant",
         "N",
@@ -853,6 +1051,8 @@ def table(cells: list[Cell], sizes: list[int]) -> str:
         "RSS/conn KiB",
         "connect s",
     ]
+    if compress:
+        headers.append("deflate")
     rows: list[list[str]] = []
     for n in sizes:
         base = next((c for c in cells if c.n == n and c.variant == BASELINE), None)
@@ -860,8 +1060,9 @@ def table(cells: list[Cell], sizes: list[int]) -> str:
             rate = cell.median("rate")
             client_cpu = cell.median("client_cpu_s")
             if not cell.samples:
-                rows.append([cell.label, str(n), "failed", *["-"] * 7])
+                rows.append([cell.label, str(n), "failed", *["-"] * (len(headers) - 3)])
                 continue
+            deflate = cell.median("deflate_conns")
             rows.append(
                 [
                     cell.label,
@@ -874,6 +1075,7 @@ def table(cells: list[Cell], sizes: list[int]) -> str:
                     fmt(client_cpu, ".3f") + saturation(cell),
                     fmt(cell.median("rss_per_conn_kib"), ".1f"),
                     fmt(cell.median("connect_s"), ".2f"),
+                    *([f"{fmt(deflate, '.0f')}/{n}"] if compress else []),
                 ]
             )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -892,7 +1094,13 @@ def table(cells: list[Cell], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[Cell], sizes: list[int], messages: int, path: str) -> None:
+def burst_description(messages: int, rate: float | None, compress: bool) -> str:
+    """How the measured burst was published, for the plot's title."""
+    how = f"~100-byte messages paced at {rate:g}/s" if rate else "back-to-back ~100-byte messages"
+    return f"{messages} {how}" + ("\n(clients offer permessage-deflate)" if compress else "")
+
+
+def plot(cells: list[Cell], sizes: list[int], description: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -929,7 +1137,7 @@ def plot(cells: list[Cell], sizes: list[int], messages: int, path: str) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("clients in the room (N)")
     ax.set_ylabel("deliveries per second (log)")
-    ax.set_title(f"Fan-out to one room: {messages} back-to-back ~100-byte messages")
+    ax.set_title(f"Fan-out to one room: {description}")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -961,6 +1169,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "cost a server; costs the client a system call per read",
     )
     parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="clients offer permessage-deflate, as browsers do; latency is sampled from up "
+        f"to {INFLATED_CONNS} connections that inflate every message",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="paced publishing: messages per second, each carrying its due time (default: "
+        "back to back); --rate 1000 --messages 1000 is the latency run",
+    )
+    parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
     )
     args = parser.parse_args(argv)
@@ -976,6 +1196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.variant_names = list(names)
     if min(args.sizes) < 1 or args.messages < 1 or args.repeat < 1:
         parser.error("sizes, messages and repeat must be positive")
+    if args.rate is not None and not args.rate > 0:
+        parser.error("rate must be positive")
     return args
 
 
@@ -1006,6 +1228,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wsroom fan-out benchmark: {args.messages} messages per burst, ", end="")
     print(f"sizes {args.sizes}, repeat {args.repeat}")
     print(
+        "publishing: "
+        + (
+            f"paced, {args.rate:g} messages/s, each carrying its due time"
+            if args.rate
+            else "back to back, each message carrying its creation time"
+        )
+    )
+    print(
+        "compression: "
+        + (
+            f"clients offer {DEFLATE_OFFER}; latency from up to {INFLATED_CONNS} "
+            "connections that inflate every message"
+            if args.compress
+            else "off (no client offers permessage-deflate)"
+        )
+    )
+    print(
         "python " + env["python"] + ", " + env["platform"] + f", {env['cpus']} CPUs ({env['cpu']})"
     )
     print(", ".join(f"{k} {v}" for k, v in env["packages"].items() if v is not None))
@@ -1030,7 +1269,15 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 cell = cells[(variant.name, n)]
                 try:
-                    sample = run_once(variant, n, args.messages, redis_url, quickack=args.quickack)
+                    sample = run_once(
+                        variant,
+                        n,
+                        args.messages,
+                        redis_url,
+                        quickack=args.quickack,
+                        compress=args.compress,
+                        rate=args.rate,
+                    )
                 except BenchError as exc:
                     cell.errors.append(str(exc))
                     print(f"  {variant.name} N={n}: failed: {exc}", file=sys.stderr)
@@ -1042,10 +1289,15 @@ def main(argv: list[str] | None = None) -> int:
                     if sample.redis_cpu_s is not None
                     else ""
                 )
+                deflate = (
+                    f"  deflate {sample.deflate_conns}/{n}"
+                    if sample.deflate_conns is not None
+                    else ""
+                )
                 print(
                     f"  {variant.name:<17} N={n:<5} {fmt_rate(sample.rate):>7} deliveries/s"
                     f"  p99 {sample.p99_ms:7.1f} ms  server CPU {sample.server_cpu_s:5.3f} s"
-                    f"  client CPU {sample.client_cpu_s:5.3f} s{redis_cpu}",
+                    f"  client CPU {sample.client_cpu_s:5.3f} s{redis_cpu}{deflate}",
                     flush=True,
                 )
     steal_after = steal_seconds()
@@ -1056,7 +1308,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"time limit of {args.time_limit:.0f} s reached: some cells were not run")
     results = list(cells.values())
     print()
-    print(table(results, args.sizes))
+    print(table(results, args.sizes, compress=args.compress))
     print()
     print(
         f"medians of {args.repeat} run(s); 'x raw' is the median of the ratios to raw "
@@ -1064,6 +1316,17 @@ def main(argv: list[str] | None = None) -> int:
         f"figure (client CPU >= {CLIENT_BOUND:.0%} of the burst's wall time, server below), "
         "'~' one where client and server were both that busy (the server's figure may be "
         "understated)"
+        + (
+            "; 'deflate': connections of N on which the server accepted permessage-deflate"
+            if args.compress
+            else ""
+        )
+        + (
+            "; paced run: latency (from each message's due time) is the figure, deliveries/s "
+            "mostly the schedule's"
+            if args.rate
+            else ""
+        )
     )
     print(
         f"machine: load average {load_before:.2f} at the start"
@@ -1084,6 +1347,10 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": [v.name for v in selected],
                 "skipped": skipped,
                 "quickack": args.quickack,
+                "compress": args.compress,
+                "deflate_offer": DEFLATE_OFFER if args.compress else None,
+                "inflated_conns": INFLATED_CONNS if args.compress else None,
+                "rate": args.rate,
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},
             "results": [
@@ -1105,7 +1372,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
     if args.plot:
-        plot(results, args.sizes, args.messages, args.plot)
+        description = burst_description(args.messages, args.rate, args.compress)
+        plot(results, args.sizes, description, args.plot)
     failed = [c for c in results if not c.samples]
     return 1 if failed and not stopped_early else 0
 

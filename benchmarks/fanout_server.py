@@ -7,15 +7,19 @@ per line on its standard input and answers each on its standard output:
 
 ``COUNT n``
     wait until exactly ``n`` clients are in the room (``OK n``, or ``TIMEOUT k``);
-``BURST k``
+``BURST k [rate]``
     publish ``k`` messages back to back, each carrying its creation time (``SENT <s>``);
+    with a rate (messages per second), message ``i`` is published when it is due, ``i /
+    rate`` seconds after the start, and carries its due time instead: a publisher that
+    falls behind pays for it in latency;
 ``CPU``
     answer ``CPU <seconds>``: the process's CPU time so far, every thread included;
 ``QUIT`` (or end of input)
     exit at once.
 
 Every variant publishes from the server itself, the way an application pushes an event
-to a room; only the way the frames reach the sockets differs.
+to a room; only the way the frames reach the sockets differs. Every server runs with its
+library's defaults, permessage-deflate included: a client that offers it gets it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 ROOM = "bench"
@@ -40,9 +44,43 @@ PAD = "x" * 56  # the JSON payload is about 100 bytes
 COUNT_TIMEOUT = 120.0
 
 
-def payload(index: int) -> dict[str, Any]:
-    """The message: its creation time first (the client finds it without a JSON parser)."""
-    return {"t": time.time(), "i": index, "p": PAD}
+def payload(index: int, due: float | None = None) -> dict[str, Any]:
+    """The message: its creation time (or its due time, when paced) first, so the client
+    finds it without a JSON parser."""
+    return {"t": time.time() if due is None else due, "i": index, "p": PAD}
+
+
+async def paced(messages: int, rate: float | None) -> AsyncIterator[dict[str, Any]]:
+    """The messages of a burst, for an asyncio publisher: back to back when ``rate`` is
+    ``None``; else message ``i`` when it is due, ``i / rate`` seconds after the start
+    (``asyncio.sleep`` until then, at once when the publisher runs late), carrying its
+    due time."""
+    if rate is None:
+        for i in range(messages):
+            yield payload(i)
+        return
+    start = time.time()
+    for i in range(messages):
+        due = start + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield payload(i, due)
+
+
+def paced_sync(messages: int, rate: float | None) -> Iterator[dict[str, Any]]:
+    """:func:`paced` for a publishing thread: ``time.sleep`` until each message is due."""
+    if rate is None:
+        for i in range(messages):
+            yield payload(i)
+        return
+    start = time.time()
+    for i in range(messages):
+        due = start + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        yield payload(i, due)
 
 
 def text_frame(data: bytes) -> bytes:
@@ -84,6 +122,10 @@ def listening_socket() -> socket.socket:
 
 class Variant:
     """What the control loop needs from a server: how many are in the room, and publish."""
+
+    # Messages per second of the burst in progress (set by ``BURST k rate``); ``None``:
+    # back to back.
+    rate: float | None = None
 
     def count(self) -> int:
         raise NotImplementedError
@@ -131,6 +173,7 @@ def control(variant: Variant, port: int, on_quit: Callable[[], None]) -> None:
                 have = variant.count()
             print(f"{'OK' if have == wanted else 'TIMEOUT'} {have}", flush=True)
         elif command == "BURST":
+            variant.rate = float(words[2]) if len(words) > 2 else None
             start = time.perf_counter()
             variant.burst(int(words[1]))
             print(f"SENT {time.perf_counter() - start:.6f}", flush=True)
@@ -174,25 +217,28 @@ class WebsocketsPeer(AsyncVariant):
         from websockets.asyncio.server import broadcast
         from websockets.exceptions import ConnectionClosed
 
-        if self.mode == "ceiling":
+        if self.mode == "ceiling" and self.rate is None:
             # Not a library: the fan-out's physical limit here. Each message is encoded and
             # framed once, and each client gets all of them in one write.
             blob = b"".join(text_frame(json.dumps(payload(i)).encode()) for i in range(messages))
             for ws in self.clients:
                 ws.transport.write(blob)
+        elif self.mode == "ceiling":  # paced: one write per client per message
+            async for msg in paced(messages, self.rate):
+                frame = text_frame(json.dumps(msg).encode())
+                for ws in self.clients:
+                    ws.transport.write(frame)
         elif self.mode == "raw":
-            for i in range(messages):
-                broadcast(self.clients, json.dumps(payload(i)))
+            async for msg in paced(messages, self.rate):
+                broadcast(self.clients, json.dumps(msg))
         elif self.mode == "loop":
             # The seeds' pattern: encode per recipient, await each send in turn.
-            for i in range(messages):
-                msg = payload(i)
+            async for msg in paced(messages, self.rate):
                 for ws in list(self.clients):
                     with contextlib.suppress(ConnectionClosed):
                         await ws.send(json.dumps(msg))
         else:
-            for i in range(messages):
-                msg = payload(i)
+            async for msg in paced(messages, self.rate):
                 await asyncio.gather(
                     *(ws.send(json.dumps(msg)) for ws in list(self.clients)),
                     return_exceptions=True,
@@ -235,8 +281,7 @@ class SyncPeer(Variant):
     def burst(self, messages: int) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        for i in range(messages):
-            msg = payload(i)
+        for msg in paced_sync(messages, self.rate):
             with self.lock:
                 clients = list(self.clients)
             for ws in clients:
@@ -255,7 +300,9 @@ class SyncPeer(Variant):
 # Starlette under uvicorn: the seed loop.
 
 
-async def serve_uvicorn(app: Any, variant: AsyncVariant) -> None:
+async def serve_uvicorn(
+    app: Any, variant: AsyncVariant, on_quit: Callable[[], None] = lambda: None
+) -> None:
     import uvicorn
 
     variant.loop = asyncio.get_running_loop()
@@ -264,7 +311,7 @@ async def serve_uvicorn(app: Any, variant: AsyncVariant) -> None:
         app, log_level="warning", lifespan="off", access_log=False, backlog=4096
     )
     server = uvicorn.Server(config)
-    start_control(variant, sock.getsockname()[1])
+    start_control(variant, sock.getsockname()[1], on_quit)
     await server.serve(sockets=[sock])
 
 
@@ -289,8 +336,7 @@ class StarlettePeer(AsyncVariant):
             self.clients.discard(websocket)
 
     async def publish(self, messages: int) -> None:
-        for i in range(messages):
-            msg = payload(i)
+        async for msg in paced(messages, self.rate):
             for websocket in list(self.clients):
                 with contextlib.suppress(Exception):
                     await websocket.send_text(json.dumps(msg))
@@ -303,14 +349,26 @@ class StarlettePeer(AsyncVariant):
         await serve_uvicorn(app, self)
 
 
-# python-socketio: AsyncServer (ASGI) under uvicorn, room emit.
+# python-socketio: AsyncServer (ASGI) under uvicorn, room emit, alone or over Redis.
 
 
 class SocketIOPeer(AsyncVariant):
-    def __init__(self) -> None:
+    def __init__(self, redis_url: str | None, prefix: str | None, cleanup: bool) -> None:
         socketio = socketio_module()
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.cleanup = cleanup
+        options: dict[str, Any] = {}
+        if redis_url is not None:
+            # python-socketio's pub/sub manager: each emit goes to this node's members and,
+            # through Redis, to every other node's; rooms stay local to each node.
+            options["client_manager"] = socketio.AsyncRedisManager(
+                redis_url, channel=prefix or "wsroom-bench-socketio"
+            )
         # Long ping intervals: a run never waits on Engine.IO's own heartbeat.
-        self.sio = socketio.AsyncServer(async_mode="asgi", ping_interval=600, ping_timeout=600)
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi", ping_interval=600, ping_timeout=600, **options
+        )
         self.members: set[str] = set()
         self.sio.on("join", self.join)
         self.sio.on("disconnect", self.disconnect)
@@ -323,14 +381,19 @@ class SocketIOPeer(AsyncVariant):
         self.members.discard(sid)
 
     def local_count(self) -> int:
+        """This node's members of the room (python-socketio's rooms are per node)."""
         return len(self.members)
 
     async def publish(self, messages: int) -> None:
-        for i in range(messages):
-            await self.sio.emit("bench", payload(i), room=ROOM)
+        async for msg in paced(messages, self.rate):
+            await self.sio.emit("bench", msg, room=ROOM)
+
+    def on_quit(self) -> None:
+        if self.cleanup and self.redis_url and self.prefix:
+            delete_prefix(self.redis_url, self.prefix)
 
     async def main(self) -> None:
-        await serve_uvicorn(socketio_module().ASGIApp(self.sio), self)
+        await serve_uvicorn(socketio_module().ASGIApp(self.sio), self, self.on_quit)
 
 
 def socketio_module() -> Any:
@@ -368,8 +431,8 @@ class WsroomAsync(AsyncVariant):
 
     async def publish(self, messages: int) -> None:
         broadcast = self.manager.broadcast
-        for i in range(messages):
-            await broadcast(ROOM, payload(i))
+        async for msg in paced(messages, self.rate):
+            await broadcast(ROOM, msg)
 
     def on_quit(self) -> None:
         if self.cleanup and self.redis_url and self.prefix:
@@ -397,8 +460,8 @@ class WsroomSync(Variant):
 
     def burst(self, messages: int) -> None:
         broadcast = self.manager.from_thread.broadcast
-        for i in range(messages):
-            broadcast(ROOM, payload(i))
+        for msg in paced_sync(messages, self.rate):
+            broadcast(ROOM, msg)
 
     def main(self) -> None:
         from wsroom.adapters.websockets_sync import serve
@@ -418,8 +481,8 @@ class WsroomStarlette(AsyncVariant):
 
     async def publish(self, messages: int) -> None:
         broadcast = self.manager.broadcast
-        for i in range(messages):
-            await broadcast(ROOM, payload(i))
+        async for msg in paced(messages, self.rate):
+            await broadcast(ROOM, msg)
 
     async def main(self) -> None:
         from starlette.applications import Starlette
@@ -461,7 +524,9 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
     if name == "seed-starlette":
         return StarlettePeer().main
     if name == "socketio":
-        return SocketIOPeer().main
+        return SocketIOPeer(None, None, False).main
+    if name == "socketio-redis":
+        return SocketIOPeer(args.redis_url, args.prefix, args.cleanup).main
     if name == "wsroom":
         return WsroomAsync(None, None, False).main
     if name == "wsroom-redis":
