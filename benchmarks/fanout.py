@@ -73,6 +73,7 @@ class Variant:
     nodes: int = 1
     needs: tuple[tuple[str, str], ...] = ()  # (module, package to install)
     redis: bool = False
+    server_args: tuple[str, ...] = ()  # given to every server process of the variant
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
@@ -131,6 +132,35 @@ VARIANTS: dict[str, Variant] = {
             nodes=3,
             needs=REDIS,
             redis=True,
+        ),
+        # The same servers with a publisher that starts every broadcast of the burst
+        # before awaiting them: over Redis, what waits is sent in one round trip.
+        Variant(
+            "wsroom-pipelined",
+            "wsroom asyncio, pipelined publisher",
+            "wsroom",
+            kind="wsroom",
+            server_args=("--pipelined",),
+        ),
+        Variant(
+            "wsroom-redis2-pipelined",
+            "wsroom, 2 nodes, pipelined publisher",
+            "wsroom-redis",
+            kind="wsroom",
+            nodes=2,
+            needs=REDIS,
+            redis=True,
+            server_args=("--pipelined",),
+        ),
+        Variant(
+            "wsroom-redis3-pipelined",
+            "wsroom, 3 nodes, pipelined publisher",
+            "wsroom-redis",
+            kind="wsroom",
+            nodes=3,
+            needs=REDIS,
+            redis=True,
+            server_args=("--pipelined",),
         ),
     ]
 }
@@ -760,7 +790,7 @@ def run_once(
 ) -> Sample:
     """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
     server publishes ``rate`` messages per second, each carrying its due time."""
-    extra: list[list[str]] = [[] for _ in range(variant.nodes)]
+    extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
         prefix = f"wsroom-bench-{secrets.token_hex(4)}"

@@ -420,19 +420,33 @@ def wsroom_count(manager: Any) -> int:
 
 
 class WsroomAsync(AsyncVariant):
-    def __init__(self, redis_url: str | None, prefix: str | None, cleanup: bool) -> None:
+    """The asyncio adapter. The publisher awaits each ``broadcast()`` in turn, or, when
+    ``pipelined``, starts them all in order and awaits them together at the end (the
+    Redis backplane then sends the publishes waiting at once in one round trip)."""
+
+    def __init__(
+        self, redis_url: str | None, prefix: str | None, cleanup: bool, *, pipelined: bool
+    ) -> None:
         self.manager = wsroom_manager(redis_url, prefix)
         self.redis_url = redis_url
         self.prefix = prefix
         self.cleanup = cleanup
+        self.pipelined = pipelined
 
     def local_count(self) -> int:
         return wsroom_count(self.manager)
 
     async def publish(self, messages: int) -> None:
         broadcast = self.manager.broadcast
+        if not self.pipelined:
+            async for msg in paced(messages, self.rate):
+                await broadcast(ROOM, msg)
+            return
+        started: list[asyncio.Task[int]] = []
+        create_task = asyncio.get_running_loop().create_task
         async for msg in paced(messages, self.rate):
-            await broadcast(ROOM, msg)
+            started.append(create_task(broadcast(ROOM, msg)))
+        await asyncio.gather(*started)
 
     def on_quit(self) -> None:
         if self.cleanup and self.redis_url and self.prefix:
@@ -459,9 +473,14 @@ class WsroomSync(Variant):
         return result
 
     def burst(self, messages: int) -> None:
-        broadcast = self.manager.from_thread.broadcast
+        # The way to publish a stream from a thread: hand each message over without waiting
+        # for the loop (in order); wait for the last one at the end of the burst.
+        broadcast = self.manager.from_thread.broadcast_nowait
+        last = None
         for msg in paced_sync(messages, self.rate):
-            broadcast(ROOM, msg)
+            last = broadcast(ROOM, msg)
+        if last is not None:
+            last.result()
 
     def main(self) -> None:
         from wsroom.adapters.websockets_sync import serve
@@ -528,9 +547,9 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
     if name == "socketio-redis":
         return SocketIOPeer(args.redis_url, args.prefix, args.cleanup).main
     if name == "wsroom":
-        return WsroomAsync(None, None, False).main
+        return WsroomAsync(None, None, False, pipelined=args.pipelined).main
     if name == "wsroom-redis":
-        return WsroomAsync(args.redis_url, args.prefix, args.cleanup).main
+        return WsroomAsync(args.redis_url, args.prefix, args.cleanup, pipelined=args.pipelined).main
     if name == "wsroom-sync":
         return WsroomSync().main
     if name == "wsroom-starlette":
@@ -544,6 +563,11 @@ def main() -> None:
     parser.add_argument("--redis-url")
     parser.add_argument("--prefix")
     parser.add_argument("--cleanup", action="store_true", help="delete the prefix's keys on QUIT")
+    parser.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="wsroom asyncio: start every broadcast of a burst, then await them together",
+    )
     args = parser.parse_args()
     raise_open_file_limit()
     # Clients vanish without a close frame at the end of a run: nothing worth logging.
