@@ -2,6 +2,7 @@
 
     python benchmarks/slow_reader.py                  # 100 fast clients, 8,000 x 1 KiB at 1,000/s
     python benchmarks/slow_reader.py --rate 2000 --messages 16000 --variants wsroom --repeat 5
+    python benchmarks/slow_reader.py --variants wsroom-sync,seed-sync --json out.json
     python benchmarks/slow_reader.py --quick          # smoke run: a few seconds
 
 For each variant, and each round, two fresh servers are measured in turn: one with N fast
@@ -11,8 +12,10 @@ a dead mobile link). The server publishes a paced stream (message *i* is due ``i
 seconds after the start and carries that due time); the fast clients (fanout.py's load
 client) count what they receive and sample the end-to-end latency. The figures: delivered
 messages per fast client, p50/p99 latency, the ratio p99(with) / p99(without), and whether
-and when the non-reader's connection was closed or reset by the server. See
-docs/benchmarks.md.
+and when the non-reader's connection was closed or reset by the server, and the wall time
+of the server's publish calls (one per message: ``await manager.broadcast(...)``,
+``manager.from_thread.broadcast(...)`` from a plain thread, or a seed's whole send loop),
+p99 and max. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import importlib.util
+import json
 import os
 import select
 import socket
@@ -27,7 +32,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fanout import (
@@ -53,6 +58,7 @@ class Variant:
     label: str
     server: str
     kind: str  # the client side of the protocol, as in fanout.py
+    needs: tuple[str, ...] = ()  # modules the server imports beyond websockets and wsroom
 
 
 VARIANTS = {
@@ -60,8 +66,18 @@ VARIANTS = {
     for v in [
         Variant("wsroom", "wsroom, websockets asyncio", "paced-wsroom", "wsroom"),
         Variant("seed-loop", "seed loop, websockets asyncio", "paced-seed-loop", "plain"),
+        Variant("wsroom-sync", "wsroom, websockets sync", "paced-wsroom-sync", "wsroom"),
+        Variant("seed-sync", "seed loop, websockets sync", "paced-seed-sync", "plain"),
+        Variant(
+            "wsroom-starlette",
+            "wsroom, Starlette/uvicorn",
+            "paced-wsroom-starlette",
+            "wsroom",
+            needs=("starlette", "uvicorn"),
+        ),
     ]
 }
+QUICK_VARIANTS = ["wsroom", "seed-loop", "wsroom-sync", "seed-sync"]
 
 
 class NonReader:
@@ -245,6 +261,12 @@ class Run:
     p99_ms: float | None
     published: int
     ending: Ending | None  # None without a non-reader
+    # The wall time of the server's publish calls, one per message (None: not reported).
+    publish_calls: int | None = None
+    publish_p50_ms: float | None = None
+    publish_p99_ms: float | None = None
+    publish_max_ms: float | None = None  # a lower bound when publish_stuck
+    publish_stuck: bool = False  # a call had not returned when the publisher gave up
 
 
 @dataclass
@@ -257,6 +279,35 @@ class Cell:
     def median(self, name: str) -> float | None:
         values = [v for r in self.runs if (v := getattr(r, name)) is not None]
         return statistics.median(values) if values else None
+
+
+@dataclass
+class PublishReport:
+    """The server's ``PUBLISHED n [calls=k p50_ms=x p99_ms=y max_ms=z stuck=0|1]`` answer."""
+
+    published: int
+    calls: int | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    stuck: bool = False
+
+    @classmethod
+    def parse(cls, line: str) -> PublishReport:
+        words = line.split()
+        fields = dict(word.split("=", 1) for word in words[2:] if "=" in word)
+
+        def number(key: str) -> float | None:
+            return float(fields[key]) if key in fields else None
+
+        return cls(
+            published=int(words[1]),
+            calls=int(fields["calls"]) if "calls" in fields else None,
+            p50_ms=number("p50_ms"),
+            p99_ms=number("p99_ms"),
+            max_ms=number("max_ms"),
+            stuck=fields.get("stuck") == "1",
+        )
 
 
 def run_once(variant: Variant, args: argparse.Namespace, with_reader: bool) -> Run:
@@ -275,13 +326,13 @@ def run_once(variant: Variant, args: argparse.Namespace, with_reader: bool) -> R
             raise BenchError(f"{client.ready} of {n} clients connected: {client.errors[:1]}")
         server.count(n)
 
-        def stream(messages: int, sample_every: int, deadline: float) -> int:
+        def stream(messages: int, sample_every: int, deadline: float) -> PublishReport:
             client.reset(sample_every)
             server.send(f"BURST {messages}")
             client.expect(n * messages, deadline)
-            published = int(server.expect("PUBLISHED", limit + 30).split()[1])
+            report = PublishReport.parse(server.expect("PUBLISHED", limit + 30))
             server.expect("SENT", 30)
-            return published
+            return report
 
         warm = max(10, args.messages // 20)  # not measured
         stream(warm, 0, time.monotonic() + 10 + warm / args.rate)
@@ -294,7 +345,7 @@ def run_once(variant: Variant, args: argparse.Namespace, with_reader: bool) -> R
             reader.watch()
         before = [conn.frames for conn in client.conns]
         every = max(1, n * args.messages // SAMPLES)
-        published = stream(args.messages, every, time.monotonic() + limit + 1)
+        report = stream(args.messages, every, time.monotonic() + limit + 1)
         if client.errors:
             raise BenchError(client.errors[0])
         counts = [conn.frames - b for conn, b in zip(client.conns, before, strict=True)]
@@ -304,8 +355,13 @@ def run_once(variant: Variant, args: argparse.Namespace, with_reader: bool) -> R
             delivered_mean=sum(counts) / n,
             p50_ms=1000 * percentile(latencies, 0.50) if latencies else None,
             p99_ms=1000 * percentile(latencies, 0.99) if latencies else None,
-            published=published,
+            published=report.published,
             ending=reader.finish(args.rate) if reader is not None else None,
+            publish_calls=report.calls,
+            publish_p50_ms=report.p50_ms,
+            publish_p99_ms=report.p99_ms,
+            publish_max_ms=report.max_ms,
+            publish_stuck=report.stuck,
         )
     except (BenchError, OSError) as exc:
         tail = server.tail(400) if server.process.poll() is not None else ""
@@ -321,17 +377,24 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def publish_max(runs: list[Run]) -> str:
+    """The publish calls' max, marked when a call never returned (its time is a floor)."""
+    values = [r.publish_max_ms for r in runs if r.publish_max_ms is not None]
+    text = fmt(statistics.median(values), ".2f") if values else "-"
+    return f">{text} (stuck)" if any(r.publish_stuck for r in runs) else text
+
+
 def table(cells: list[Cell], messages: int) -> str:
     lines = [
         f"| variant | non-reader | delivered/client (of {messages}) | p50 ms | p99 ms "
-        "| p99 with/without | non-reader evicted |",
-        "|---|---|--:|--:|--:|--:|---|",
+        "| p99 with/without | publish p99 ms | publish max ms | non-reader evicted |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
     ]
     for cell in cells:
         if not cell.runs:
             lines.append(
                 f"| {cell.variant.label} | {'with' if cell.with_reader else 'without'} "
-                f"| failed | - | - | - | - |"
+                f"| failed | - | - | - | - | - | - |"
             )
             continue
         ratio = "-"
@@ -349,9 +412,50 @@ def table(cells: list[Cell], messages: int) -> str:
         lines.append(
             f"| {cell.variant.label} | {'with' if cell.with_reader else 'without'} "
             f"| {delivered} | {fmt(cell.median('p50_ms'))} | {fmt(cell.median('p99_ms'))} "
-            f"| {ratio} | {evicted} |"
+            f"| {ratio} | {fmt(cell.median('publish_p99_ms'), '.2f')} | {publish_max(cell.runs)} "
+            f"| {evicted} |"
         )
     return "\n".join(lines)
+
+
+def write_json(
+    path: Path, args: argparse.Namespace, cells: list[Cell], skipped: dict[str, list[str]]
+) -> None:
+    medians = [
+        "delivered_mean",
+        "p50_ms",
+        "p99_ms",
+        "publish_p50_ms",
+        "publish_p99_ms",
+        "publish_max_ms",
+    ]
+    output = {
+        "settings": {
+            "clients": args.clients,
+            "messages": args.messages,
+            "rate": args.rate,
+            "size": args.size,
+            "repeat": args.repeat,
+            "grace": args.grace,
+            "rcvbuf": RCVBUF,
+            "variants": [cell.variant.name for cell in cells if not cell.with_reader],
+            "skipped": skipped,
+        },
+        "results": [
+            {
+                "variant": cell.variant.name,
+                "label": cell.variant.label,
+                "non_reader": cell.with_reader,
+                "delivered_min": min((r.delivered_min for r in cell.runs), default=None),
+                "median": {name: cell.median(name) for name in medians},
+                "publish_stuck": any(r.publish_stuck for r in cell.runs),
+                "runs": [asdict(run) for run in cell.runs],
+                "errors": cell.errors,
+            }
+            for cell in cells
+        ],
+    }
+    path.write_text(json.dumps(output, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -364,12 +468,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds a stream may run past its schedule"
     )
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; "
+        f"with --quick: {', '.join(QUICK_VARIANTS)})",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every run and the medians as JSON")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: a few seconds, only the variants that need no extra package",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.messages, args.rate, args.repeat, args.grace = 10, 200, 1000.0, 1, 1.5
+    if args.variants is None:
+        args.variants = ",".join(QUICK_VARIANTS if args.quick else VARIANTS)
     return args
+
+
+def missing(variant: Variant) -> list[str]:
+    """The modules the variant's server needs and this Python lacks."""
+    return [name for name in variant.needs if importlib.util.find_spec(name) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,7 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants: {', '.join(unknown)}")
-    cells = [Cell(VARIANTS[name], with_reader) for name in names for with_reader in (False, True)]
+    skipped = {name: lacking for name in names if (lacking := missing(VARIANTS[name]))}
+    for name, lacking in skipped.items():
+        print(f"skipped {name}: needs {', '.join(lacking)}", flush=True)
+    cells = [
+        Cell(VARIANTS[name], with_reader)
+        for name in names
+        if name not in skipped
+        for with_reader in (False, True)
+    ]
     print(
         f"{args.clients} fast clients, {args.messages} messages of ~{args.size} bytes at "
         f"{args.rate:g}/s, {args.repeat} round(s); non-reader: {RCVBUF}-byte receive buffer",
@@ -398,12 +526,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {round_ + 1}: {cell.variant.name} "
                 f"{'with' if cell.with_reader else 'without'} non-reader: "
                 f"{run.delivered_min}/{args.messages} delivered (published {run.published}), "
-                f"p50 {fmt(run.p50_ms)} ms, p99 {fmt(run.p99_ms)} ms"
+                f"p50 {fmt(run.p50_ms)} ms, p99 {fmt(run.p99_ms)} ms; "
+                f"{fmt(run.publish_calls, 'd')} publish calls: "
+                f"p50 {fmt(run.publish_p50_ms, '.2f')} ms, p99 {fmt(run.publish_p99_ms, '.2f')} "
+                f"ms, max {publish_max([run])} ms"
                 + (f"; non-reader evicted: {run.ending}" if run.ending else ""),
                 flush=True,
             )
     print()
     print(table(cells, args.messages))
+    if args.json:
+        write_json(Path(args.json), args, cells, skipped)
     return 0 if all(cell.runs for cell in cells) else 1
 
 

@@ -47,6 +47,30 @@ def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
         assert row[2] not in ("failed", "-"), row  # deliveries per second were measured
 
 
+def test_fanout_quick_compressed_paced_smoke() -> None:
+    """--quick with --compress and --rate: every client offers permessage-deflate (the
+    websockets servers accept it; the inflating clients give the latency samples) and the
+    servers publish a paced burst."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fanout.py"), "--quick", "--compress", "--rate", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "publishing: paced, 1000 messages/s" in result.stdout, result.stdout
+    assert "compression: clients offer permessage-deflate" in result.stdout, result.stdout
+    assert "| deflate |" in result.stdout, result.stdout
+    rows = _table_rows(result.stdout)
+    assert len(rows) == 4, result.stdout
+    for row in rows:
+        assert row[1] == "5", row
+        assert row[2] not in ("failed", "-"), row
+        assert row[5] != "-", row  # a p99 from the inflated messages
+        assert row[-1] == "5/5", row  # every connection negotiated permessage-deflate
+
+
 def _table_rows(stdout: str) -> list[list[str]]:
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
@@ -56,7 +80,8 @@ def _table_rows(stdout: str) -> list[list[str]]:
 
 
 def test_slow_reader_quick_smoke() -> None:
-    """The slow-reader scenario's --quick mode: each variant with and without the reader."""
+    """The slow-reader scenario's --quick mode: each variant with and without the reader,
+    the threaded ones (a plain thread publishing) included."""
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "slow_reader.py"), "--quick"],
         capture_output=True,
@@ -72,10 +97,15 @@ def test_slow_reader_quick_smoke() -> None:
         ("wsroom, websockets asyncio", "with"),
         ("seed loop, websockets asyncio", "without"),
         ("seed loop, websockets asyncio", "with"),
+        ("wsroom, websockets sync", "without"),
+        ("wsroom, websockets sync", "with"),
+        ("seed loop, websockets sync", "without"),
+        ("seed loop, websockets sync", "with"),
     ], result.stdout
     for row in rows:
         assert row[2] != "failed", row
         assert row[4] != "-", row  # a p99 was measured
+        assert row[6] != "-" and row[7] != "-", row  # so were the publish calls
 
 
 def test_joins_quick_smoke() -> None:
