@@ -431,12 +431,12 @@ async def test_redis_restored_from_an_older_snapshot_starts_a_new_epoch(
 async def test_concurrent_broadcasts_are_pipelined_in_call_order(
     shared_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipelines: list[int] = []
+    pipelines: list[list[int]] = []  # per round trip, the messages of each script call
     original = RedisBackplane._pipeline_publishes
 
-    async def counted(self: RedisBackplane, batch: list[Any]) -> list[Any]:
-        pipelines.append(len(batch))
-        return await original(self, batch)
+    async def counted(self: RedisBackplane, runs: list[list[Any]]) -> list[Any]:
+        pipelines.append([len(run) for run in runs])
+        return await original(self, runs)
 
     monkeypatch.setattr(RedisBackplane, "_pipeline_publishes", counted)
     async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
@@ -447,8 +447,9 @@ async def test_concurrent_broadcasts_are_pipelined_in_call_order(
         assert ids == list(range(ids[0], ids[0] + count))
         frames = [await next_of(bob, "message") for _ in range(count)]
         assert [(f["id"], f["data"]) for f in frames] == list(zip(ids, range(count), strict=True))
-        # One round trip carried many publishes: the first alone, then the rest together.
-        assert sum(pipelines) == count and len(pipelines) <= 4, pipelines
+        # A few round trips carried them all, each as one script call for the room.
+        assert sum(map(sum, pipelines)) == count and len(pipelines) <= 4, pipelines
+        assert all(len(runs) == 1 for runs in pipelines), pipelines
         await bob.close()
 
 
@@ -486,3 +487,46 @@ async def test_publishes_recover_when_redis_forgets_its_scripts(redis: PrivateRe
         frames = [await next_of(bob, "message") for _ in range(6)]
         assert [f["data"] for f in frames] == ["before", 0, 1, 2, 3, 4]
         await bob.close()
+
+
+class ShortHistory(Room):
+    history_size = 5
+
+
+async def test_batched_publishes_keep_rooms_ids_history_and_exclusions_apart(
+    shared_url: str,
+) -> None:
+    async with two_nodes(shared_url, ShortHistory) as (node_a, _url_a, node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        epochs = {room: (await bob.join(room))["epoch"] for room in ("red", "blue")}
+        carol = await Client.connect(url_b, "/ws?user=carol")
+        await carol.join("red")
+        # Carol is on the other node: her exclusion travels over the bus, by id.
+        excluded = node_b.connection(carol.welcome["connection"])
+        assert excluded is not None
+        # Interleaved rooms, a newline in the data, one message not for carol: one pipeline.
+        calls = []
+        for i in range(12):
+            room = "red" if i % 3 else "blue"
+            data = {"i": i, "text": f"line\nbreak {i}"}
+            calls.append(node_a.broadcast(room, data, exclude=excluded if i == 4 else None))
+        ids = await asyncio.gather(*calls)
+        red_ids = [ids[i] for i in range(12) if i % 3]
+        blue_ids = [ids[i] for i in range(12) if not i % 3]
+        assert red_ids == list(range(red_ids[0], red_ids[0] + 8))
+        assert blue_ids == list(range(blue_ids[0], blue_ids[0] + 4))
+        frames = [await next_of(bob, "message") for _ in range(12)]
+        assert [(f["room"], f["id"], f["data"]["i"]) for f in frames] == [
+            ("red" if i % 3 else "blue", ids[i], i) for i in range(12)
+        ]
+        assert frames[5]["data"]["text"] == "line\nbreak 5"
+        carol_frames = [await next_of(carol, "message") for _ in range(7)]
+        assert [f["data"]["i"] for f in carol_frames] == [1, 2, 5, 7, 8, 10, 11]
+        # The history kept the last five of the red batch, with their ids.
+        dave = await Client.connect(url_b, "/ws?user=dave")
+        joined = await dave.join("red", since=red_ids[0], epoch=epochs["red"])
+        assert joined["recovered"] is False  # older than the five kept
+        assert [m["id"] for m in joined["history"]] == red_ids[-5:]
+        assert [m["data"]["i"] for m in joined["history"]] == [5, 7, 8, 10, 11]
+        for client in (bob, carol, dave):
+            await client.close()

@@ -71,26 +71,39 @@ local function current_epoch(meta, history, candidate)
 end
 """
 
+# Publishes a run of messages to one room: ids, history and one bus message for them all,
+# so a burst costs Redis one script and one PUBLISH, and each node one message to parse.
+# ARGV: candidate epoch, history size, history TTL (ms), channel, then for each message
+# the connection to exclude ('' for none) and the envelope.
 _PUBLISH = (
     _CURRENT_EPOCH
     + """
 local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[1])
-local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local size = tonumber(ARGV[3])
+local count = (#ARGV - 4) / 2
+local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
+local first = last - count + 1
+local size = tonumber(ARGV[2])
 if size > 0 then
-  redis.call('RPUSH', KEYS[2], id .. '\\n' .. ARGV[2])
+  local entries = {}
+  for k = 0, count - 1 do
+    entries[k + 1] = (first + k) .. '\\n' .. ARGV[6 + 2 * k]
+  end
+  redis.call('RPUSH', KEYS[2], unpack(entries))
   redis.call('LTRIM', KEYS[2], -size, -1)
 else
   redis.call('DEL', KEYS[2])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local header = 'M\\n' .. epoch .. '\\n' .. id .. '\\n' .. ARGV[6] .. '\\n'
-redis.call('PUBLISH', ARGV[5], header .. ARGV[2])
-return {id, epoch}
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local parts = {'M\\n', epoch, '\\n', first, '\\n'}
+for k = 0, count - 1 do
+  local envelope = ARGV[6 + 2 * k]
+  parts[#parts + 1] = ARGV[5 + 2 * k] .. '\\n' .. #envelope .. '\\n' .. envelope
+end
+redis.call('PUBLISH', ARGV[4], table.concat(parts))
+return {first, epoch}
 """
 )
-
 _SNAPSHOT = (
     _CURRENT_EPOCH
     + """
@@ -232,7 +245,7 @@ class RedisBackplane(Backplane):
         self._all_channel = f"{prefix}:all"
         self._want.add(self._all_channel)
         # Publishes waiting to be pipelined to Redis, in call order, and the task sending them.
-        self._outgoing: deque[tuple[list[str], list[Any], asyncio.Future[Any]]] = deque()
+        self._outgoing: deque[_Publish] = deque()
         self._sender: asyncio.Task[None] | None = None
 
     # Names.
@@ -528,10 +541,7 @@ class RedisBackplane(Backplane):
             kind = data[:1]
             node = self.node
             if kind == b"M":
-                epoch, id_, exclude, envelope = data[2:].split(b"\n", 3)
-                self._on_message(
-                    channel.removeprefix(f"{self.prefix}:room:"), epoch, int(id_), exclude, envelope
-                )
+                self._on_messages(channel.removeprefix(f"{self.prefix}:room:"), data)
             elif kind == b"E":
                 exclude, frame = data[2:].split(b"\n", 1)
                 self._check_frame(frame)
@@ -578,6 +588,30 @@ class RedisBackplane(Backplane):
         value = self._decode(frame)
         if not isinstance(value.get("type"), str):
             raise ValueError("frame without a type")
+
+    def _on_messages(self, room: str, data: bytes) -> None:
+        """``M\\n<epoch>\\n<first id>\\n`` then, per message, ``<exclude>\\n<length>\\n``
+        and that many bytes of envelope; ids are consecutive from the first."""
+        epoch_end = data.index(b"\n", 2)
+        epoch = data[2:epoch_end]
+        id_end = data.index(b"\n", epoch_end + 1)
+        id_ = int(data[epoch_end + 1 : id_end])
+        messages: list[tuple[int, bytes, bytes]] = []
+        pos = id_end + 1
+        while pos < len(data):
+            exclude_end = data.index(b"\n", pos)
+            length_end = data.index(b"\n", exclude_end + 1)
+            length = int(data[exclude_end + 1 : length_end])
+            end = length_end + 1 + length
+            if length < 0 or end > len(data):
+                raise ValueError("truncated message")
+            messages.append((id_, data[pos:exclude_end], data[length_end + 1 : end]))
+            id_ += 1
+            pos = end
+        if not messages:
+            raise ValueError("no message in the batch")
+        for message_id, exclude, envelope in messages:
+            self._on_message(room, epoch, message_id, exclude, envelope)
 
     def _on_message(
         self, room: str, epoch: bytes, id_: int, exclude: bytes, envelope: bytes
@@ -765,33 +799,16 @@ class RedisBackplane(Backplane):
             raise BackplaneError("Redis is unavailable; retrying in the background")
         # Queued before the first suspension: publishes reach Redis in the order they were
         # called, and those called while a batch is on its way leave in the next one.
-        result = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[tuple[int, bytes]] = loop.create_future()
         self._outgoing.append(
-            (
-                [self._key(room, "meta"), self._key(room, "history")],
-                [
-                    new_epoch(),
-                    envelope,
-                    history_size,
-                    int(history_ttl * 1000),
-                    self._room_channel(room),
-                    exclude or "",
-                ],
-                result,
-            )
+            _Publish(room, envelope, exclude or "", history_size, int(history_ttl * 1000), result)
         )
         if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(
-                self._send_publishes(), name="wsroom-redis-publish"
-            )
-        id_, epoch = await result
-        message_id = int(id_)
+            self._sender = loop.create_task(self._send_publishes(), name="wsroom-redis-publish")
+        message_id, epoch = await result
         track = self._tracks.get(room)
-        if (
-            local_first
-            and track is not None
-            and (track.last < message_id or track.epoch != bytes(epoch))
-        ):
+        if local_first and track is not None and (track.last < message_id or track.epoch != epoch):
             # As on one node, the sender's own copy is queued before its 'ack': wait until
             # the message came back through the subscription (bounded; it is sent anyway).
             future = track.waiting.setdefault(
@@ -808,58 +825,71 @@ class RedisBackplane(Backplane):
 
         A pipeline costs one round trip whatever its length, so concurrent publishers (the
         members of a busy room, a thread's stream handed over by ``broadcast_nowait``) are
-        not each held up by a round trip of their own, and the messages reach the other
-        nodes together, where they leave in one write per connection.
+        not each held up by a round trip of their own. Consecutive publishes to one room
+        become one script call and one bus message, which the other nodes parse once and
+        deliver in one write per connection.
         """
         outgoing = self._outgoing
         try:
             while outgoing:
-                batch = [outgoing.popleft() for _ in range(min(len(outgoing), _PIPELINE_MAX))]
+                runs = _runs_of(outgoing)
                 try:
-                    replies = await self._call(self._run_publishes(batch))
+                    replies = await self._call(self._run_publishes(runs))
                 except BackplaneError as exc:
-                    for _, _, result in batch:
-                        if not result.done():
-                            result.set_exception(BackplaneError(str(exc)))
+                    for run in runs:
+                        for item in run:
+                            if not item.result.done():
+                                item.result.set_exception(BackplaneError(str(exc)))
                     continue
-                for (_, _, result), reply in zip(batch, replies, strict=True):
-                    if result.done():
-                        continue  # its publisher was cancelled
+                for run, reply in zip(runs, replies, strict=True):
                     if isinstance(reply, Exception):
-                        result.set_exception(BackplaneError(f"Redis refused a publish: {reply}"))
-                    else:
-                        result.set_result(reply)
+                        error = BackplaneError(f"Redis refused a publish: {reply}")
+                        for item in run:
+                            if not item.result.done():
+                                item.result.set_exception(error)
+                        continue
+                    first, epoch = int(reply[0]), bytes(reply[1])
+                    for offset, item in enumerate(run):
+                        if not item.result.done():  # else its publisher was cancelled
+                            item.result.set_result((first + offset, epoch))
         finally:
             self._sender = None
             # Only a cancellation (the loop is stopping) leaves publishes queued.
             while outgoing:
-                result = outgoing.popleft()[2]
+                result = outgoing.popleft().result
                 if not result.done():
                     result.set_exception(
                         BackplaneError("the backplane stopped before this message was sent")
                     )
 
-    async def _run_publishes(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        replies = await self._pipeline_publishes(batch)
+    async def _run_publishes(self, runs: list[list[_Publish]]) -> list[Any]:
+        replies = await self._pipeline_publishes(runs)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            # Redis restarted or flushed its scripts. A NOSCRIPT reply means that publish did
-            # not run, so sending it again cannot duplicate it.
+            # Redis restarted or flushed its scripts. A NOSCRIPT reply means that run did not
+            # execute, so sending it again cannot duplicate it.
             await self._redis.script_load(_PUBLISH)
-            retried = await self._pipeline_publishes([batch[i] for i in missing])
+            retried = await self._pipeline_publishes([runs[i] for i in missing])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline_publishes(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    async def _pipeline_publishes(self, runs: list[list[_Publish]]) -> list[Any]:
         sha = self._scripts["publish"].sha
         pipe = self._redis.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+        for run in runs:
+            head = run[0]
+            args: list[Any] = [
+                new_epoch(),
+                head.history_size,
+                head.history_ttl_ms,
+                self._room_channel(head.room),
+            ]
+            for item in run:
+                args += (item.exclude, item.envelope)
+            pipe.evalsha(
+                sha, 2, self._key(head.room, "meta"), self._key(head.room, "history"), *args
+            )
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
@@ -953,10 +983,49 @@ class RedisBackplane(Backplane):
         return here
 
 
+@dataclass(slots=True)
+class _Publish:
+    """A message waiting to be published."""
+
+    room: str
+    envelope: bytes
+    exclude: str
+    history_size: int
+    history_ttl_ms: int
+    result: asyncio.Future[tuple[int, bytes]]
+
+    def same_run(self, other: _Publish) -> bool:
+        return (
+            self.room == other.room
+            and self.history_size == other.history_size
+            and self.history_ttl_ms == other.history_ttl_ms
+        )
+
+
+def _runs_of(outgoing: deque[_Publish]) -> list[list[_Publish]]:
+    """Take up to a pipeline's worth of queued publishes, in order, as runs of consecutive
+    publishes to one room (each run one script call and one bus message)."""
+    runs: list[list[_Publish]] = []
+    taken = run_bytes = 0
+    while outgoing and taken < _PIPELINE_MAX:
+        item = outgoing.popleft()
+        taken += 1
+        if runs and runs[-1][0].same_run(item) and run_bytes + len(item.envelope) <= _RUN_BYTES:
+            runs[-1].append(item)
+            run_bytes += len(item.envelope)
+        else:
+            runs.append([item])
+            run_bytes = len(item.envelope)
+    return runs
+
+
 # Subscription messages handled in one go before the listener waits again.
 _DRAIN_BATCH = 256
 # Publishes sent in one pipeline at most: bounds the reply a batch waits for.
 _PIPELINE_MAX = 512
+# Envelope bytes in one bus message at most: Redis disconnects a subscriber whose output
+# buffer passes 32 MiB (its default limit for pub/sub clients), and nodes parse it whole.
+_RUN_BYTES = 1 << 20
 
 # A cutoff later than any heartbeat: reap a node whatever its last heartbeat.
 _FOREVER_MS = 2**53
