@@ -30,6 +30,7 @@ import platform
 import queue
 import secrets
 import selectors
+import signal
 import socket
 import statistics
 import subprocess
@@ -649,6 +650,43 @@ class LoadClient:
 # The servers.
 
 
+class Sampler:
+    """py-spy sampling one server process, from now until :meth:`stop`."""
+
+    def __init__(self, pid: int, output: Path) -> None:
+        self.output = output
+        self.process = subprocess.Popen(
+            [*PY_SPY_RECORD, "--pid", str(pid), "--output", str(output)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # py-spy gives no sign that it is attached (its stdout is buffered until it exits);
+        # it takes a few milliseconds. Not part of any measured figure.
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+        try:
+            _, errors = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            errors = "py-spy did not stop"
+        if not self.output.exists():
+            print(f"  profile {self.output.name}: nothing written ({errors.strip()[-200:]})")
+
+
+PY_SPY_RECORD = (
+    str(Path(sys.executable).with_name("py-spy")),
+    "record",
+    "--rate",
+    "2000",
+    "--format",
+    "raw",
+)
+
+
 class ServerProcess:
     """One benchmark server (fanout_server.py) and the pipes that drive it."""
 
@@ -787,9 +825,12 @@ def run_once(
     quickack: bool = False,
     compress: bool = False,
     rate: float | None = None,
+    profile: Path | None = None,
 ) -> Sample:
     """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
-    server publishes ``rate`` messages per second, each carrying its due time."""
+    server publishes ``rate`` messages per second, each carrying its due time; ``profile``:
+    sample every server with py-spy during the measured burst, into ``<profile>-node<i>.txt``
+    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them)."""
     extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
@@ -848,9 +889,18 @@ def run_once(
         burst(warm)  # not measured: first bursts allocate buffers
         redis = redis_process(redis_url) if variant.redis and redis_url else None
         redis_before = process_cpu(redis)
+        samplers = (
+            [Sampler(s.process.pid, Path(f"{profile}-node{i}.txt")) for i, s in enumerate(servers)]
+            if profile is not None
+            else []
+        )
         cpu_before = sum(s.cpu() for s in servers)
         client_before = time.process_time()
-        wall, sent = burst(messages, max(1, n * messages // SAMPLES_PER_BURST))
+        try:
+            wall, sent = burst(messages, max(1, n * messages // SAMPLES_PER_BURST))
+        finally:
+            for sampler in samplers:
+                sampler.stop()
         client_cpu = time.process_time() - client_before
         server_cpu = sum(s.cpu() for s in servers) - cpu_before
         redis_after = process_cpu(redis)
@@ -1199,6 +1249,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "cost a server; costs the client a system call per read",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample every server with py-spy during the measured burst (pip install py-spy); "
+        "collapsed stacks go to DIR/<variant>-n<N>-r<round>-node<i>.txt",
+    )
+    parser.add_argument(
         "--compress",
         action="store_true",
         help="clients offer permessage-deflate, as browsers do; latency is sampled from up "
@@ -1307,6 +1364,11 @@ def main(argv: list[str] | None = None) -> int:
                         quickack=args.quickack,
                         compress=args.compress,
                         rate=args.rate,
+                        profile=(
+                            args.profile / f"{variant.name}-n{n}-r{round_}"
+                            if args.profile is not None
+                            else None
+                        ),
                     )
                 except BenchError as exc:
                     cell.errors.append(str(exc))

@@ -124,3 +124,25 @@ def test_joins_quick_smoke() -> None:
     assert rows[0][0] == "wsroom asyncio, memory backplane", result.stdout
     for row in rows:
         assert row[1] != "failed", row
+
+
+def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> None:
+    stacks = tmp_path / "server.txt"
+    stacks.write_text(
+        "main (srv.py:1);flush (t.py:10);serialize (frames.py:5) 6\n"
+        "main (srv.py:1);flush (t.py:12) 3\n"
+        "main (srv.py:1);select (selectors.py:4) 1\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profile_summary.py"), str(stacks)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "10 samples in 1 file(s)" in result.stdout
+    self_table, inclusive_table = result.stdout.split("| inclusive |")
+    assert "| 60.0% | `serialize (frames.py)` |" in self_table
+    assert "| 30.0% | `flush (t.py)` |" in self_table  # lines of one function together
+    assert "| 90.0% | `flush (t.py)` |" in inclusive_table
+    assert "| 100.0% | `main (srv.py)` |" in inclusive_table
