@@ -39,12 +39,16 @@ class Transport(ABC):
       idempotent and must never raise.
     """
 
+    # Empty, so that a subclass declaring __slots__ (which must then include "connection")
+    # has no per-instance __dict__; subclasses that declare none get one as usual.
+    __slots__ = ()
+
     connection: Connection | None = None
     """The connection this transport carries, set by the manager before any frame is queued."""
 
     def bind(self, connection: Connection) -> None:
         """Called once by the manager when it registers the connection."""
-        self.connection = connection
+        self.connection = connection  # type: ignore[misc]  # a subclass's slot or __dict__
 
     @abstractmethod
     def wake(self) -> None:
@@ -117,7 +121,9 @@ class Connection:
         """Monotonic time of the last frame received from the client."""
         self._manager = manager
         self._rooms: set[str] = set()
-        self._outbox: deque[bytes] = deque()
+        # A list, not a deque: an empty deque holds a 500-byte block, and most connections
+        # sit idle with nothing queued. The writer takes the whole list at once.
+        self._outbox: list[bytes] = []
         self._queued_bytes = 0
         limits = manager.limits
         self._max_frames = limits.max_queue
@@ -125,7 +131,8 @@ class Connection:
         self._drop_oldest = limits.overflow == "drop_oldest"
         self._bucket_tokens = float(limits.rate_burst)
         self._bucket_stamp = self.last_seen
-        self._strikes: deque[float] = deque()
+        # Created by the first rate-limit violation: well-behaved clients never need it.
+        self._strikes: deque[float] | None = None
         self._closed = False
         self._close_task: Any = None
         transport.bind(self)
@@ -200,12 +207,19 @@ class Connection:
         if len(outbox) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
             if not self._drop_oldest or size > self._max_bytes:
                 return False
-            while outbox and (
-                len(outbox) >= self._max_frames or self._queued_bytes + size > self._max_bytes
+            # Count the oldest frames to drop, then drop them in one slice deletion.
+            count = len(outbox)
+            queued = self._queued_bytes
+            dropped = 0
+            while dropped < count and (
+                count - dropped >= self._max_frames or queued + size > self._max_bytes
             ):
-                self._queued_bytes -= len(outbox.popleft())
-                self.dropped_frames += 1
-                self._manager._dropped_frames += 1
+                queued -= len(outbox[dropped])
+                dropped += 1
+            del outbox[:dropped]
+            self._queued_bytes = queued
+            self.dropped_frames += dropped
+            self._manager._dropped_frames += dropped
         outbox.append(frame)
         self._queued_bytes += size
         if len(outbox) == 1:
@@ -216,11 +230,12 @@ class Connection:
         """Take up to ``limit`` queued frames (all by default), oldest first. For adapters."""
         outbox = self._outbox
         if limit is None or limit >= len(outbox):
-            frames = list(outbox)
-            outbox.clear()
+            # Hand over the list itself; a fresh empty list costs less than a copy.
+            self._outbox = []
             self._queued_bytes = 0
-            return frames
-        frames = [outbox.popleft() for _ in range(limit)]
+            return outbox
+        frames = outbox[:limit]
+        del outbox[:limit]
         self._queued_bytes -= sum(map(len, frames))
         return frames
 
@@ -243,6 +258,8 @@ class Connection:
         """Record one rate-limit violation; ``True`` when the abuse warrants closing."""
         limits = self._manager.limits
         strikes = self._strikes
+        if strikes is None:
+            strikes = self._strikes = deque()
         strikes.append(now)
         while strikes and strikes[0] < now - limits.rate_abuse_window:
             strikes.popleft()

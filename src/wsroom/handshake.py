@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -11,6 +11,45 @@ from urllib.parse import parse_qsl, urlsplit
 from .exceptions import ConfigurationError
 
 __all__ = ["Handshake", "Headers", "OriginPolicy"]
+
+
+# The lowercase names a WebSocket handshake usually carries. Every Headers shares these
+# strings instead of holding its own lowercased copies. The set is fixed: names a client
+# makes up are not added, so no client can make it grow.
+_KNOWN_NAMES = {
+    name: name
+    for name in (
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "authorization",
+        "cache-control",
+        "connection",
+        "cookie",
+        "forwarded",
+        "host",
+        "origin",
+        "pragma",
+        "referer",
+        "sec-fetch-dest",
+        "sec-fetch-mode",
+        "sec-fetch-site",
+        "sec-websocket-extensions",
+        "sec-websocket-key",
+        "sec-websocket-protocol",
+        "sec-websocket-version",
+        "upgrade",
+        "user-agent",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    )
+}
+
+
+def _separator(key: str) -> str:
+    return "; " if key == "cookie" else ", "
 
 
 class Headers(Mapping[str, str]):
@@ -26,27 +65,80 @@ class Headers(Mapping[str, str]):
         merged: dict[str, str] = {}
         for name, value in items:
             key = name.lower()
+            key = _KNOWN_NAMES.get(key, key)
             if key in merged:
-                separator = "; " if key == "cookie" else ", "
-                merged[key] = f"{merged[key]}{separator}{value}"
+                merged[key] = f"{merged[key]}{_separator(key)}{value}"
             else:
                 merged[key] = value
-        self._items = merged
+        # Names and values alternate in one tuple, about half the size of a dict: a
+        # connection keeps its handshake for its whole life, while lookups are few (the
+        # handshake's checks, an authenticate hook) and scan a dozen names at most.
+        self._items: tuple[str, ...] = tuple(part for pair in merged.items() for part in pair)
+
+    def _get(self, key: str) -> str | None:
+        """The value of the lowercase name ``key``, or ``None``."""
+        items = self._items
+        index = 0
+        try:
+            while True:
+                index = items.index(key, index)
+                if not index & 1:  # a name, not a value that happens to be equal
+                    return items[index + 1]
+                index += 1
+        except ValueError:
+            return None
+
+    def _names(self) -> Sequence[str]:
+        """The lowercase names, each once, in the order they first came."""
+        return self._items[0::2]
 
     def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
+        key = name.lower()
+        value = self._get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
+        return isinstance(name, str) and self._get(name.lower()) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._names())
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({dict(self)!r})"
+
+
+class _ASGIHeaders(Headers):
+    """Headers over an ASGI scope's ``(name, value)`` byte pairs, decoded at each lookup.
+
+    The ASGI server keeps those pairs for as long as the connection lasts, so a decoded
+    copy of every header would only double them; lookups happen a few times per
+    connection.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Iterable[Sequence[bytes]]) -> None:
+        self._items = ()
+        # A tuple of the same pairs: what the server or a middleware does to its list
+        # later does not change the handshake.
+        self._raw = tuple(raw)
+
+    def _get(self, key: str) -> str | None:
+        # Decoded before lowering, as Headers does: bytes.lower() leaves non-ASCII alone.
+        values = [
+            value.decode("latin-1")
+            for name, value in self._raw
+            if name.decode("latin-1").lower() == key
+        ]
+        return _separator(key).join(values) if values else None
+
+    def _names(self) -> Sequence[str]:
+        return list(dict.fromkeys(name.decode("latin-1").lower() for name, _ in self._raw))
 
 
 @dataclass(slots=True)
@@ -79,10 +171,19 @@ class Handshake:
     ) -> Handshake:
         """Build a handshake from a request target (``/ws?a=b``) and raw headers."""
         path, _, query = target.partition("?")
-        parsed = Headers(headers)
-        offered = parsed.get("sec-websocket-protocol", "")
+        return cls._of(path, query, Headers(headers), remote_address)
+
+    @classmethod
+    def _of(
+        cls,
+        path: str,
+        query_string: str,
+        headers: Headers,
+        remote_address: tuple[str, int] | None,
+    ) -> Handshake:
+        offered = headers.get("sec-websocket-protocol", "")
         subprotocols = tuple(p.strip() for p in offered.split(",") if p.strip())
-        return cls(path or "/", query, parsed, remote_address, subprotocols)
+        return cls(path or "/", query_string, headers, remote_address, subprotocols)
 
     @property
     def query(self) -> dict[str, str]:

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..connection import Transport
 from ..exceptions import HandshakeRejected
-from ..handshake import Handshake
+from ..handshake import Handshake, _ASGIHeaders
 from ..manager import ConnectionManager
 
 __all__ = ["StarletteTransport", "endpoint", "serve"]
@@ -55,55 +55,69 @@ _UNSET: Any = object()
 class StarletteTransport(Transport):
     """Moves one connection's queued frames onto a Starlette ``WebSocket``.
 
-    ASGI has no synchronous write, so a writer task per connection sends the queued frames
-    one by one. A send that stays blocked past ``Limits.write_timeout`` evicts the client
-    (one timer per connection watches the sends); eviction cancels the blocked send, since
-    the TCP connection cannot be aborted from an ASGI application.
+    ASGI has no synchronous write, so a writer task sends the queued frames one by one. It
+    exists only while frames are queued: an idle connection holds no task, event or timer,
+    only its receive. A send that stays blocked past ``Limits.write_timeout`` evicts the
+    client (one timer per connection watches the sends while the writer runs); eviction
+    cancels the blocked send, since the TCP connection cannot be aborted from an ASGI
+    application.
     """
+
+    __slots__ = (
+        "_aborted",
+        "_binary",
+        "_receiver",
+        "_send_started",
+        "_watchdog",
+        "_writer",
+        "connection",
+        "websocket",
+    )
 
     def __init__(self, websocket: WebSocket, *, binary: bool = False) -> None:
         self.websocket = websocket
+        self.connection = None
         self._binary = binary
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._aborted = asyncio.get_running_loop().create_future()
+        self._aborted = False
+        # The task blocked in receive(), so that abort() can end its wait.
+        self._receiver: asyncio.Task[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._send_started: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
-        self._idle.clear()
-        self._wakeup.set()
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def _write_loop(self) -> None:
+    async def _write(self) -> None:
         conn = self.connection
         assert conn is not None
         send = self.websocket.send
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while frames := conn.take_outgoing():
-                if self._watchdog is None:
-                    self._watchdog = loop.call_later(conn.manager.limits.write_timeout, self._watch)
-                for frame in frames:
-                    message = (
-                        {"type": "websocket.send", "bytes": frame}
-                        if self._binary
-                        else {"type": "websocket.send", "text": frame.decode("utf-8")}
-                    )
-                    # A timestamp per send, checked by one timer, costs far less than a
-                    # timeout context around every frame.
-                    self._send_started = loop.time()
-                    try:
-                        await send(message)
-                    except _CLOSED:
-                        return  # the receive loop sees the disconnect and releases
-                    self._send_started = None
-            self._idle.set()
+        while frames := conn.take_outgoing():
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(conn.manager.limits.write_timeout, self._watch)
+            for frame in frames:
+                message = (
+                    {"type": "websocket.send", "bytes": frame}
+                    if self._binary
+                    else {"type": "websocket.send", "text": frame.decode("utf-8")}
+                )
+                # A timestamp per send, checked by one timer, costs far less than a
+                # timeout context around every frame.
+                self._send_started = loop.time()
+                try:
+                    await send(message)
+                except _CLOSED:
+                    # The receive loop sees the disconnect and releases. The finished task
+                    # stays in _writer, so nothing more is written.
+                    return
+                self._send_started = None
+        # Nothing queued: end the task, and its timer. The next wake() starts another.
+        self._writer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _watch(self) -> None:
         """Evict the client if one send has been blocked for ``write_timeout`` seconds."""
@@ -122,15 +136,23 @@ class StarletteTransport(Transport):
 
     async def receive(self) -> str | bytes | None:
         """The next frame from the client, or ``None`` once it is gone (or aborted)."""
-        receiving = asyncio.ensure_future(self.websocket.receive())
-        try:
-            await asyncio.wait((receiving, self._aborted), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not receiving.done():
-                receiving.cancel()
-        if not receiving.done() or receiving.cancelled() or receiving.exception() is not None:
+        if self._aborted:
             return None
-        message = receiving.result()
+        # Awaited directly, not in a task of its own raced against an abort signal: that
+        # would cost every idle connection a task and a wait. abort() cancels this task
+        # instead, and only while it waits here.
+        task = asyncio.current_task()
+        self._receiver = task
+        try:
+            message = await self.websocket.receive()
+        except asyncio.CancelledError:
+            if self._cancelled_by_abort(task):
+                return None
+            raise  # cancelled by someone else: that goes on
+        except Exception:
+            return None
+        finally:
+            self._receiver = None
         if message["type"] != "websocket.receive":
             return None
         text = message.get("text")
@@ -139,17 +161,29 @@ class StarletteTransport(Transport):
         data = message.get("bytes")
         return bytes(data) if data is not None else None
 
+    def _cancelled_by_abort(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether abort(), and nothing else, cancelled ``task``; if so, withdraw it."""
+        return self._aborted and task is not None and task.uncancel() == 0
+
     async def close(self, code: int, reason: str) -> None:
-        self.wake()
-        await self._idle.wait()
+        conn = self.connection
+        if conn is not None and conn.queued_frames:
+            self.wake()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            # Not awaited directly: the core's deadline cancels close(), and the writer
+            # must then be stopped by abort(), not by that cancellation.
+            await asyncio.wait((writer,))
         self._stop_writer()
         with contextlib.suppress(*_CLOSED):
             await self.websocket.close(code, reason)
 
     def abort(self) -> None:
         self._stop_writer()
-        if not self._aborted.done():
-            self._aborted.set_result(None)
+        if not self._aborted:
+            self._aborted = True
+            if self._receiver is not None:
+                self._receiver.cancel()
 
     def _stop_writer(self) -> None:
         if self._watchdog is not None:
@@ -158,7 +192,6 @@ class StarletteTransport(Transport):
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None
-        self._idle.set()
 
 
 def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None]]:
@@ -209,14 +242,10 @@ async def serve(
 
 def _handshake(websocket: WebSocket) -> Handshake:
     scope = websocket.scope
-    headers = [
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
-    ]
     query = scope.get("query_string", b"").decode("latin-1")
     client = scope.get("client")
     address = (str(client[0]), int(client[1])) if client else None
-    target = scope.get("path", "/") + (f"?{query}" if query else "")
-    return Handshake.from_target(target, headers, address)
+    return Handshake._of(scope.get("path", "/"), query, _ASGIHeaders(scope["headers"]), address)
 
 
 async def _refuse(websocket: WebSocket, exc: HandshakeRejected) -> None:
