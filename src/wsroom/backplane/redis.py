@@ -849,6 +849,7 @@ class RedisBackplane(Backplane):
                                 item.result.set_exception(error)
                         continue
                     first, epoch = int(reply[0]), bytes(reply[1])
+                    self._deliver_own(run, first, epoch)
                     for offset, item in enumerate(run):
                         if not item.result.done():  # else its publisher was cancelled
                             item.result.set_result((first + offset, epoch))
@@ -861,6 +862,18 @@ class RedisBackplane(Backplane):
                     result.set_exception(
                         BackplaneError("the backplane stopped before this message was sent")
                     )
+
+    def _deliver_own(self, run: list[_Publish], first: int, epoch: bytes) -> None:
+        """Deliver this node's own messages to its members as soon as Redis numbered them,
+        when they follow what was delivered here; their copy from the subscription is then
+        recognised by its id and skipped. Otherwise the subscription delivers them, in
+        order with the rest (a gap before them, a new epoch, a repair in progress)."""
+        room = run[0].room
+        track = self._tracks.get(room)
+        if track is None or track.repairing or track.epoch != epoch or track.last != first - 1:
+            return
+        for offset, item in enumerate(run):
+            self._deliver(room, track, epoch, first + offset, item.exclude.encode(), item.envelope)
 
     async def _run_publishes(self, runs: list[list[_Publish]]) -> list[Any]:
         replies = await self._pipeline_publishes(runs)
