@@ -1241,6 +1241,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", help="comma-separated variants (default: all)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="plot deliveries/s against N (matplotlib)")
+    parser.add_argument(
+        "--replot",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: plot the cells of earlier --json outputs into --plot (a cell "
+        "of a later file replaces the same variant and N of an earlier one)",
+    )
     parser.add_argument("--redis-url", help="Redis for the multi-node variant")
     parser.add_argument(
         "--quickack",
@@ -1288,11 +1295,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def replot(paths: list[str], output: str) -> None:
+    """Plot the cells of earlier ``--json`` outputs, later files winning."""
+    cells: dict[tuple[str, int], Cell] = {}
+    descriptions: list[str] = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        settings = data["settings"]
+        descriptions.append(
+            burst_description(settings["messages"], settings.get("rate"), settings["compress"])
+        )
+        for result in data["results"]:
+            cell = Cell(result["variant"], result["label"], result["n"])
+            cell.samples = [Sample(**run) for run in result["runs"]]
+            cells[(cell.variant, cell.n)] = cell
+    sizes = sorted({n for _, n in cells})
+    # A size within 20% of the next one (4,500 next to 5,000) gets no tick of its own.
+    ticks = [
+        n
+        for n, bigger in zip(sizes, [*sizes[1:], None], strict=True)
+        if not bigger or bigger > 1.2 * n
+    ]
+    plot(list(cells.values()), ticks, descriptions[0], output)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return 2
+    if args.replot:
+        if not args.plot:
+            print("--replot needs --plot PATH", file=sys.stderr)
+            return 2
+        replot(args.replot, args.plot)
+        return 0
     limit = raise_open_file_limit()
     if max(args.sizes) + 100 > limit:
         print(f"open-file limit {limit} is too low for N={max(args.sizes)}", file=sys.stderr)

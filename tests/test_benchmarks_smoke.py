@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import runpy
 import subprocess
 import sys
@@ -18,8 +19,9 @@ def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert "deliveries/s" in capsys.readouterr().out
 
 
-def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The socket benchmark's --quick mode: a server process per variant, a row for each.
+def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The socket benchmark's --quick mode: a server process per variant, a row for each,
+    and its JSON, which --replot draws again when matplotlib is there.
 
     It needs neither python-socketio nor matplotlib: --quick runs only variants built on
     websockets and wsroom.
@@ -29,13 +31,34 @@ def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     module = runpy.run_path(str(BENCHMARKS / "fanout.py"), run_name="smoke")
     expected = {module["VARIANTS"][name].label for name in module["QUICK_VARIANTS"]}
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "fanout.py"), "--quick"],
+        [
+            sys.executable,
+            str(BENCHMARKS / "fanout.py"),
+            "--quick",
+            "--json",
+            str(tmp_path / "q.json"),
+        ],
         capture_output=True,
         text=True,
         timeout=50,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    if importlib.util.find_spec("matplotlib") is not None:
+        replotted = subprocess.run(
+            [
+                sys.executable,
+                str(BENCHMARKS / "fanout.py"),
+                *("--replot", str(tmp_path / "q.json")),
+                *("--plot", str(tmp_path / "q.png")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+        assert replotted.returncode == 0, replotted.stderr
+        assert (tmp_path / "q.png").read_bytes().startswith(b"\x89PNG")
     rows = [
         [cell.strip() for cell in line.strip("|").split("|")]
         for line in result.stdout.splitlines()
