@@ -536,3 +536,24 @@ async def test_batched_publishes_keep_rooms_ids_history_and_exclusions_apart(
         assert [m["data"]["i"] for m in joined["history"]] == [5, 7, 8, 10, 11]
         for client in (bob, carol, dave):
             await client.close()
+
+
+async def test_a_threads_messages_and_events_arrive_in_call_order(shared_url: str) -> None:
+    async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
+        bob = await Client.connect(url_b, "/ws?user=bob")
+        await bob.join("lobby")
+        portal = node_a.from_thread
+
+        def publish() -> None:
+            for round_ in range(20):
+                portal.broadcast_nowait("lobby", f"m{round_}")
+                portal.broadcast_event("lobby", "tick", f"e{round_}")  # waits: one batch each
+            portal.broadcast_nowait("lobby", "end").result(TIMEOUT)
+
+        await asyncio.to_thread(publish)
+        seen: list[str] = []
+        while not seen or seen[-1] != "end":
+            frame = await next_of(bob, "message", "tick")
+            seen.append(frame["data"])
+        assert seen == [x for r in range(20) for x in (f"m{r}", f"e{r}")] + ["end"]
+        await bob.close()

@@ -208,10 +208,21 @@ class BlockingPortal:
                         return
                     batch, self._pending = self._pending, batch
                     self._room_freed.notify_all()
-                # Started together, in order: each reaches the backplane in call order
-                # before any of them waits, so a backplane that pipelines (Redis) sends
-                # the whole batch in one round trip.
-                await asyncio.gather(*(self._apply(item) for item in batch))
+                # Consecutive messages start together, in order: each reaches the
+                # backplane in call order before any of them waits, so a backplane that
+                # pipelines (Redis) sends them in one round trip. An event goes its own way
+                # to the backplane, so it waits for the messages before it, and they for it.
+                run: list[_Broadcast] = []
+                for item in batch:
+                    if item.event is None:
+                        run.append(item)
+                        continue
+                    if run:
+                        await asyncio.gather(*(self._apply(message) for message in run))
+                        run = []
+                    await self._apply(item)
+                if run:
+                    await asyncio.gather(*(self._apply(message) for message in run))
                 batch.clear()
                 # Let the transports write this batch (one write per connection for all of
                 # it) and the clients be served before the next one.
