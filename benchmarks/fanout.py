@@ -214,6 +214,28 @@ def client_frame(payload: bytes, opcode: int = 1) -> bytes:
     return header + mask + masked
 
 
+def frame_bounds(data: bytes, pos: int) -> tuple[int, int] | None:
+    """Where the payload of the (unmasked, server) frame at ``pos`` starts and ends, or
+    ``None`` when ``data`` does not hold all of it yet."""
+    size = len(data)
+    if pos + 2 > size:
+        return None
+    length = data[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        start = pos + 4
+        if start > size:
+            return None
+        length = (data[pos + 2] << 8) | data[pos + 3]
+    elif length == 127:
+        start = pos + 10
+        if start > size:
+            return None
+        length = int.from_bytes(data[pos + 2 : start], "big")
+    end = start + length
+    return (start, end) if end <= size else None
+
+
 def timestamp_of(payload: bytes) -> float | None:
     """The ``"t"`` field of a message, found without parsing the JSON."""
     start = payload.find(b'"t":')
@@ -475,6 +497,7 @@ class LoadClient:
         sampling = self.sampling
         countdown = self.countdown
         now = 0.0
+        # frame_bounds(), inlined: this loop runs for every frame of every client.
         while pos + 2 <= size:
             length = data[pos + 1] & 0x7F  # server frames are never masked
             if length < 126:
@@ -505,10 +528,7 @@ class LoadClient:
                                 if not now:
                                     now = time.time()
                                 self.latencies.append(now - stamp)
-            elif first & 0x0F == 9:  # ping: answer, or websockets closes us after a while
-                self._send(conn, client_frame(data[start:end], 0xA))
-            elif first & 0x0F == 8:
-                self._fail(conn, f"close frame from the server: {data[start:end]!r}")
+            elif not self._control(conn, first & 0x0F, data[start:end]):
                 return
             pos = end
         conn.buf = data[pos:] if pos < size else b""
@@ -518,6 +538,16 @@ class LoadClient:
             self.total += frames
             if not conn.joined:
                 self._advance(conn)
+
+    def _control(self, conn: Conn, opcode: int, payload: bytes) -> bool:
+        """Handle a control frame: answer a ping (websockets closes a client that does not,
+        after a while); a close frame fails the connection. ``False`` when it is done."""
+        if opcode == 9:
+            self._send(conn, client_frame(payload, 0xA))
+        elif opcode == 8:
+            self._fail(conn, f"close frame from the server: {payload!r}")
+            return False
+        return True
 
     def _feed_inflating(self, conn: Conn, data: bytes) -> None:
         """:meth:`_feed` for an inflating connection: each message read in full, inflated
@@ -530,23 +560,8 @@ class LoadClient:
         pos = 0
         frames = 0
         now = 0.0
-        while pos + 2 <= size:
-            length = data[pos + 1] & 0x7F
-            if length < 126:
-                start = pos + 2
-            elif length == 126:
-                start = pos + 4
-                if start > size:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-            else:
-                start = pos + 10
-                if start > size:
-                    break
-                length = int.from_bytes(data[pos + 2 : start], "big")
-            end = start + length
-            if end > size:
-                break
+        while (bounds := frame_bounds(data, pos)) is not None:
+            start, end = bounds
             first = data[pos]
             opcode = first & 0x0F
             if opcode < 8:
@@ -578,10 +593,7 @@ class LoadClient:
                             if not now:
                                 now = time.time()
                             self.latencies.append(now - stamp)
-            elif opcode == 9:
-                self._send(conn, client_frame(data[start:end], 0xA))
-            elif opcode == 8:
-                self._fail(conn, f"close frame from the server: {data[start:end]!r}")
+            elif not self._control(conn, opcode, data[start:end]):
                 return
             pos = end
         conn.buf = data[pos:] if pos < size else b""

@@ -50,19 +50,24 @@ def payload(index: int, due: float | None = None) -> dict[str, Any]:
     return {"t": time.time() if due is None else due, "i": index, "p": PAD}
 
 
-async def paced(messages: int, rate: float | None) -> AsyncIterator[dict[str, Any]]:
-    """The messages of a burst, for an asyncio publisher: back to back when ``rate`` is
-    ``None``; else message ``i`` when it is due, ``i / rate`` seconds after the start
-    (``asyncio.sleep`` until then, at once when the publisher runs late), carrying its
-    due time."""
+def schedule(messages: int, rate: float | None) -> Iterator[tuple[int, float | None, float]]:
+    """Each message's index, due time and the seconds to wait before publishing it, worked
+    out when the previous one is done: back to back (no due time) when ``rate`` is ``None``;
+    else message ``i`` is due ``i / rate`` seconds after the start (no wait when late)."""
     if rate is None:
         for i in range(messages):
-            yield payload(i)
+            yield i, None, 0.0
         return
     start = time.time()
     for i in range(messages):
         due = start + i / rate
-        delay = due - time.time()
+        yield i, due, due - time.time()
+
+
+async def paced(messages: int, rate: float | None) -> AsyncIterator[dict[str, Any]]:
+    """The messages of a burst, for an asyncio publisher (see :func:`schedule`), each
+    carrying its due time when paced."""
+    for i, due, delay in schedule(messages, rate):
         if delay > 0:
             await asyncio.sleep(delay)
         yield payload(i, due)
@@ -70,14 +75,7 @@ async def paced(messages: int, rate: float | None) -> AsyncIterator[dict[str, An
 
 def paced_sync(messages: int, rate: float | None) -> Iterator[dict[str, Any]]:
     """:func:`paced` for a publishing thread: ``time.sleep`` until each message is due."""
-    if rate is None:
-        for i in range(messages):
-            yield payload(i)
-        return
-    start = time.time()
-    for i in range(messages):
-        due = start + i / rate
-        delay = due - time.time()
+    for i, due, delay in schedule(messages, rate):
         if delay > 0:
             time.sleep(delay)
         yield payload(i, due)

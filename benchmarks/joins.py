@@ -34,6 +34,7 @@ from fanout import (
     LoadClient,
     ServerProcess,
     client_frame,
+    frame_bounds,
     percentile,
     raise_open_file_limit,
     redis_url_to_use,
@@ -66,24 +67,9 @@ class JoinClient(LoadClient):
     def _feed(self, conn: Conn, data: bytes) -> None:
         if conn.buf:
             data = conn.buf + data
-        size = len(data)
         pos = 0
-        while pos + 2 <= size:
-            length = data[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                start = pos + 4
-                if start > size:
-                    break
-                length = int.from_bytes(data[pos + 2 : start], "big")
-            elif length == 127:
-                start = pos + 10
-                if start > size:
-                    break
-                length = int.from_bytes(data[pos + 2 : start], "big")
-            end = start + length
-            if end > size:
-                break
+        while (bounds := frame_bounds(data, pos)) is not None:
+            start, end = bounds
             opcode = data[pos] & 0x0F
             if opcode < 8 and data[pos] & 0x80:
                 conn.frames += 1
@@ -92,10 +78,7 @@ class JoinClient(LoadClient):
                     self._answer(conn, data[start:end])
                 else:
                     self._advance(conn)
-            elif opcode == 9:
-                self._send(conn, client_frame(data[start:end], 0xA))
-            elif opcode == 8:
-                self._fail(conn, f"close frame from the server: {data[start:end]!r}")
+            elif not self._control(conn, opcode, data[start:end]):
                 return
             pos = end
         conn.buf = data[pos:]
