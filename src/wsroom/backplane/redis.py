@@ -810,15 +810,18 @@ class RedisBackplane(Backplane):
         track = self._tracks.get(room)
         if local_first and track is not None and (track.last < message_id or track.epoch != epoch):
             # As on one node, the sender's own copy is queued before its 'ack': wait until
-            # the message came back through the subscription (bounded; it is sent anyway).
-            future = track.waiting.setdefault(
-                message_id, asyncio.get_running_loop().create_future()
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timeout):
-                    await future
-            track.waiting.pop(message_id, None)
+            # the message came back through the subscription.
+            await self._own_copy(track.waiting, message_id)
         return message_id
+
+    async def _own_copy(self, waiting: dict[int, asyncio.Future[None]], message_id: int) -> None:
+        """Wait until this node delivered its own message ``message_id`` (resolved through
+        ``waiting``), at most the command timeout: it is sent anyway."""
+        future = waiting.setdefault(message_id, asyncio.get_running_loop().create_future())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await future
+        waiting.pop(message_id, None)
 
     async def _send_publishes(self) -> None:
         """Send queued publishes to Redis, as many as are waiting in one pipeline each time.
@@ -976,13 +979,7 @@ class RedisBackplane(Backplane):
         message_id = int(id_)
         if self.node.local_user_count(user) and message_id not in self._direct_seen:
             # Queue the local copies before the sender's 'ack', as on one node.
-            future = self._direct_waiting.setdefault(
-                message_id, asyncio.get_running_loop().create_future()
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timeout):
-                    await future
-            self._direct_waiting.pop(message_id, None)
+            await self._own_copy(self._direct_waiting, message_id)
         return message_id
 
     async def send_all(self, frame: bytes) -> None:
