@@ -99,7 +99,7 @@ class SharedFrames:
     broadcast queued for them. The connection's own protocol object frames instead when
     anything could make the bytes differ or the frame unsafe to write directly: an
     extension (permessage-deflate compresses per connection), a fragmented message in
-    progress, a protocol not open, or frame logging switched on.
+    progress, or frame logging switched on. Callers write only to open connections.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, binary: bool) -> None:
