@@ -13,6 +13,19 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def run_script(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` with ``args``; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     module = runpy.run_path(str(BENCHMARKS / "core_fanout.py"), run_name="smoke")
     module["main"](["--clients", "20", "--messages", "5", "--repeat", "1"])
@@ -30,34 +43,14 @@ def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = runpy.run_path(str(BENCHMARKS / "fanout.py"), run_name="smoke")
     expected = {module["VARIANTS"][name].label for name in module["QUICK_VARIANTS"]}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "fanout.py"),
-            "--quick",
-            "--json",
-            str(tmp_path / "q.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("fanout.py", "--quick", "--json", str(tmp_path / "q.json"), timeout=50)
     if importlib.util.find_spec("matplotlib") is not None:
-        replotted = subprocess.run(
-            [
-                sys.executable,
-                str(BENCHMARKS / "fanout.py"),
-                *("--replot", str(tmp_path / "q.json")),
-                *("--plot", str(tmp_path / "q.png")),
-            ],
-            capture_output=True,
-            text=True,
+        run_script(
+            "fanout.py",
+            *("--replot", str(tmp_path / "q.json")),
+            *("--plot", str(tmp_path / "q.png")),
             timeout=50,
-            check=False,
         )
-        assert replotted.returncode == 0, replotted.stderr
         assert (tmp_path / "q.png").read_bytes().startswith(b"\x89PNG")
     rows = [
         [cell.strip() for cell in line.strip("|").split("|")]
@@ -74,14 +67,7 @@ def test_fanout_quick_compressed_paced_smoke() -> None:
     """--quick with --compress and --rate: every client offers permessage-deflate (the
     websockets servers accept it; the inflating clients give the latency samples) and the
     servers publish a paced burst."""
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "fanout.py"), "--quick", "--compress", "--rate", "1000"],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("fanout.py", "--quick", "--compress", "--rate", "1000", timeout=50)
     assert "publishing: paced, 1000 messages/s" in result.stdout, result.stdout
     assert "compression: clients offer permessage-deflate" in result.stdout, result.stdout
     assert "| deflate |" in result.stdout, result.stdout
@@ -105,14 +91,7 @@ def _table_rows(stdout: str) -> list[list[str]]:
 def test_slow_reader_quick_smoke() -> None:
     """The slow-reader scenario's --quick mode: each variant with and without the reader,
     the threaded ones (a plain thread publishing) included."""
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "slow_reader.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("slow_reader.py", "--quick")
     assert "| variant | non-reader |" in result.stdout, result.stdout
     rows = _table_rows(result.stdout)
     assert [(row[0], row[1]) for row in rows] == [
@@ -133,14 +112,7 @@ def test_slow_reader_quick_smoke() -> None:
 
 def test_joins_quick_smoke() -> None:
     """The join/leave scenario's --quick mode; the Redis row only when a Redis answers."""
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "joins.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("joins.py", "--quick")
     assert "| variant | join p50 ms |" in result.stdout, result.stdout
     rows = _table_rows(result.stdout)
     assert rows, result.stdout
@@ -156,13 +128,7 @@ def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> No
         "main (srv.py:1);flush (t.py:12) 3\n"
         "main (srv.py:1);select (selectors.py:4) 1\n"
     )
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "profile_summary.py"), str(stacks)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    result = run_script("profile_summary.py", str(stacks), timeout=30)
     assert "10 samples in 1 file(s)" in result.stdout
     self_table, inclusive_table = result.stdout.split("| inclusive |")
     assert "| 60.0% | `serialize (frames.py)` |" in self_table
