@@ -48,6 +48,15 @@ class Limits:
     """Window, in seconds, for counting :attr:`rate_abuse_strikes`."""
     close_timeout: float = 5.0
     """Seconds a closing handshake may take before the TCP connection is aborted."""
+    max_idle_rooms: int = 10_000
+    """Emptied rooms whose history is kept, so that clients coming back can recover what
+    they missed (a room is emptied when no connection is left in it; one that never had a
+    message keeps nothing). Beyond it the least recently used is forgotten first, and a
+    client coming back to it gets ``recovered: false``. With a ``RedisBackplane`` the
+    bound is on the rooms Redis keeps that no node serves."""
+    max_idle_history_bytes: int = 64 * 1024 * 1024
+    """Bytes of message history kept for emptied rooms, all rooms together (the messages'
+    encoded size); beyond it the least recently used emptied rooms are forgotten first."""
 
     def __post_init__(self) -> None:
         positive_ints = (
@@ -58,6 +67,8 @@ class Limits:
             "max_queue_bytes",
             "rate_burst",
             "rate_abuse_strikes",
+            "max_idle_rooms",
+            "max_idle_history_bytes",
         )
         for name in positive_ints:
             value = getattr(self, name)
