@@ -168,12 +168,7 @@ def twin(manager: ConnectionManager, backplane: Any) -> ConnectionManager:
 def use_backplane(manager: ConnectionManager, backplane: Any) -> None:
     """Put a not yet started manager on another backplane (tests build managers inline)."""
     assert not manager._started
-    manager._backplane = backplane
-    registry = manager._registry
-    registry.on_room_opened = backplane.watch_room
-    registry.on_room_closed = backplane.unwatch_room
-    registry.on_user_opened = backplane.watch_user
-    registry.on_user_closed = backplane.unwatch_user
+    manager.cluster.backplane = backplane
 
 
 class RoundRobinProxy:

@@ -19,7 +19,6 @@ class FakeConnection:
     def __init__(self, index: int, user: str | None) -> None:
         self.id = f"c{index}"
         self.user = user
-        self._rooms: set[str] = set()
 
 
 ROOMS = ("r1", "r2", "r3")
@@ -45,7 +44,7 @@ class RegistryMachine(RuleBasedStateMachine):
         if not self.conns:
             return
         conn = self.conns[index % len(self.conns)]
-        if room in conn._rooms:
+        if self.registry.is_member(cast(Any, conn), room):
             return
         users_before = (
             self.registry.rooms[room].users.get(conn.user or "", 0)
@@ -62,7 +61,7 @@ class RegistryMachine(RuleBasedStateMachine):
         if not self.conns:
             return
         conn = self.conns[index % len(self.conns)]
-        was_in = room in conn._rooms
+        was_in = self.registry.is_member(cast(Any, conn), room)
         result = self.registry.leave(cast(Any, conn), room)
         assert (result is not None) == was_in
 
@@ -73,7 +72,8 @@ class RegistryMachine(RuleBasedStateMachine):
         conn = self.conns.pop(index % len(self.conns))
         left = self.registry.remove_connection(cast(Any, conn))
         assert len(left) == len([r for r in ROOMS if r in {s.room.name for s, _ in left}])
-        assert conn._rooms == set()
+        assert self.registry.rooms_of(cast(Any, conn)) == frozenset()
+        assert cast(Any, conn) not in self.registry.memberships
 
     @rule(room=st.sampled_from(ROOMS))
     def refused_join(self, room: str) -> None:
@@ -93,14 +93,14 @@ class RegistryMachine(RuleBasedStateMachine):
             members = list(state.connections)
             expected: dict[str, int] = {}
             for conn in members:
-                assert name in conn._rooms
+                assert self.registry.is_member(conn, name)
                 if conn.user is not None:
                     expected[conn.user] = expected.get(conn.user, 0) + 1
             assert state.users == expected
             assert state.anonymous == sum(1 for c in members if c.user is None)
             assert state.member_count == len(expected) + state.anonymous
         for fake in self.conns:
-            for name in fake._rooms:
+            for name in self.registry.rooms_of(cast(Any, fake)):
                 assert cast(Any, fake) in registry.rooms[name].connections
         users = {c.user for c in self.conns if c.user is not None}
         assert set(registry.users) == users

@@ -2,9 +2,9 @@
 
 Rules of this file:
 
-1. Every change to membership (connections, users, rooms and their members) happens here
-   and nowhere else. ``Room`` instances and ``Connection.rooms`` only read it, so no second
-   copy can drift.
+1. Every change to membership (connections, users, rooms and their members, the rooms of
+   each connection) happens here and nowhere else. ``Room`` instances and
+   ``Connection.rooms`` only read it, so no second copy can drift.
 2. Nothing here does I/O, awaits, or knows about transports or backplanes. Every method
    runs to completion, so callers on one event loop see each change whole. (A room's join
    lock lives here because it belongs to the room, but only the manager awaits it.)
@@ -67,6 +67,7 @@ class Registry:
 
     __slots__ = (
         "connections",
+        "memberships",
         "on_room_closed",
         "on_room_opened",
         "on_user_closed",
@@ -85,6 +86,9 @@ class Registry:
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, dict[Connection, None]] = {}
         self.rooms: dict[str, RoomState] = {}
+        # connection -> names of its rooms, only for connections in at least one room: an
+        # idle connection costs no set.
+        self.memberships: dict[Connection, set[str]] = {}
         self.on_room_opened = on_room_opened
         self.on_room_closed = on_room_closed
         self.on_user_opened = on_user_opened
@@ -103,7 +107,7 @@ class Registry:
 
     def remove_connection(self, conn: Connection) -> list[tuple[RoomState, bool]]:
         """Forget ``conn``; return each room it was in and whether its user left it."""
-        left = [self.leave(conn, name) for name in list(conn._rooms)]
+        left = [self.leave(conn, name) for name in list(self.memberships.get(conn, ()))]
         self.connections.pop(conn.id, None)
         if conn.user is not None:
             conns = self.users.get(conn.user)
@@ -116,6 +120,18 @@ class Registry:
 
     def user_connections(self, user: str) -> list[Connection]:
         return list(self.users.get(user, ()))
+
+    def rooms_of(self, conn: Connection) -> frozenset[str]:
+        """The names of the rooms ``conn`` is in."""
+        return frozenset(self.memberships.get(conn, ()))
+
+    def room_count(self, conn: Connection) -> int:
+        """How many rooms ``conn`` is in."""
+        return len(self.memberships.get(conn, ()))
+
+    def is_member(self, conn: Connection, name: str) -> bool:
+        """Whether ``conn`` is in the room ``name``."""
+        return name in self.memberships.get(conn, ())
 
     # Rooms.
 
@@ -141,7 +157,7 @@ class Registry:
             self.rooms[name] = state
             self.on_room_opened(name)
         state.connections[conn] = None
-        conn._rooms.add(name)
+        self.memberships.setdefault(conn, set()).add(name)
         user = conn.user
         if user is None:
             state.anonymous += 1
@@ -156,12 +172,11 @@ class Registry:
         ``None`` when ``conn`` was not in the room. An emptied room is dropped (a pending
         join keeps it).
         """
+        self._forget(conn, name)
         state = self.rooms.get(name)
         if state is None or conn not in state.connections:
-            conn._rooms.discard(name)
             return None
         del state.connections[conn]
-        conn._rooms.discard(name)
         last = False
         user = conn.user
         if user is None:
@@ -175,6 +190,13 @@ class Registry:
                 last = True
         self._discard_if_idle(state)
         return state, last
+
+    def _forget(self, conn: Connection, name: str) -> None:
+        names = self.memberships.get(conn)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self.memberships[conn]
 
     def _discard_if_idle(self, state: RoomState) -> None:
         if state.idle and self.rooms.get(state.room.name) is state:

@@ -8,19 +8,27 @@ much memory before it is evicted (close code 1013) or loses its oldest frames.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from . import frames
 from .exceptions import ConnectionClosedError
-from .protocol import SERVER_TYPES, CloseCode, _require_room_name
+from .frames import CloseCode
+from .protocol import require_room_name
 
 if TYPE_CHECKING:
     from .handshake import Handshake
+    from .limits import Limits
     from .manager import ConnectionManager
 
 __all__ = ["Connection", "Transport"]
+
+logger = logging.getLogger("wsroom")
 
 
 class Transport(ABC):
@@ -63,6 +71,47 @@ class Transport(ABC):
         """Cut the connection now, without a closing handshake."""
 
 
+class ConnectionHost(Protocol):
+    """What a :class:`Connection` needs from the manager that serves it (the core
+    implements it; applications never do)."""
+
+    @property
+    def manager(self) -> ConnectionManager:
+        """The manager, as applications see it."""
+        ...
+
+    @property
+    def limits(self) -> Limits:
+        """The limits applied to the connection."""
+        ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The manager's event loop, once started."""
+        ...
+
+    def encode(self, frame: dict[str, Any]) -> bytes:
+        """Encode a frame with the manager's protocol."""
+        ...
+
+    def evict(self, conn: Connection, reason: str = "client too slow") -> None:
+        """Close a client whose queue overflowed, with 1013."""
+        ...
+
+    def rooms_of(self, conn: Connection) -> frozenset[str]:
+        """The names of the rooms ``conn`` is in."""
+        ...
+
+    def depart(self, conn: Connection) -> Awaitable[None]:
+        """Take ``conn`` out of every room at once; awaiting the result finishes leaving
+        them (presence, ``on_leave`` hooks)."""
+        ...
+
+    def frames_dropped(self, count: int) -> None:
+        """``count`` frames were dropped from a full queue (``overflow="drop_oldest"``)."""
+        ...
+
+
 class Connection:
     """A client connected to a :class:`~wsroom.ConnectionManager`.
 
@@ -70,6 +119,11 @@ class Connection:
     application state (:attr:`state`) and can be written to directly (:meth:`send_event`).
     Membership is read-only here (:attr:`rooms`); join and leave go through the protocol or
     the manager.
+
+    A connection owns its outgoing queue and its close: :meth:`begin_close` takes it out of
+    every room at once and closes the socket after the frames already queued, within a
+    deadline. Adapters call :meth:`take_outgoing` and :meth:`detach`; the core calls
+    :meth:`push`.
     """
 
     __slots__ = (
@@ -78,12 +132,11 @@ class Connection:
         "_close_task",
         "_closed",
         "_drop_oldest",
-        "_manager",
+        "_host",
         "_max_bytes",
         "_max_frames",
         "_outbox",
         "_queued_bytes",
-        "_rooms",
         "_strikes",
         "close_code",
         "dropped_frames",
@@ -97,7 +150,7 @@ class Connection:
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        host: ConnectionHost,
         transport: Transport,
         connection_id: str,
         user: str | None,
@@ -119,13 +172,12 @@ class Connection:
         """Frames dropped because the queue was full (with ``overflow="drop_oldest"``)."""
         self.last_seen: float = time.monotonic()
         """Monotonic time of the last frame received from the client."""
-        self._manager = manager
-        self._rooms: set[str] = set()
+        self._host = host
         # A list, not a deque: an empty deque holds a 500-byte block, and most connections
         # sit idle with nothing queued. The writer takes the whole list at once.
         self._outbox: list[bytes] = []
         self._queued_bytes = 0
-        limits = manager.limits
+        limits = host.limits
         self._max_frames = limits.max_queue
         self._max_bytes = limits.max_queue_bytes
         self._drop_oldest = limits.overflow == "drop_oldest"
@@ -134,7 +186,7 @@ class Connection:
         # Created by the first rate-limit violation: well-behaved clients never need it.
         self._strikes: deque[float] | None = None
         self._closed = False
-        self._close_task: Any = None
+        self._close_task: asyncio.Task[None] | None = None
         transport.bind(self)
 
     def __repr__(self) -> str:
@@ -143,7 +195,7 @@ class Connection:
     @property
     def rooms(self) -> frozenset[str]:
         """The names of the rooms this connection has joined."""
-        return frozenset(self._rooms)
+        return self._host.rooms_of(self)
 
     @property
     def closed(self) -> bool:
@@ -163,7 +215,7 @@ class Connection:
     @property
     def manager(self) -> ConnectionManager:
         """The manager this connection belongs to."""
-        return self._manager
+        return self._host.manager
 
     def send_event(self, type: str, data: Any = None, *, room: str | None = None) -> None:
         """Send an application event ``{"type": type, "room": room, "data": data}`` to this client.
@@ -176,30 +228,82 @@ class Connection:
             ConnectionClosedError: the connection is closed.
             EncodeError: ``data`` cannot be encoded.
         """
-        if type in SERVER_TYPES:
-            raise ValueError(
-                f"{type!r} is a frame type of the protocol itself; choose another event name"
-            )
+        frames.check_event_type(type)
         if room is not None:
-            _require_room_name(room)
+            require_room_name(room)
         if self._closed:
             raise ConnectionClosedError(f"connection {self.id} is closed")
-        frame: dict[str, Any] = {"type": type, "data": data}
-        if room is not None:
-            frame["room"] = room
-        self._manager._send_frame(self, frame)
+        if not self.push(self._host.encode(frames.event(type, data, room))):
+            self._host.evict(self)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close this connection with ``code``, after the frames already queued are sent.
 
         Returns once it is closed or, for a peer that does not answer, aborted.
         """
-        await self._manager._close(self, code, reason)
+        self.begin_close(code, reason)
+        await self.wait_closed()
+
+    # The close lifecycle.
+
+    def begin_close(self, code: int, reason: str, *, grace: float | None = None) -> None:
+        """Start closing with ``code``; returns at once.
+
+        From now on the connection is in no room and nothing new is queued to it. The
+        frames already queued are sent, then the close frame; a peer that has not closed
+        within ``grace`` seconds (``Limits.close_timeout`` by default) is aborted.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.close_code = code
+        departure = self._host.depart(self)
+        if grace is None:
+            grace = self._host.limits.close_timeout
+        loop = self._host.loop or asyncio.get_running_loop()
+        self._close_task = loop.create_task(self._finish_close(departure, code, reason, grace))
+
+    async def _finish_close(
+        self, departure: Awaitable[None], code: int, reason: str, grace: float
+    ) -> None:
+        await departure
+        transport = self.transport
+        try:
+            async with asyncio.timeout(grace):
+                await transport.close(code, reason)
+        except TimeoutError:
+            transport.abort()
+        except Exception:
+            logger.exception("error while closing %r", self)
+            transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until a close begun by :meth:`begin_close` is over (socket closed or
+        aborted); return at once if none was begun."""
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)
+
+    async def detach(self) -> None:
+        """The socket is gone (adapters call it when their receive loop ends).
+
+        The connection leaves every room at once and what is queued is dropped; a close the
+        server had begun is waited for.
+        """
+        if not self._closed:
+            self._closed = True
+            self.drop_queue()
+            await self._host.depart(self)
+        else:
+            await self.wait_closed()
 
     # The outgoing queue. Only the core appends; only the adapter's writer takes.
 
-    def _push(self, frame: bytes) -> bool:
-        """Queue one encoded frame; ``False`` when it does not fit and must evict."""
+    def push(self, frame: bytes) -> bool:
+        """Queue one encoded frame, without waiting (for the core).
+
+        Returns:
+            ``False`` when it does not fit: the caller must evict the connection.
+        """
         if self._closed:
             return True
         size = len(frame)
@@ -219,7 +323,7 @@ class Connection:
             del outbox[:dropped]
             self._queued_bytes = queued
             self.dropped_frames += dropped
-            self._manager._dropped_frames += dropped
+            self._host.frames_dropped(dropped)
         outbox.append(frame)
         self._queued_bytes += size
         if len(outbox) == 1:
@@ -239,9 +343,17 @@ class Connection:
         self._queued_bytes -= sum(map(len, frames))
         return frames
 
-    def _take_tokens(self, now: float) -> bool:
-        """Token bucket: ``False`` when the client sends faster than its limit."""
-        limits = self._manager.limits
+    def drop_queue(self) -> None:
+        """Forget every queued frame (a client that is evicted or gone gets none of them)."""
+        self._outbox.clear()
+        self._queued_bytes = 0
+
+    # The client's rate (Limits.rate), checked by the core for every frame received.
+
+    def allow_frame(self, now: float) -> bool:
+        """Take a token for one client frame; ``False`` when the client sends faster than
+        its limit (token bucket)."""
+        limits = self._host.limits
         if limits.rate is None:
             return True
         tokens = min(
@@ -254,9 +366,9 @@ class Connection:
         self._bucket_tokens = tokens - 1.0
         return True
 
-    def _strike(self, now: float) -> bool:
+    def note_violation(self, now: float) -> bool:
         """Record one rate-limit violation; ``True`` when the abuse warrants closing."""
-        limits = self._manager.limits
+        limits = self._host.limits
         strikes = self._strikes
         if strikes is None:
             strikes = self._strikes = deque()

@@ -12,6 +12,7 @@ plus its handler (a method of the session that dispatches frames, named by
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -102,7 +103,9 @@ class ClientType:
 def _check_join(frame: Frame, ref: Ref) -> None:
     since = frame.get("since")
     if since is not None and (type(since) is not int or since < 0):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref)
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref
+        )
     epoch = frame.get("epoch")
     if epoch is not None and (not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH):
         raise ProtocolError(
@@ -248,6 +251,11 @@ ANSWER_TYPES: Final = frozenset(
 
 RESERVED_TYPES: Final = SERVER_TYPES | CLIENT_TYPES.keys()
 """Names an application may not give its own frame types or events."""
+
+
+def now_ms() -> int:
+    """The time in Unix milliseconds, as the ``ts`` of frames carries it."""
+    return int(time.time() * 1000)
 
 
 def check_event_type(type: str) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
-from .exceptions import ConfigurationError
+from ._hooks import MaybeAwaitable, call_hook
+from .exceptions import ConfigurationError, HandshakeRejected
+from .frames import MAX_USER_ID_LENGTH
 
 __all__ = ["Handshake", "Headers", "OriginPolicy"]
+
+logger = logging.getLogger("wsroom")
 
 
 # The lowercase names a WebSocket handshake usually carries. Every Headers shares these
@@ -290,3 +295,100 @@ def _same_host(normalized_origin: str, host_header: str) -> bool:
     if host.endswith(default):
         host = host[: -len(default)]
     return netloc == host
+
+
+Authenticate: TypeAlias = Callable[["Handshake"], MaybeAwaitable[str | None]]
+"""``authenticate(handshake)``: return the user id, ``None`` to refuse with HTTP 401, or raise
+:class:`~wsroom.HandshakeRejected` to refuse with another status. ``def`` or ``async def``."""
+
+
+class HandshakePolicy:
+    """Who may open a connection: the checks a manager runs before the upgrade.
+
+    Adapters reach it through the manager (:meth:`ConnectionManager.authorize
+    <wsroom.ConnectionManager.authorize>` and its siblings).
+
+    Args:
+        authenticate: The authentication hook, or ``None`` (every client is anonymous).
+        origins: The origin policy.
+        subprotocol: The WebSocket subprotocol the server speaks.
+        closing: Tells whether the server is shutting down (new clients get HTTP 503).
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticate: Authenticate | None,
+        origins: OriginPolicy,
+        subprotocol: str,
+        closing: Callable[[], bool],
+    ) -> None:
+        self.authenticate = authenticate
+        """The authentication hook, or ``None``."""
+        self.origins = origins
+        """The origin policy checked at every handshake."""
+        self.subprotocol = subprotocol
+        """The subprotocol accepted when a client offers it."""
+        self._closing = closing
+
+    async def authorize(self, handshake: Handshake) -> str | None:
+        """:meth:`admit` (503, 403, 400), then the authenticate hook (401, 403, or 500 when
+        the hook fails or returns something that is not a user id).
+
+        Returns:
+            The user id, or ``None`` for an anonymous client (no authenticate hook).
+
+        Raises:
+            HandshakeRejected: the adapter must refuse the upgrade with its status.
+        """
+        self.admit(handshake)
+        if self.authenticate is None:
+            return None
+        try:
+            user = await call_hook(self.authenticate, handshake)
+        except HandshakeRejected:
+            raise
+        except Exception:
+            logger.exception("authenticate hook failed")
+            raise HandshakeRejected(500, "Internal Server Error") from None
+        if user is None:
+            raise HandshakeRejected(401, "Unauthorized")
+        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_ID_LENGTH:
+            logger.error(
+                "authenticate hook returned %r: it must return a user id "
+                "(a string of 1 to %d characters) or None",
+                type(user).__name__,
+                MAX_USER_ID_LENGTH,
+            )
+            raise HandshakeRejected(500, "Internal Server Error")
+        return user
+
+    def admit(self, handshake: Handshake) -> None:
+        """The checks that apply even to clients an application authenticated itself:
+        shutdown (HTTP 503), the origin policy (403), the subprotocols offered (400).
+
+        Raises:
+            HandshakeRejected: the adapter must refuse the upgrade with its status.
+        """
+        if self._closing():
+            raise HandshakeRejected(503, "Server shutting down")
+        if not self.origins.allows(handshake):
+            raise HandshakeRejected(403, "Origin not allowed")
+        self.select_subprotocol(handshake.subprotocols)
+
+    def select_subprotocol(self, offered: Iterable[str]) -> str | None:
+        """The subprotocol to accept among those a client offered; ``None`` when it offered
+        none (it is served without one).
+
+        Raises:
+            HandshakeRejected: the client offered only subprotocols this server does not
+                speak (HTTP 400).
+        """
+        offered = list(offered)
+        if not offered:
+            return None
+        if self.subprotocol in offered:
+            return self.subprotocol
+        raise HandshakeRejected(
+            400, f"Unsupported subprotocol: this server speaks {self.subprotocol}"
+        )

@@ -76,9 +76,9 @@ class Limits:
                 raise ConfigurationError(f"Limits.{name} must be a positive integer, not {value!r}")
         for name in ("write_timeout", "rate_abuse_window", "close_timeout"):
             value = getattr(self, name)
-            if not _is_positive_number(value):
+            if not is_positive_number(value):
                 raise ConfigurationError(f"Limits.{name} must be a positive number, not {value!r}")
-        if self.rate is not None and not _is_positive_number(self.rate):
+        if self.rate is not None and not is_positive_number(self.rate):
             raise ConfigurationError(
                 f"Limits.rate must be a positive number or None, not {self.rate!r}"
             )
@@ -88,5 +88,6 @@ class Limits:
             )
 
 
-def _is_positive_number(value: object) -> bool:
+def is_positive_number(value: object) -> bool:
+    """Whether ``value`` is an int or float above zero (``bool`` is not a number here)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

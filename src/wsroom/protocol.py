@@ -12,10 +12,20 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, cast
 
 from .exceptions import EncodeError, ProtocolError
+from .frames import (
+    CLIENT_TYPES,
+    CUSTOM_TYPE,
+    MAX_REF_LENGTH,
+    MAX_TYPE_LENGTH,
+    SERVER_TYPES,
+    SUBPROTOCOL,
+    CloseCode,
+    ErrorCode,
+    error as error_frame,
+)
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -29,50 +39,10 @@ __all__ = [
     "is_valid_room_name",
 ]
 
-SUBPROTOCOL: Final = "wsroom.v1"
-"""The WebSocket subprotocol name of protocol version 1."""
-
-PROTOCOL_VERSION: Final = 1
-
-MAX_REF_LENGTH: Final = 64
-MAX_USER_ID_LENGTH: Final = 256
-MAX_EPOCH_LENGTH: Final = 64
-MAX_TYPE_LENGTH: Final = 64
-
 _ROOM_NAME = re.compile(r"[A-Za-z0-9_\-.:@/]{1,128}")
 # Custom types become method names (``on_<type>``), so they must be identifiers; the
 # leading letter keeps ``__dunder__`` and private helpers out of reach of clients.
 _CUSTOM_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-
-BUILTIN_CLIENT_TYPES: Final = frozenset({"join", "leave", "message", "direct", "ping"})
-SERVER_TYPES: Final = frozenset(
-    {"welcome", "joined", "left", "message", "direct", "presence", "ack", "pong", "error", "gap"}
-)
-
-
-class ErrorCode(StrEnum):
-    """The ``code`` of an ``error`` frame. The connection stays open after each of them."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_MESSAGE = "invalid_message"
-    UNKNOWN_TYPE = "unknown_type"
-    NOT_JOINED = "not_joined"
-    FORBIDDEN = "forbidden"
-    ROOM_FULL = "room_full"
-    USER_OFFLINE = "user_offline"
-    RATE_LIMITED = "rate_limited"
-    INTERNAL_ERROR = "internal_error"
-
-
-class CloseCode(IntEnum):
-    """WebSocket close codes used by wsroom (PROTOCOL.md, "Close codes")."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
 
 
 def is_valid_room_name(name: object) -> bool:
@@ -83,7 +53,7 @@ def is_valid_room_name(name: object) -> bool:
     return isinstance(name, str) and _ROOM_NAME.fullmatch(name) is not None
 
 
-def _require_room_name(name: object) -> None:
+def require_room_name(name: object) -> None:
     """Raise ``ValueError`` unless ``name`` is a valid room name (for server-side calls)."""
     if not is_valid_room_name(name):
         raise ValueError(
@@ -225,12 +195,12 @@ class MessageProtocol:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "a frame needs a string field 'type'", ref
             )
+        kind = CLIENT_TYPES.get(type_, CUSTOM_TYPE)
         room = value.get("room")
-        needs_room = type_ in ("join", "leave", "message")
-        if type_ in ("ping", "direct"):
-            # These types have no room: the field is an unknown extra, ignored.
+        if kind.room == "none":
+            # This type has no room: the field is an unknown extra, ignored.
             room = None
-        elif room is not None or needs_room:
+        elif room is not None or kind.room == "required":
             if room is None:
                 raise ProtocolError(
                     ErrorCode.INVALID_MESSAGE, f"a '{type_}' frame needs a 'room'", ref
@@ -242,23 +212,15 @@ class MessageProtocol:
                     ref,
                 )
         message = Message(type_, room, value.get("data"), ref, value, connection)
-        if type_ == "join":
-            self._validate_join(value, ref)
-        elif type_ == "direct":
-            to = value.get("to")
-            if not isinstance(to, str) or not 0 < len(to) <= MAX_USER_ID_LENGTH:
-                raise ProtocolError(
-                    ErrorCode.INVALID_MESSAGE,
-                    f"'to' must be a user id: a string of 1 to {MAX_USER_ID_LENGTH} characters",
-                    ref,
-                )
-        elif type_ not in BUILTIN_CLIENT_TYPES:
+        if kind is CUSTOM_TYPE:
             try:
                 self.validate_custom(message)
             except ProtocolError as exc:
                 if exc.ref is None:
                     exc.ref = ref
                 raise
+        elif kind.check is not None:
+            kind.check(value, ref)
         return message
 
     def validate_custom(self, message: Message) -> None:
@@ -269,20 +231,6 @@ class MessageProtocol:
         if _CUSTOM_TYPE.fullmatch(message.type) is None or message.type in SERVER_TYPES:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_TYPE, _unknown_type_text(message.type), message.ref
-            )
-
-    def _validate_join(self, value: dict[str, Any], ref: str | int | None) -> None:
-        since = value.get("since")
-        if since is not None and (type(since) is not int or since < 0):
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref
-            )
-        epoch = value.get("epoch")
-        if epoch is not None and (not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH):
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE,
-                f"'epoch' must be a string of at most {MAX_EPOCH_LENGTH} characters",
-                ref,
             )
 
     def _check_depth(self, value: Any) -> None:
@@ -302,11 +250,24 @@ class MessageProtocol:
             elif isinstance(node, list):
                 stack.extend((child, depth + 1) for child in node)
 
+    def peek_ref(self, frame: str | bytes) -> str | int | None:
+        """The ``ref`` of a frame that will not be processed (a rate-limited one), so that
+        its error can still echo it; ``None`` when there is none to be found."""
+        try:
+            value = self.loads(frame)
+        except Exception:
+            return None
+        if isinstance(value, dict):
+            ref = value.get("ref")
+            if _is_valid_ref(ref):
+                return cast(str | int, ref)
+        return None
+
     # Frames sent by the server.
 
     def error_frame(self, code: str, message: str, ref: str | int | None) -> dict[str, Any]:
         """Build an ``error`` frame."""
-        return {"type": "error", "code": code, "message": message, "ref": ref}
+        return error_frame(code, message, ref)
 
 
 def _is_valid_ref(ref: object) -> bool:

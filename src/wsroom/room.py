@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
+from . import frames
 from .exceptions import ConfigurationError
-from .limits import _is_positive_number
-from .protocol import SERVER_TYPES, Message
+from .limits import is_positive_number
+from .protocol import Message
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -18,9 +18,6 @@ __all__ = ["HookResult", "Room"]
 
 HookResult: TypeAlias = Awaitable[None] | None
 """What a hook returns: nothing (``def``) or an awaitable (``async def``)."""
-
-# Methods of Room that a client's custom type must never reach through ``on_<type>``.
-_BUILTIN_HOOKS = frozenset({"on_join", "on_leave", "on_message"})
 
 
 class Room:
@@ -36,7 +33,7 @@ class Room:
     the client gets an ``internal_error``; raise :class:`~wsroom.ProtocolError` instead to
     answer with a specific error code.
 
-    Class settings (override them in the subclass):
+    Override the class settings below in the subclass to change them for its rooms.
     """
 
     history_size: ClassVar[int] = 100
@@ -104,18 +101,17 @@ class Room:
                 exclude = sender_conn
         else:
             sender, data = None, message
-        message_id = await self.manager._backplane.publish(
+        message_id = await self.manager.cluster.publish(
             self.name,
             sender,
             data,
-            ts=int(time.time() * 1000),
+            ts=frames.now_ms(),
             history_size=self.history_size,
             history_ttl=self.history_ttl,
             exclude=exclude.id if exclude is not None else None,
             # A client's message reaches its sender before the 'ack' does.
             local_first=isinstance(message, Message),
         )
-        self.manager._messages_published += 1
         if isinstance(message, Message):
             message.id = message_id
         return message_id
@@ -127,44 +123,33 @@ class Room:
 
         For ephemeral signals such as typing indicators: no id, no history.
         """
-        if type in SERVER_TYPES:
-            raise ValueError(f"{type!r} is a frame type of the protocol itself")
-        frame = self.manager.encode({"type": type, "room": self.name, "data": data})
-        await self.manager._backplane.publish_event(
+        frame = self.manager.encode(frames.event(type, data, self.name))
+        await self.manager.cluster.publish_event(
             self.name, frame, exclude=exclude.id if exclude is not None else None
         )
 
     @property
     def connections(self) -> list[Connection]:
         """This process's connections in the room."""
-        state = self.manager._registry.rooms.get(self.name)
-        return list(state.connections) if state is not None else []
+        return self.manager.connections_in(self.name)
 
     async def members(self) -> list[str]:
         """Identified users in the room, on every node."""
-        return await self.manager._backplane.members(self.name)
+        return await self.manager.cluster.members(self.name)
 
-    # Checks run once per Room subclass, when a manager is created with it.
 
-    @classmethod
-    def _check_settings(cls) -> None:
-        if type(cls.history_size) is not int or cls.history_size < 0:
-            raise ConfigurationError(f"{cls.__name__}.history_size must be a non-negative integer")
-        if not _is_positive_number(cls.history_ttl):
-            raise ConfigurationError(f"{cls.__name__}.history_ttl must be a positive number")
-        if cls.max_members is not None and (
-            type(cls.max_members) is not int or cls.max_members < 1
-        ):
-            raise ConfigurationError(
-                f"{cls.__name__}.max_members must be a positive integer or None"
-            )
-        if not isinstance(cls.echo, bool):
-            raise ConfigurationError(f"{cls.__name__}.echo must be True or False")
+def check_room_class(cls: type[Room]) -> None:
+    """Check a Room subclass's settings, once, when a manager is given it.
 
-    @classmethod
-    def _custom_handler_name(cls, type_: str) -> str | None:
-        """The ``on_<type>`` method for a custom frame type, if the subclass defines one."""
-        name = f"on_{type_}"
-        if name in _BUILTIN_HOOKS or not callable(getattr(cls, name, None)):
-            return None
-        return name
+    Raises:
+        ConfigurationError: a setting has a value of the wrong type or range.
+    """
+    name = cls.__name__
+    if type(cls.history_size) is not int or cls.history_size < 0:
+        raise ConfigurationError(f"{name}.history_size must be a non-negative integer")
+    if not is_positive_number(cls.history_ttl):
+        raise ConfigurationError(f"{name}.history_ttl must be a positive number")
+    if cls.max_members is not None and (type(cls.max_members) is not int or cls.max_members < 1):
+        raise ConfigurationError(f"{name}.max_members must be a positive integer or None")
+    if not isinstance(cls.echo, bool):
+        raise ConfigurationError(f"{name}.echo must be True or False")

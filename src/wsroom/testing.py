@@ -20,6 +20,7 @@ from typing import Any
 
 from .connection import Connection, Transport
 from .exceptions import HandshakeRejected
+from .frames import ANSWER_TYPES
 from .handshake import Handshake
 from .manager import ConnectionManager
 
@@ -61,13 +62,14 @@ class MemoryTransport(Transport):
             # manager's deadline ends this wait with abort().
             await self._resumed.wait()
         self.wake()
-        self._closed(code, reason)
+        self.mark_closed(code, reason)
 
     def abort(self) -> None:
         self.aborted = True
-        self._closed(1006, "")
+        self.mark_closed(1006, "")
 
-    def _closed(self, code: int, reason: str) -> None:
+    def mark_closed(self, code: int, reason: str) -> None:
+        """Record that the connection ended with ``code`` (the first call wins)."""
         if not self.closed.is_set():
             self.close_code = code
             self.close_reason = reason
@@ -206,13 +208,7 @@ class TestClient:
         async with asyncio.timeout(self.timeout):
             while True:
                 answer = await self.receive(timeout=float("inf"))
-                if answer.get("ref") == ref and answer.get("type") in (
-                    "joined",
-                    "left",
-                    "ack",
-                    "pong",
-                    "error",
-                ):
+                if answer.get("ref") == ref and answer.get("type") in ANSWER_TYPES:
                     return answer
 
     async def join(self, room: str, data: Any = None, **fields: Any) -> dict[str, Any]:
@@ -233,7 +229,7 @@ class TestClient:
     async def close(self) -> None:
         """Disconnect, as a client closing its socket would."""
         if self.connection is not None:
-            self.transport._closed(1000, "")
+            self.transport.mark_closed(1000, "")
             await self.manager.release(self.connection)
 
     async def wait_closed(self, timeout: float | None = None) -> int | None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .protocol import _require_room_name
+from .protocol import require_room_name
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -170,7 +170,7 @@ class BlockingPortal:
 
     def _hand_over(self, item: _Broadcast) -> _Broadcast:
         """Queue a broadcast for the manager's loop, in call order."""
-        _require_room_name(item.room)
+        require_room_name(item.room)
         loop = self._loop()
         with self._pending_lock:
             deadline = time.monotonic() + self.timeout
