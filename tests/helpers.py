@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from wsroom import ConnectionManager, Handshake
+from wsroom.frames import ANSWER_TYPES
 
 # One timing unit for the whole suite, scaled for slow machines (WSROOM_TEST_TIMEOUT_FACTOR).
 TIMEOUT = 5.0 * float(os.environ.get("WSROOM_TEST_TIMEOUT_FACTOR", "1"))
@@ -180,13 +181,7 @@ class Client:
         async with asyncio.timeout(TIMEOUT):
             while True:
                 answer = await self.recv()
-                if answer.get("ref") == ref and answer["type"] in (
-                    "joined",
-                    "left",
-                    "ack",
-                    "pong",
-                    "error",
-                ):
+                if answer.get("ref") == ref and answer["type"] in ANSWER_TYPES:
                     return answer
 
     async def join(self, room: str, **fields: Any) -> dict[str, Any]:
@@ -213,7 +208,7 @@ class Client:
         async with asyncio.timeout(timeout):
             while True:
                 frame = await self.recv(timeout=timeout)
-                if frame["type"] in ("joined", "left", "ack", "pong", "error"):
+                if frame["type"] in ANSWER_TYPES:
                     return frame
 
     async def expect_close(self, timeout: float = TIMEOUT) -> int | None:
@@ -299,6 +294,7 @@ SERVER_FRAME_FIELDS: dict[str, frozenset[str]] = {
     "message": frozenset({"type", "room", "id", "from", "data", "ts"}),
     "direct": frozenset({"type", "id", "from", "data", "ts"}),
     "presence": frozenset({"type", "room", "event", "user"}),
+    "gap": frozenset({"type", "room", "epoch", "offset"}),
     "ack": frozenset({"type", "ref"}),
     "pong": frozenset({"type", "ref"}),
     "error": frozenset({"type", "code", "message", "ref"}),

@@ -420,3 +420,28 @@ async def test_a_manager_that_was_shut_down_stays_down() -> None:
     await manager.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         await manager.broadcast("news", 2)
+
+
+@pytest.mark.parametrize("queued", [0, 3])
+async def test_joined_replay_fits_half_the_queue_whatever_is_queued(queued: int) -> None:
+    limits = Limits(max_queue_bytes=20_000, max_frame_size=4_000, rate=None)
+    manager = ConnectionManager(limits=limits)
+    async with TestClient(manager, user="poster") as poster:
+        await poster.join("r")
+        for i in range(30):
+            await poster.message("r", {"n": i, "pad": "x" * 3_000})
+        async with TestClient(manager, user="late", reading=False) as late:
+            assert late.connection is not None
+            for _ in range(queued):
+                late.connection.send_event("note", "y" * 1_000)
+            before = late.connection.queued_bytes
+            await late.send({"type": "join", "room": "r", "since": 0, "ref": 1})
+            joined_size = late.connection.queued_bytes - before
+            assert 0 < joined_size <= limits.max_queue_bytes // 2 - before
+            late.transport.resume_reading()
+            frames = [await late.receive() for _ in range(queued + 2)]  # welcome first
+            joined = frames[-1]
+            assert joined["type"] == "joined" and joined["recovered"] is False
+            ids = [message["id"] for message in joined["history"]]
+            assert ids == list(range(31 - len(ids), 31))
+            assert late.close_code is None

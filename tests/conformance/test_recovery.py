@@ -232,3 +232,41 @@ async def test_history_survives_the_room_emptying(start_server: ServerFactory) -
 
         joined = await rejoin(url, "r")
         assert joined["history"][:2] == sent
+
+
+async def test_a_fresh_join_gets_joined_whatever_the_history_holds(
+    start_server: ServerFactory,
+) -> None:
+    # 17 messages of 64,000 bytes, each within every limit, hold more than a connection's
+    # queue (1 MiB). The replay is cut to the newest messages that fit, so every later
+    # join still gets its 'joined' instead of being evicted with 1013 before it.
+    manager = ConnectionManager()
+    async with start_server(manager) as url:
+        poster = await Client.connect(url)
+        epoch = (await poster.join("r"))["epoch"]
+        big = "x" * 64_000
+        for _ in range(17):
+            await post(poster, "r", big)
+        for offset in (17, 18):  # the first joiner changes nothing for the next
+            fresh = await Client.connect(url)
+            joined = check_frame(await fresh.join("r"), "joined")
+            history = [message["id"] for message in joined["history"]]
+            assert joined["offset"] == offset
+            assert 0 < len(history) < offset
+            assert history == list(range(offset + 1 - len(history), offset + 1)), "the newest"
+            assert "recovered" not in joined
+            # It is a member like any other: it gets what is posted next.
+            echo = await post(poster, "r", "small")
+            assert await fresh.recv() == echo
+            await fresh.close()
+
+        # A recovery that does not fit whole is never called recovered.
+        joined = await rejoin(url, "r", since=0, epoch=epoch)
+        assert joined["recovered"] is False
+        assert 0 < len(joined["history"]) < 19
+        assert joined["history"][-1]["id"] == 19
+        # One that fits is served exactly.
+        joined = await rejoin(url, "r", since=17, epoch=epoch)
+        assert joined["recovered"] is True
+        assert [message["data"] for message in joined["history"]] == ["small", "small"]
+        await poster.close()
