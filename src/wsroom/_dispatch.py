@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -108,9 +109,9 @@ class Dispatcher:
         """Count frames dropped from full queues."""
         self._delivery.counters.dropped_frames += count
 
-    def depart(self, conn: Connection) -> Awaitable[None]:
-        """Take ``conn`` out of every room now; the awaitable finishes leaving them."""
-        return self._finish_leaving(conn, self._registry.remove_connection(conn))
+    def depart(self, conn: Connection) -> Callable[[], Awaitable[None]]:
+        """Take ``conn`` out of every room now; the function returned finishes leaving them."""
+        return functools.partial(self._finish_leaving, conn, self._registry.remove_connection(conn))
 
     async def _finish_leaving(self, conn: Connection, left: list[tuple[RoomState, bool]]) -> None:
         for state, last_local in left:

@@ -13,7 +13,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import frames
@@ -102,8 +102,8 @@ class ConnectionHost(Protocol):
         """The names of the rooms ``conn`` is in."""
         ...
 
-    def depart(self, conn: Connection) -> Awaitable[None]:
-        """Take ``conn`` out of every room at once; awaiting the result finishes leaving
+    def depart(self, conn: Connection) -> Callable[[], Awaitable[None]]:
+        """Take ``conn`` out of every room at once; the function returned finishes leaving
         them (presence, ``on_leave`` hooks)."""
         ...
 
@@ -264,9 +264,9 @@ class Connection:
         self._close_task = loop.create_task(self._finish_close(departure, code, reason, grace))
 
     async def _finish_close(
-        self, departure: Awaitable[None], code: int, reason: str, grace: float
+        self, departure: Callable[[], Awaitable[None]], code: int, reason: str, grace: float
     ) -> None:
-        await departure
+        await departure()
         transport = self.transport
         try:
             async with asyncio.timeout(grace):
@@ -292,7 +292,7 @@ class Connection:
         if not self._closed:
             self._closed = True
             self.drop_queue()
-            await self._host.depart(self)
+            await self._host.depart(self)()
         else:
             await self.wait_closed()
 
