@@ -12,10 +12,11 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
 
 from tests.helpers import TIMEOUT
 from wsroom import ConnectionManager
+from wsroom.backplane.base import Backplane
+from wsroom.backplane.cluster import Cluster
 
 
 def shared_redis_url() -> str | None:
@@ -149,7 +150,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         server.stop()
 
 
-def twin(manager: ConnectionManager, backplane: Any) -> ConnectionManager:
+def twin(manager: ConnectionManager, backplane: Backplane) -> ConnectionManager:
     """A second node configured like ``manager``, on ``backplane``."""
     other = ConnectionManager(
         manager._room_class,
@@ -165,15 +166,15 @@ def twin(manager: ConnectionManager, backplane: Any) -> ConnectionManager:
     return other
 
 
-def use_backplane(manager: ConnectionManager, backplane: Any) -> None:
+def use_backplane(manager: ConnectionManager, backplane: Backplane) -> None:
     """Put a not yet started manager on another backplane (tests build managers inline)."""
     assert not manager._started
-    manager._backplane = backplane
+    manager._cluster = cluster = Cluster(backplane, node=manager, limits=manager.limits)
     registry = manager._registry
-    registry.on_room_opened = backplane.watch_room
-    registry.on_room_closed = backplane.unwatch_room
-    registry.on_user_opened = backplane.watch_user
-    registry.on_user_closed = backplane.unwatch_user
+    registry.on_room_opened = cluster.watch_room
+    registry.on_room_closed = cluster.unwatch_room
+    registry.on_user_opened = cluster.watch_user
+    registry.on_user_closed = cluster.unwatch_user
 
 
 class RoundRobinProxy:

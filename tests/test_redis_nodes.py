@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tests.redis_support import (
     twin,
 )
 from wsroom import BackplaneError, ConnectionManager, Handshake, Room
+from wsroom.backplane.base import Append, Appended
 from wsroom.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.timeout(90)
@@ -438,13 +439,15 @@ async def test_concurrent_broadcasts_are_pipelined_in_call_order(
     shared_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipelines: list[list[int]] = []  # per round trip, the messages of each script call
-    original = RedisBackplane._pipeline_publishes
+    original = RedisBackplane.append
 
-    async def counted(self: RedisBackplane, runs: list[list[Any]]) -> list[Any]:
-        pipelines.append([len(run) for run in runs])
-        return await original(self, runs)
+    async def counted(
+        self: RedisBackplane, batch: Sequence[Append]
+    ) -> list[Appended | BaseException]:
+        pipelines.append([len(run.records) for run in batch])
+        return await original(self, batch)
 
-    monkeypatch.setattr(RedisBackplane, "_pipeline_publishes", counted)
+    monkeypatch.setattr(RedisBackplane, "append", counted)
     async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
         bob = await Client.connect(url_b, "/ws?user=bob")
         await bob.join("lobby")

@@ -102,7 +102,9 @@ class ClientType:
 def _check_join(frame: Frame, ref: Ref) -> None:
     since = frame.get("since")
     if since is not None and (type(since) is not int or since < 0):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref)
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "'since' must be a non-negative integer", ref
+        )
     epoch = frame.get("epoch")
     if epoch is not None and (not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH):
         raise ProtocolError(

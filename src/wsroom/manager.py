@@ -14,6 +14,7 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 from ._state import Registry, RoomState
 from .backplane.base import Backplane
+from .backplane.cluster import Cluster
 from .backplane.memory import MemoryBackplane
 from .connection import Connection, Transport
 from .exceptions import BackplaneError, ConfigurationError, HandshakeRejected, ProtocolError
@@ -147,12 +148,14 @@ class ConnectionManager:
         """Seconds between client heartbeats, or ``None``."""
         self.can_direct = can_direct
         """The hook deciding whether a direct message may be sent, or ``None``."""
-        self._backplane: Backplane = backplane if backplane is not None else MemoryBackplane()
+        self._cluster = Cluster(
+            backplane if backplane is not None else MemoryBackplane(), node=self, limits=self.limits
+        )
         self._registry = Registry(
-            on_room_opened=self._backplane.watch_room,
-            on_room_closed=self._backplane.unwatch_room,
-            on_user_opened=self._backplane.watch_user,
-            on_user_closed=self._backplane.unwatch_user,
+            on_room_opened=self._cluster.watch_room,
+            on_room_closed=self._cluster.unwatch_room,
+            on_user_opened=self._cluster.watch_user,
+            on_user_closed=self._cluster.unwatch_user,
         )
         self._handlers: dict[str, Handler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,7 +188,7 @@ class ConnectionManager:
         async with self._start_lock:
             if self._started:
                 return
-            await self._backplane.start(self)
+            await self._cluster.start()
             if self.heartbeat is not None:
                 self._heartbeat_task = loop.create_task(self._watch_heartbeats(self.heartbeat))
             self._started = True
@@ -217,7 +220,7 @@ class ConnectionManager:
             self._heartbeat_task = None
         if self._started:
             self._started = False
-            await self._backplane.stop()
+            await self._cluster.stop()
 
     async def __aenter__(self) -> ConnectionManager:
         await self.start()
@@ -249,7 +252,7 @@ class ConnectionManager:
     @property
     def backplane(self) -> Backplane:
         """The backplane this manager publishes through."""
-        return self._backplane
+        return self._cluster.backplane
 
     # Application handlers.
 
@@ -477,26 +480,26 @@ class ConnectionManager:
         Returns the direct message's id, or ``None`` when the user is not connected.
         """
         await self._ensure_started()
-        return await self._backplane.send_direct(user, sender, data, ts=_now_ms())
+        return await self._cluster.send_direct(user, sender, data, ts=_now_ms())
 
     async def send_all(self, type: str, data: Any = None) -> None:
         """Send an application event ``{"type": type, "data": data}`` to every connection."""
         if type in SERVER_TYPES:
             raise ValueError(f"{type!r} is a frame type of the protocol itself")
         await self._ensure_started()
-        await self._backplane.send_all(self.encode({"type": type, "data": data}))
+        await self._cluster.send_all(self.encode({"type": type, "data": data}))
 
     async def disconnect_user(
         self, user: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "disconnected"
     ) -> int:
         """Close every connection of ``user`` on every node; returns how many were here."""
         await self._ensure_started()
-        return await self._backplane.disconnect_user(user, code, reason)
+        return await self._cluster.disconnect_user(user, code, reason)
 
     async def members(self, room: str) -> list[str]:
         """Identified users in ``room``, on every node."""
         await self._ensure_started()
-        return await self._backplane.members(room)
+        return await self._cluster.members(room)
 
     def rooms(self) -> list[str]:
         """Names of the rooms with members in this process."""
@@ -709,7 +712,7 @@ class ConnectionManager:
         user = conn.user
         if not rejoin and not await call_hook(room.can_join, conn, message.data):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not join the room {name!r}")
-        backplane = self._backplane
+        backplane = self._cluster
         # Everything that waits comes first: the room's traffic reaches this node, its
         # members are read, the user is counted in, the history is read. The connection
         # becomes a member and gets its 'joined' in one step after, so no frame of the
@@ -722,7 +725,7 @@ class ConnectionManager:
             if limit is not None and not already_member and len(members) + state.anonymous >= limit:
                 raise ProtocolError(ErrorCode.ROOM_FULL, f"the room {name!r} is full")
         counted = not rejoin and user is not None and user not in state.users
-        first = await backplane.join(name, user, first_local=True) if counted and user else False
+        first = await backplane.join(name, user) if counted and user else False
         try:
             snapshot = await backplane.snapshot(
                 name,
@@ -734,18 +737,18 @@ class ConnectionManager:
         except BaseException:
             if counted and user is not None:
                 with contextlib.suppress(BackplaneError):
-                    await backplane.leave(name, user, last_local=True)
+                    await backplane.leave(name, user)
             raise
         if conn._closed:
             if counted and user is not None:
-                await backplane.leave(name, user, last_local=True)
+                await backplane.leave(name, user)
             return
         if not rejoin:
             first_local = self._registry.join(conn, state)
             if first_local and not counted and user is not None:
                 # Another connection of this user left the room during the waits and
                 # took the user's presence with it: count the user in again.
-                first = await backplane.join(name, user, first_local=True)
+                first = await backplane.join(name, user)
             if user is not None and user not in members:
                 members.append(user)
         joined: dict[str, Any] = {
@@ -788,8 +791,8 @@ class ConnectionManager:
         name = state.room.name
         try:
             if last_local and conn.user is not None:
-                backplane = self._backplane
-                if await backplane.leave(name, conn.user, last_local=True):
+                backplane = self._cluster
+                if await backplane.leave(name, conn.user):
                     await backplane.publish_event(
                         name,
                         self.encode(
@@ -809,7 +812,7 @@ class ConnectionManager:
             self.can_direct, conn, to, message.data
         ):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not send direct messages to {to!r}")
-        message_id = await self._backplane.send_direct(to, conn.user, message.data, ts=_now_ms())
+        message_id = await self._cluster.send_direct(to, conn.user, message.data, ts=_now_ms())
         if message_id is None:
             raise ProtocolError(ErrorCode.USER_OFFLINE, f"the user {to!r} is not connected")
         self._answer(conn, message, message_id)

@@ -104,7 +104,7 @@ class Room:
                 exclude = sender_conn
         else:
             sender, data = None, message
-        message_id = await self.manager._backplane.publish(
+        message_id = await self.manager._cluster.publish(
             self.name,
             sender,
             data,
@@ -130,7 +130,7 @@ class Room:
         if type in SERVER_TYPES:
             raise ValueError(f"{type!r} is a frame type of the protocol itself")
         frame = self.manager.encode({"type": type, "room": self.name, "data": data})
-        await self.manager._backplane.publish_event(
+        await self.manager._cluster.publish_event(
             self.name, frame, exclude=exclude.id if exclude is not None else None
         )
 
@@ -142,7 +142,7 @@ class Room:
 
     async def members(self) -> list[str]:
         """Identified users in the room, on every node."""
-        return await self.manager._backplane.members(self.name)
+        return await self.manager._cluster.members(self.name)
 
     # Checks run once per Room subclass, when a manager is created with it.
 

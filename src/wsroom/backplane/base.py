@@ -193,6 +193,9 @@ class BusReceiver(Protocol):
     Every call happens on the manager's event loop.
     """
 
+    dropped_messages: int
+    """Malformed bus messages received and dropped (a backplane may report it)."""
+
     @property
     def limits(self) -> Limits:
         """The manager's limits; a backplane applies :attr:`Limits.max_idle_rooms` and

@@ -1,0 +1,568 @@
+"""The Redis backplane: many processes on many hosts serve the same rooms.
+
+Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
+
+* ``P:room:{room}:meta``: hash ``epoch`` (names the current run of ids), ``seq`` (the
+  last message id), ``run`` (the Redis run that numbered them) and ``bytes`` (of history).
+* ``P:room:{room}:history``: list of ``<id>\\n<item>``, capped at the room's history size.
+* ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
+* ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
+  and ``P:idle:total``: the logs of rooms no node subscribes to, bounded by
+  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`.
+* ``P:node:<node>:presence``: set of ``room\\nuser`` entries a node holds, so that any
+  node can remove a dead node's presence.
+* ``P:nodes``: sorted set node -> last heartbeat (ms). A node silent for ``node_ttl``
+  seconds is reaped by the others. ``P:direct``: the direct message counter.
+* channels ``P:room:<room>``, ``P:user:<user>`` and ``P:all`` carry the bus.
+
+Why a counter and a capped list rather than a stream: a room needs dense integer ids
+that restart with a new epoch when Redis loses the room, assigned atomically with the
+write to the history and with the publish, so that every node sees one order. One Lua
+script does all three; a stream's time-based ids would need a second mapping and its
+``MAXLEN ~`` trimming is approximate.
+
+This module keeps only what is Redis: connections, scripts, subscriptions, heartbeats.
+Ordering, gap repair, batching and the bus format are :mod:`wsroom.backplane.cluster`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+try:
+    from redis import asyncio as aioredis
+    from redis.exceptions import NoScriptError, RedisError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "wsroom's Redis backplane needs redis-py: pip install 'wsroom[redis]'"
+    ) from exc
+
+from ...exceptions import BackplaneError
+from ..base import Append, Appended, Backplane, BusReceiver, RoomLog, new_epoch
+from . import _scripts
+from ._scripts import Keys
+
+__all__ = ["RedisBackplane"]
+
+logger = logging.getLogger("wsroom.backplane")
+
+T = TypeVar("T")
+
+# Subscription messages handled in one go before the listener waits again.
+_DRAIN_BATCH = 256
+# A cutoff later than any heartbeat: reap a node whatever its last heartbeat.
+_FOREVER_MS = 2**53
+
+
+class RedisBackplane(Backplane):
+    """Share rooms between processes and hosts through one Redis server.
+
+    Args:
+        url: The Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (``rediss://`` for TLS).
+        prefix: Prefix of every key and channel, so several applications share a Redis.
+        heartbeat: Seconds between this node's heartbeats and its checks for dead nodes.
+        node_ttl: Seconds without a heartbeat after which a node is considered dead and
+            its users leave every room (``presence`` leave frames).
+        timeout: Seconds any Redis command may take before the operation fails (the
+            client then gets ``internal_error``); the event loop never waits longer.
+        reconnect_max: Longest pause, in seconds, between reconnection attempts (before a
+            random jitter of -50% to +50%).
+        max_connections: Connections to Redis for commands (the subscription has its own);
+            more concurrent commands wait for one.
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "wsroom",
+        heartbeat: float = 2.0,
+        node_ttl: float = 10.0,
+        timeout: float = 2.0,
+        reconnect_max: float = 2.0,
+        max_connections: int = 100,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "{}\n "):
+            raise ValueError("prefix must be non-empty, without braces, spaces or newlines")
+        if node_ttl <= heartbeat:
+            raise ValueError("node_ttl must be longer than heartbeat")
+        self.url = url
+        self.prefix = prefix
+        self.heartbeat = heartbeat
+        self.node_ttl = node_ttl
+        self.timeout = timeout
+        self.reconnect_max = reconnect_max
+        self.max_connections = max_connections
+        self.node_id: str = secrets.token_hex(6)
+        """This node's id in Redis."""
+        self._keys = Keys(prefix)
+        self._receiver: BusReceiver | None = None
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._available = False
+        # Subscriptions: wanted by the node, requested from Redis, confirmed by Redis.
+        self._want: set[str] = {self._keys.channel("all")}
+        self._requested: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._confirm_events: dict[str, asyncio.Event] = {}
+        self._dirty: asyncio.Event | None = None
+
+    @property
+    def dropped_messages(self) -> int:
+        """Malformed messages received on the bus and dropped."""
+        return self._receiver.dropped_messages if self._receiver is not None else 0
+
+    @property
+    def receiver(self) -> BusReceiver:
+        """The cluster layer this backplane serves, once started."""
+        if self._receiver is None:
+            raise RuntimeError("the backplane is not started: use it through a ConnectionManager")
+        return self._receiver
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The command connection pool's client, once started."""
+        if self._redis is None:
+            raise BackplaneError("the Redis backplane is not started")
+        return self._redis
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis answered the last command."""
+        return self._available
+
+    @property
+    def _halted(self) -> bool:
+        # A property, so that type narrowing of _stopping in a loop does not hide changes.
+        return self._stopping
+
+    # Lifecycle.
+
+    async def start(self, receiver: BusReceiver) -> None:
+        self._receiver = receiver
+        self._stopping = False
+        # A blocking pool makes a burst of commands (a reconnect storm of joins) wait for a
+        # connection instead of failing; the wait is bounded by each call's timeout.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=None,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            # A pooled connection idle this long is checked first, so the first command
+            # after a Redis restart does not fail on a connection that died meanwhile.
+            health_check_interval=self.heartbeat,
+        )
+        self._redis = client = aioredis.Redis.from_pool(pool)  # it owns and closes the pool
+        for name in ("APPEND", "READ", "EMPTIED", "JOIN", "LEAVE", "DIRECT", "REAP"):
+            self._scripts[name] = client.register_script(getattr(_scripts, name))
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.zadd(self._keys.nodes, {self.node_id: _now_ms()})
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._close_client()
+            raise BackplaneError(f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from exc
+        self._available = True
+        self._dirty = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        connected = loop.create_future()
+        self._tasks = [
+            loop.create_task(self._listen(connected), name="wsroom-redis-listen"),
+            loop.create_task(self._subscriptions(), name="wsroom-redis-subscribe"),
+            loop.create_task(self._beat(), name="wsroom-redis-heartbeat"),
+        ]
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await connected
+        except TimeoutError as exc:
+            await self.stop()
+            raise BackplaneError(f"cannot subscribe on Redis at {_safe_url(self.url)}") from exc
+
+    async def stop(self) -> None:
+        # redis-py may swallow a cancellation while it reads, so the loops also check this
+        # flag, and closing the subscription's connection ends a pending read.
+        self._stopping = True
+        for task in [*self._tasks, *self._chores]:
+            task.cancel()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.heartbeat + self.timeout)
+        self._tasks = []
+        if self._redis is not None and self._available:
+            # Leave no trace: whatever presence this node still holds goes now.
+            with contextlib.suppress(BackplaneError):
+                await self._reap(self.node_id, cutoff=_FOREVER_MS)
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = None
+
+    async def _call(self, awaitable: Awaitable[T], *, probe: bool = False) -> T:
+        """One Redis operation, bounded in time; failures become BackplaneError.
+
+        While Redis is known to be down, operations fail at once (a client gets its
+        error without waiting), except probes, which find out whether it is back.
+        """
+        if not self._available and not probe:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise BackplaneError("Redis is unavailable; retrying in the background")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except TimeoutError as exc:
+            # Slow is not down: only this call fails. The heartbeat finds a Redis that
+            # stopped answering and makes every call fail fast until it answers again.
+            raise BackplaneError("Redis did not answer in time") from exc
+        except (RedisError, OSError) as exc:
+            self._set_available(False, exc)
+            raise BackplaneError(f"Redis command failed: {exc}") from exc
+
+    def _set_available(self, available: bool, exc: BaseException | None = None) -> None:
+        if available != self._available:
+            if available:
+                logger.warning("Redis at %s is reachable again", _safe_url(self.url))
+            else:
+                logger.warning("Redis at %s is unavailable: %s", _safe_url(self.url), exc)
+        self._available = available
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        result: Awaitable[Any] = self._scripts[name](keys=keys, args=args)
+        return result
+
+    # The room log.
+
+    async def append(self, batch: Sequence[Append]) -> list[Appended | BaseException]:
+        replies = await self._call(self._run_appends(batch))
+        results: list[Appended | BaseException] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                results.append(BackplaneError(f"Redis refused a publish: {reply}"))
+            else:
+                results.append(Appended(int(reply[0]), _text(reply[1])))
+        return results
+
+    async def _run_appends(self, batch: Sequence[Append]) -> list[Any]:
+        replies = await self._pipeline_appends(batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis restarted or flushed its scripts. A NOSCRIPT reply means that run did not
+            # execute, so sending it again cannot duplicate it.
+            await self.client.script_load(_scripts.APPEND)
+            retried = await self._pipeline_appends([batch[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline_appends(self, batch: Sequence[Append]) -> list[Any]:
+        """One round trip for every run of the batch (one script call each)."""
+        sha = self._scripts["APPEND"].sha
+        limits = self.receiver.limits
+        keys = self._keys
+        pipe = self.client.pipeline(transaction=False)
+        for run in batch:
+            room = run.room
+            pipe.evalsha(
+                sha,
+                2,
+                keys.room(room, "meta"),
+                keys.room(room, "history"),
+                self.prefix,
+                room,
+                new_epoch(),
+                run.history_size,
+                int(run.history_ttl * 1000),
+                limits.max_idle_rooms,
+                limits.max_idle_history_bytes,
+                *run.items,
+            )
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def read(self, room: str, *, history_ttl: float | None) -> RoomLog:
+        keys = self._keys
+        # A probe: a repair reads right after the bus came back, before the heartbeat
+        # noticed; a join has already failed fast on its presence step when Redis is down.
+        epoch, seq, raw = await self._call(
+            self._script(
+                "READ",
+                [keys.room(room, "meta"), keys.room(room, "history")],
+                [self.prefix, room, new_epoch(), int((history_ttl or 0) * 1000)],
+            ),
+            probe=True,
+        )
+        receiver = self.receiver
+        entries = []
+        for entry in raw:
+            id_, _, item = bytes(entry).partition(b"\n")
+            try:
+                entries.append((int(id_), receiver.decode_item(item)))
+            except ValueError as exc:  # e.g. written by an older version: not recoverable
+                logger.warning("skipped an unreadable history entry of %r: %s", room, exc)
+        return RoomLog(_text(epoch), int(seq or 0), entries)
+
+    async def _emptied(self, room: str) -> None:
+        """Redis confirmed that this node no longer subscribes to ``room``."""
+        keys, limits = self._keys, self.receiver.limits
+        with contextlib.suppress(BackplaneError):
+            await self._call(
+                self._script(
+                    "EMPTIED",
+                    [keys.room(room, "meta"), keys.room(room, "history")],
+                    [self.prefix, room, limits.max_idle_rooms, limits.max_idle_history_bytes],
+                )
+            )
+
+    # Presence.
+
+    async def join(self, room: str, user: str) -> bool:
+        return await self._presence("JOIN", room, user) == 1
+
+    async def leave(self, room: str, user: str) -> bool:
+        return await self._presence("LEAVE", room, user) <= 0
+
+    async def _presence(self, script: str, room: str, user: str) -> int:
+        keys = [self._keys.room(room, "members"), self._keys.presence(self.node_id)]
+        return int(await self._call(self._script(script, keys, [user, f"{room}\n{user}"])))
+
+    async def members(self, room: str) -> list[str]:
+        users = await self._call(self.client.hkeys(self._keys.room(room, "members")))
+        return sorted(_text(user) for user in users)
+
+    # The bus.
+
+    def subscribe(self, channel: str) -> None:
+        self._want.add(self._keys.channel(channel))
+        if self._dirty is not None:
+            self._dirty.set()
+
+    def unsubscribe(self, channel: str) -> None:
+        self._want.discard(self._keys.channel(channel))
+        if self._dirty is not None:
+            self._dirty.set()
+
+    async def ready(self, channel: str) -> None:
+        name = self._keys.channel(channel)
+        if name in self._confirmed:
+            return
+        event = self._confirm_events.setdefault(name, asyncio.Event())
+        try:
+            async with asyncio.timeout(self.timeout):
+                await event.wait()
+        except TimeoutError:
+            raise BackplaneError(f"not subscribed to {channel!r}: Redis does not answer") from None
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self._call(self.client.publish(self._keys.channel(channel), payload))
+
+    async def direct(self, user: str, item: bytes) -> int | None:
+        id_ = await self._call(
+            self._script("DIRECT", [self._keys.direct], [self._keys.channel(f"user:{user}"), item])
+        )
+        return int(id_) if id_ else None
+
+    # Subscriptions.
+
+    async def _subscriptions(self) -> None:
+        """Bring Redis subscriptions in line with what the node wants."""
+        assert self._dirty is not None
+        while not self._stopping:
+            await self._dirty.wait()
+            self._dirty.clear()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the listener subscribes to everything wanted when it reconnects
+            add = sorted(self._want - self._requested)
+            remove = sorted(self._requested - self._want)
+            try:
+                if add:
+                    self._requested.update(add)
+                    await pubsub.subscribe(*add)
+                if remove:
+                    self._requested.difference_update(remove)
+                    await pubsub.unsubscribe(*remove)
+            except (RedisError, OSError) as exc:
+                logger.debug("subscription change failed: %s", exc)  # the listener reconnects
+
+    async def _listen(self, connected: asyncio.Future[None]) -> None:
+        delay = 0.05
+        first = True
+        while not self._stopping:
+            pubsub = self.client.pubsub()
+            try:
+                channels = sorted(self._want)
+                async with asyncio.timeout(self.timeout):
+                    await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
+                self._set_available(True)
+                self._requested = set(channels)
+                self._confirmed.clear()
+                if self._dirty is not None:
+                    self._dirty.set()
+                delay = 0.05
+                await self._read(pubsub, connected, repair=not first)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:
+                if self._halted:
+                    return  # stop() closed the connection under the read
+                logger.warning("Redis subscription lost (%s); reconnecting", exc)
+            self._pubsub = None
+            self._confirmed.clear()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            first = False
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _read(self, pubsub: Any, connected: asyncio.Future[None], *, repair: bool) -> None:
+        """Read the subscription until it fails; a silent Redis counts as failed."""
+        last_heard = time.monotonic()
+        ping_sent = False
+        repaired = not repair
+        receiver, keys = self.receiver, self._keys
+        all_channel, room_channels = keys.channel("all"), keys.channel("room:")
+
+        def handle(message: dict[str, Any]) -> None:
+            nonlocal repaired
+            kind, channel = message.get("type"), _text(message.get("channel"))
+            if kind == "message":
+                data = message.get("data")
+                receiver.received(
+                    keys.wsroom_channel(channel), data if isinstance(data, bytes) else b""
+                )
+            elif kind == "subscribe":
+                self._confirmed.add(channel)
+                event = self._confirm_events.pop(channel, None)
+                if event is not None:
+                    event.set()
+                if not connected.done() and channel == all_channel:
+                    connected.set_result(None)
+                if not repaired and self._requested <= self._confirmed:
+                    repaired = True
+                    receiver.resubscribed()
+            elif kind == "unsubscribe":
+                self._confirmed.discard(channel)
+                if channel.startswith(room_channels) and channel not in self._want:
+                    self._chore(self._emptied(channel.removeprefix(room_channels)))
+
+        while not self._stopping:
+            message = await asyncio.wait_for(
+                pubsub.get_message(timeout=self.heartbeat), self.heartbeat + self.timeout
+            )
+            now = time.monotonic()
+            if message is None:
+                if now - last_heard > self.heartbeat + self.timeout:
+                    raise TimeoutError("no answer from Redis on the subscription")
+                if not ping_sent:
+                    await pubsub.ping()
+                    ping_sent = True
+                continue
+            last_heard = now
+            ping_sent = False
+            handle(message)
+            # Take what Redis already sent before waiting again, so that the frames of a
+            # burst leave in one write per connection rather than one write per message.
+            for _ in range(_DRAIN_BATCH):
+                more = await pubsub.get_message(timeout=0.0)
+                if more is None:
+                    break
+                handle(more)
+
+    def _chore(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    # Heartbeat, dead nodes, presence after an outage.
+
+    async def _beat(self) -> None:
+        healthy = True
+        while not self._stopping:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    added = await self.client.zadd(self._keys.nodes, {self.node_id: _now_ms()})
+                self._set_available(True)
+                if added or not healthy:
+                    # Reaped while silent, or Redis restarted empty: say again who is here.
+                    await self._resync_presence()
+                healthy = True
+                cutoff = _now_ms() - self.node_ttl * 1000
+                for dead in await self._call(
+                    self.client.zrangebyscore(self._keys.nodes, "-inf", cutoff)
+                ):
+                    if _text(dead) != self.node_id:
+                        await self._reap(_text(dead), cutoff=cutoff)
+            except (RedisError, OSError, TimeoutError, BackplaneError) as exc:
+                if healthy:
+                    self._set_available(False, exc)
+                healthy = False
+            await asyncio.sleep(self.heartbeat)
+
+    async def _reap(self, node_id: str, *, cutoff: float) -> None:
+        gone = await self._call(
+            self._script("REAP", [self._keys.nodes], [node_id, self.prefix, int(cutoff)])
+        )
+        if gone and node_id != self.node_id:
+            logger.warning(
+                "node %s stopped answering: %d presence entries removed", node_id, len(gone)
+            )
+        for entry in gone:
+            room, _, user = _text(entry).partition("\n")
+            await self.receiver.presence_changed(room, "leave", user)
+
+    async def _resync_presence(self) -> None:
+        receiver = self.receiver
+        here = {f"{room}\n{user}" for room, user in receiver.local_presence()}
+        there = {
+            _text(entry)
+            for entry in await self._call(self.client.smembers(self._keys.presence(self.node_id)))
+        }
+        for entry in sorted(there - here):
+            room, _, user = entry.partition("\n")
+            if await self.leave(room, user):
+                await receiver.presence_changed(room, "leave", user)
+        for entry in sorted(here - there):
+            room, _, user = entry.partition("\n")
+            if await self.join(room, user):
+                await receiver.presence_changed(room, "join", user)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
