@@ -7,19 +7,15 @@ their own ``redis-server`` on a free port and signal it by PID.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import TIMEOUT, Client, wait_for, websockets_asyncio_server
-from tests.node_process import HEARTBEAT, NODE_TTL
+from tests.node_process import HEARTBEAT, NODE_TTL, node_process
 from tests.redis_support import (
     PrivateRedis,
     delete_prefix,
@@ -34,8 +30,6 @@ from wsroom.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def user_from_query(handshake: Handshake) -> str | None:
     return handshake.query.get("user") or None
@@ -45,47 +39,6 @@ def user_from_query(handshake: Handshake) -> str | None:
 def redis() -> Any:
     with private_redis() as server:
         yield server
-
-
-class Node:
-    """A node process."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}"
-
-    async def connect(self, user: str) -> Client:
-        return await Client.connect(self.url, f"/ws?user={user}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-
-
-@asynccontextmanager
-async def node_process(redis_url: str, prefix: str) -> AsyncIterator[Node]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.node_process",
-        redis_url,
-        prefix,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
-        yield Node(process, int(line))
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 async def next_of(client: Client, *types: str) -> dict[str, Any]:

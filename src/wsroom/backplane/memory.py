@@ -137,6 +137,7 @@ class MemoryBackplane(Backplane):
         self._channels.add(channel)
         if channel.startswith("room:"):
             room = channel[5:]
+            self._expire(time.monotonic())  # an expired log must not come back to life
             log = self._idle.pop(room, None)
             if log is not None:
                 self._idle_size -= log.size
