@@ -17,8 +17,8 @@ contract and is the backplane's :class:`~wsroom.backplane.base.BusReceiver`. It 
 * **the sender's own copy before its ``ack``**: this node's messages are delivered from
   ``append``'s reply when they follow what was delivered, else the publisher waits (at
   most :attr:`Backplane.timeout`) for their copy from the bus; likewise direct messages.
-* **batching** for remote backplanes: publishes queue in call order and leave together,
-  consecutive ones to a room as one run (one log step, one bus message).
+* **batching** for remote backplanes (:mod:`wsroom.backplane._batch`): publishes queue
+  in call order and leave together, consecutive ones to a room as one run.
 
 A local backplane (``remote = False``) is called directly, without a task or a wait, so
 that one process pays for one item encoding per message and nothing else.
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .. import frames
 from ..exceptions import BackplaneError
+from ._batch import Batcher
 from .base import (
     Append,
     Appended,
@@ -53,11 +54,6 @@ __all__ = ["Cluster"]
 
 logger = logging.getLogger("wsroom.backplane")
 
-# Publishes handed to one append() at most: bounds the reply a batch waits for.
-_BATCH_MAX = 512
-# Item bytes in one run at most: Redis disconnects a subscriber whose output buffer passes
-# 32 MiB (its default limit for pub/sub clients), and nodes parse a bus message whole.
-_RUN_BYTES = 1 << 20
 # Direct message ids remembered as delivered here, to tell a publisher its copy arrived.
 _DIRECT_SEEN = 1024
 # Pauses before reading a room's log again during a repair: a pooled connection that
@@ -84,29 +80,6 @@ class _Track:
                 _resolve(self.waiting.pop(id_))
 
 
-@dataclass(slots=True)
-class _Publish:
-    """A message waiting in the queue of a remote backplane."""
-
-    room: str
-    record: Record
-    item: bytes
-    history_size: int
-    history_ttl: float
-    result: asyncio.Future[tuple[int, str]]
-    """Resolved with the message's id and epoch."""
-
-    def joins(self, run: list[_Publish], run_bytes: int) -> bool:
-        """Whether this publish may be appended in the same step as ``run``."""
-        head = run[0]
-        return (
-            self.room == head.room
-            and self.history_size == head.history_size
-            and self.history_ttl == head.history_ttl
-            and run_bytes + len(self.item) <= _RUN_BYTES
-        )
-
-
 class Cluster:
     """The generic cluster logic between a manager and its backplane.
 
@@ -128,8 +101,7 @@ class Cluster:
         self._tracks: dict[str, _Track] = {}
         self._direct_seen: deque[int] = deque(maxlen=_DIRECT_SEEN)
         self._direct_waiting: dict[int, asyncio.Future[None]] = {}
-        self._outgoing: deque[_Publish] = deque()
-        self._sender: asyncio.Task[None] | None = None
+        self._batcher = Batcher(backplane, self._appended)
         self._repairs: set[asyncio.Task[None]] = set()
 
     # Lifecycle.
@@ -140,7 +112,8 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop the backplane; publishes still queued fail."""
-        tasks = [*self._repairs, *([self._sender] if self._sender is not None else [])]
+        sender = self._batcher.task
+        tasks = [*self._repairs, *([sender] if sender is not None else [])]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -201,18 +174,13 @@ class Cluster:
             (result,) = await backplane.append([append])
             if isinstance(result, BaseException):
                 raise result
-            self._deliver_own(room, append.records, result)
+            self._appended(append, result)
             return result.first
         if not backplane.available:
             raise BackplaneError("the backplane is unavailable; retrying in the background")
         # Queued before the first suspension: publishes reach the store in the order they
         # were called, and those called while a batch is on its way leave in the next one.
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, str]] = loop.create_future()
-        self._outgoing.append(_Publish(room, record, item, history_size, history_ttl, future))
-        if self._sender is None:
-            self._sender = loop.create_task(self._send_publishes(), name="wsroom-publish")
-        message_id, epoch = await future
+        message_id, epoch = await self._batcher.put(room, record, item, history_size, history_ttl)
         track = self._tracks.get(room)
         if local_first and track is not None and (track.last < message_id or track.epoch != epoch):
             await self._own_copy(track.waiting, message_id)
@@ -419,10 +387,11 @@ class Cluster:
     def _gap(self, room: str, epoch: str, offset: int) -> None:
         self._node.deliver_room(room, self._node.encode(frames.gap(room, epoch, offset)), None)
 
-    def _deliver_own(self, room: str, records: list[Record], appended: Appended) -> None:
+    def _appended(self, append: Append, appended: Appended) -> None:
         """Deliver this node's own messages from the log's reply when they follow what was
         delivered here; their bus copy is then recognised by its id and skipped. Otherwise
         (a gap before them, a new epoch, a repair) the bus delivers them in order."""
+        room = append.room
         track = self._tracks.get(room)
         if track is None:
             return
@@ -430,7 +399,7 @@ class Cluster:
             track.repairing or track.epoch != appended.epoch or track.last != appended.first - 1
         ):
             return
-        for offset, record in enumerate(records):
+        for offset, record in enumerate(append.records):
             if self._accept(room, track, appended.epoch, appended.first + offset):
                 self._emit(room, track, appended.first + offset, record)
 
@@ -495,70 +464,6 @@ class Cluster:
         else:
             track.last = log.last
             self._gap(room, log.epoch, log.last)
-
-    # Batching for remote backplanes.
-
-    async def _send_publishes(self) -> None:
-        """Append queued publishes, as many as are waiting in one call each time.
-
-        A call costs one round trip whatever its length, so concurrent publishers (the
-        members of a busy room, a thread's stream handed over by ``broadcast_nowait``) are
-        not each held up by a round trip of their own. Consecutive publishes to one room
-        form one run: one log step and one bus message, which other nodes parse once.
-        """
-        outgoing = self._outgoing
-        try:
-            while outgoing:
-                runs = _runs_of(outgoing)
-                batch = [
-                    Append(
-                        run[0].room,
-                        [p.record for p in run],
-                        [p.item for p in run],
-                        run[0].history_size,
-                        run[0].history_ttl,
-                    )
-                    for run in runs
-                ]
-                try:
-                    results = await self.backplane.append(batch)
-                except Exception as exc:
-                    results = [exc] * len(runs)
-                for run, append, result in zip(runs, batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        _fail(run, result)
-                        continue
-                    self._deliver_own(append.room, append.records, result)
-                    for offset, publish in enumerate(run):
-                        if not publish.result.done():  # else its publisher was cancelled
-                            publish.result.set_result((result.first + offset, result.epoch))
-        finally:
-            self._sender = None
-            # Only a cancellation (the manager is stopping) leaves publishes queued.
-            _fail(outgoing, BackplaneError("the backplane stopped before this message was sent"))
-            outgoing.clear()
-
-
-def _runs_of(outgoing: deque[_Publish]) -> list[list[_Publish]]:
-    """Take up to a batch's worth of queued publishes, in order, as runs of consecutive
-    publishes to one room with the same settings, each capped in bytes."""
-    runs: list[list[_Publish]] = []
-    run_bytes = 0
-    for _ in range(min(len(outgoing), _BATCH_MAX)):
-        publish = outgoing.popleft()
-        if runs and publish.joins(runs[-1], run_bytes):
-            runs[-1].append(publish)
-            run_bytes += len(publish.item)
-        else:
-            runs.append([publish])
-            run_bytes = len(publish.item)
-    return runs
-
-
-def _fail(publishes: list[_Publish] | deque[_Publish], error: BaseException) -> None:
-    for publish in publishes:
-        if not publish.result.done():
-            publish.result.set_exception(error)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,27 +1,7 @@
 """The Redis backplane: many processes on many hosts serve the same rooms.
 
-Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
-
-* ``P:room:{room}:meta``: hash ``epoch`` (names the current run of ids), ``seq`` (the
-  last message id), ``run`` (the Redis run that numbered them) and ``bytes`` (of history).
-* ``P:room:{room}:history``: list of ``<id>\\n<item>``, capped at the room's history size.
-* ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
-* ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
-  and ``P:idle:total``: the logs of rooms no node subscribes to, bounded by
-  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`.
-* ``P:node:<node>:presence``: set of ``room\\nuser`` entries a node holds, so that any
-  node can remove a dead node's presence.
-* ``P:nodes``: sorted set node -> last heartbeat (ms). A node silent for ``node_ttl``
-  seconds is reaped by the others. ``P:direct``: the direct message counter.
-* channels ``P:room:<room>``, ``P:user:<user>`` and ``P:all`` carry the bus.
-
-Why a counter and a capped list rather than a stream: a room needs dense integer ids
-that restart with a new epoch when Redis loses the room, assigned atomically with the
-write to the history and with the publish, so that every node sees one order. One Lua
-script does all three; a stream's time-based ids would need a second mapping and its
-``MAXLEN ~`` trimming is approximate.
-
-This module keeps only what is Redis: connections, scripts, subscriptions, heartbeats.
+This package keeps only what is Redis: the command link (:mod:`._link`), the keys and Lua
+scripts (:mod:`._scripts`, with the layout in Redis), subscriptions and heartbeats (here).
 Ordering, gap repair, batching and the bus format are :mod:`wsroom.backplane.cluster`'s.
 """
 
@@ -34,10 +14,9 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 try:
-    from redis import asyncio as aioredis
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -47,13 +26,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ...exceptions import BackplaneError
 from ..base import Append, Appended, Backplane, BusReceiver, RoomLog, new_epoch
 from . import _scripts
+from ._link import Link, safe_url
 from ._scripts import Keys
 
 __all__ = ["RedisBackplane"]
 
 logger = logging.getLogger("wsroom.backplane")
-
-T = TypeVar("T")
 
 # Subscription messages handled in one go before the listener waits again.
 _DRAIN_BATCH = 256
@@ -105,14 +83,16 @@ class RedisBackplane(Backplane):
         self.node_id: str = secrets.token_hex(6)
         """This node's id in Redis."""
         self._keys = Keys(prefix)
+        self._link = Link(
+            url, timeout=timeout, health_check=heartbeat, max_connections=max_connections
+        )
+        self._call = self._link.call
         self._receiver: BusReceiver | None = None
-        self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._available = False
         # Subscriptions: wanted by the node, requested from Redis, confirmed by Redis.
         self._want: set[str] = {self._keys.channel("all")}
         self._requested: set[str] = set()
@@ -133,16 +113,9 @@ class RedisBackplane(Backplane):
         return self._receiver
 
     @property
-    def client(self) -> aioredis.Redis:
-        """The command connection pool's client, once started."""
-        if self._redis is None:
-            raise BackplaneError("the Redis backplane is not started")
-        return self._redis
-
-    @property
     def available(self) -> bool:
         """Whether Redis answered the last command."""
-        return self._available
+        return self._link.available
 
     @property
     def _halted(self) -> bool:
@@ -154,19 +127,7 @@ class RedisBackplane(Backplane):
     async def start(self, receiver: BusReceiver) -> None:
         self._receiver = receiver
         self._stopping = False
-        # A blocking pool makes a burst of commands (a reconnect storm of joins) wait for a
-        # connection instead of failing; the wait is bounded by each call's timeout.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=None,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            # A pooled connection idle this long is checked first, so the first command
-            # after a Redis restart does not fail on a connection that died meanwhile.
-            health_check_interval=self.heartbeat,
-        )
-        self._redis = client = aioredis.Redis.from_pool(pool)  # it owns and closes the pool
+        client = self._link.open()
         for name in ("APPEND", "READ", "EMPTIED", "JOIN", "LEAVE", "DIRECT", "REAP"):
             self._scripts[name] = client.register_script(getattr(_scripts, name))
         try:
@@ -174,8 +135,8 @@ class RedisBackplane(Backplane):
                 await client.zadd(self._keys.nodes, {self.node_id: _now_ms()})
         except (RedisError, OSError, TimeoutError) as exc:
             await self._close_client()
-            raise BackplaneError(f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from exc
-        self._available = True
+            raise BackplaneError(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from exc
+        self._link.available = True
         self._dirty = asyncio.Event()
         loop = asyncio.get_running_loop()
         connected = loop.create_future()
@@ -189,7 +150,7 @@ class RedisBackplane(Backplane):
                 await connected
         except TimeoutError as exc:
             await self.stop()
-            raise BackplaneError(f"cannot subscribe on Redis at {_safe_url(self.url)}") from exc
+            raise BackplaneError(f"cannot subscribe on Redis at {safe_url(self.url)}") from exc
 
     async def stop(self) -> None:
         # redis-py may swallow a cancellation while it reads, so the loops also check this
@@ -203,7 +164,7 @@ class RedisBackplane(Backplane):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.heartbeat + self.timeout)
         self._tasks = []
-        if self._redis is not None and self._available:
+        if self._link.available:
             # Leave no trace: whatever presence this node still holds goes now.
             with contextlib.suppress(BackplaneError):
                 await self._reap(self.node_id, cutoff=_FOREVER_MS)
@@ -214,39 +175,7 @@ class RedisBackplane(Backplane):
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
             self._pubsub = None
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
-            self._redis = None
-
-    async def _call(self, awaitable: Awaitable[T], *, probe: bool = False) -> T:
-        """One Redis operation, bounded in time; failures become BackplaneError.
-
-        While Redis is known to be down, operations fail at once (a client gets its
-        error without waiting), except probes, which find out whether it is back.
-        """
-        if not self._available and not probe:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            raise BackplaneError("Redis is unavailable; retrying in the background")
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await awaitable
-        except TimeoutError as exc:
-            # Slow is not down: only this call fails. The heartbeat finds a Redis that
-            # stopped answering and makes every call fail fast until it answers again.
-            raise BackplaneError("Redis did not answer in time") from exc
-        except (RedisError, OSError) as exc:
-            self._set_available(False, exc)
-            raise BackplaneError(f"Redis command failed: {exc}") from exc
-
-    def _set_available(self, available: bool, exc: BaseException | None = None) -> None:
-        if available != self._available:
-            if available:
-                logger.warning("Redis at %s is reachable again", _safe_url(self.url))
-            else:
-                logger.warning("Redis at %s is unavailable: %s", _safe_url(self.url), exc)
-        self._available = available
+        await self._link.close()
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         result: Awaitable[Any] = self._scripts[name](keys=keys, args=args)
@@ -270,7 +199,7 @@ class RedisBackplane(Backplane):
         if missing:
             # Redis restarted or flushed its scripts. A NOSCRIPT reply means that run did not
             # execute, so sending it again cannot duplicate it.
-            await self.client.script_load(_scripts.APPEND)
+            await self._link.client.script_load(_scripts.APPEND)
             retried = await self._pipeline_appends([batch[i] for i in missing])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
@@ -281,7 +210,7 @@ class RedisBackplane(Backplane):
         sha = self._scripts["APPEND"].sha
         limits = self.receiver.limits
         keys = self._keys
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._link.client.pipeline(transaction=False)
         for run in batch:
             room = run.room
             pipe.evalsha(
@@ -348,7 +277,7 @@ class RedisBackplane(Backplane):
         return int(await self._call(self._script(script, keys, [user, f"{room}\n{user}"])))
 
     async def members(self, room: str) -> list[str]:
-        users = await self._call(self.client.hkeys(self._keys.room(room, "members")))
+        users = await self._call(self._link.client.hkeys(self._keys.room(room, "members")))
         return sorted(_text(user) for user in users)
 
     # The bus.
@@ -375,7 +304,7 @@ class RedisBackplane(Backplane):
             raise BackplaneError(f"not subscribed to {channel!r}: Redis does not answer") from None
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        await self._call(self.client.publish(self._keys.channel(channel), payload))
+        await self._call(self._link.client.publish(self._keys.channel(channel), payload))
 
     async def direct(self, user: str, item: bytes) -> int | None:
         id_ = await self._call(
@@ -410,13 +339,13 @@ class RedisBackplane(Backplane):
         delay = 0.05
         first = True
         while not self._stopping:
-            pubsub = self.client.pubsub()
+            pubsub = self._link.client.pubsub()
             try:
                 channels = sorted(self._want)
                 async with asyncio.timeout(self.timeout):
                     await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
-                self._set_available(True)
+                self._link.set_available(True)
                 self._requested = set(channels)
                 self._confirmed.clear()
                 if self._dirty is not None:
@@ -505,21 +434,23 @@ class RedisBackplane(Backplane):
         while not self._stopping:
             try:
                 async with asyncio.timeout(self.timeout):
-                    added = await self.client.zadd(self._keys.nodes, {self.node_id: _now_ms()})
-                self._set_available(True)
+                    added = await self._link.client.zadd(
+                        self._keys.nodes, {self.node_id: _now_ms()}
+                    )
+                self._link.set_available(True)
                 if added or not healthy:
                     # Reaped while silent, or Redis restarted empty: say again who is here.
                     await self._resync_presence()
                 healthy = True
                 cutoff = _now_ms() - self.node_ttl * 1000
                 for dead in await self._call(
-                    self.client.zrangebyscore(self._keys.nodes, "-inf", cutoff)
+                    self._link.client.zrangebyscore(self._keys.nodes, "-inf", cutoff)
                 ):
                     if _text(dead) != self.node_id:
                         await self._reap(_text(dead), cutoff=cutoff)
             except (RedisError, OSError, TimeoutError, BackplaneError) as exc:
                 if healthy:
-                    self._set_available(False, exc)
+                    self._link.set_available(False, exc)
                 healthy = False
             await asyncio.sleep(self.heartbeat)
 
@@ -540,7 +471,9 @@ class RedisBackplane(Backplane):
         here = {f"{room}\n{user}" for room, user in receiver.local_presence()}
         there = {
             _text(entry)
-            for entry in await self._call(self.client.smembers(self._keys.presence(self.node_id)))
+            for entry in await self._call(
+                self._link.client.smembers(self._keys.presence(self.node_id))
+            )
         }
         for entry in sorted(there - here):
             room, _, user = entry.partition("\n")
@@ -558,11 +491,3 @@ def _now_ms() -> int:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"

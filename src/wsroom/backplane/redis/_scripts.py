@@ -3,6 +3,27 @@
 Lua keeps each step atomic: a room's ids, its log and the bus message carrying them are one
 step, so every node sees one order. The scripts only add the ``M``/``D`` headers to items
 the cluster layer encoded; they never read a message.
+
+Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
+
+* ``P:room:{room}:meta``: hash ``epoch`` (names the current run of ids), ``seq`` (the
+  last message id), ``run`` (the Redis run that numbered them) and ``bytes`` (of history).
+* ``P:room:{room}:history``: list of ``<id>\\n<item>``, capped at the room's history size.
+* ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
+* ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
+  and ``P:idle:total``: the logs of rooms no node subscribes to, bounded by
+  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`.
+* ``P:node:<node>:presence``: set of ``room\\nuser`` entries a node holds, so that any
+  node can remove a dead node's presence.
+* ``P:nodes``: sorted set node -> last heartbeat (ms). A node silent for ``node_ttl``
+  seconds is reaped by the others. ``P:direct``: the direct message counter.
+* channels ``P:room:<room>``, ``P:user:<user>`` and ``P:all`` carry the bus.
+
+Why a counter and a capped list rather than a stream: a room needs dense integer ids
+that restart with a new epoch when Redis loses the room, assigned atomically with the
+write to the history and with the publish, so that every node sees one order. One Lua
+script does all three; a stream's time-based ids would need a second mapping and its
+``MAXLEN ~`` trimming is approximate.
 """
 
 from __future__ import annotations
