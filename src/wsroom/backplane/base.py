@@ -44,10 +44,12 @@ def new_epoch() -> str:
     return secrets.token_hex(6)
 
 
-# What the log holds.
+# What the log holds. Records, appends and their results are built for every message, on
+# the hot path: they are plain slotted dataclasses (a frozen one costs three times as much
+# to build). Treat them as read-only: logs keep records, and several frames share them.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """One message as a backplane stores and carries it: the protocol frame without its
     room and id, which the log gives it."""
@@ -62,7 +64,7 @@ class Record:
     """The id of a connection it must not be delivered to (a sender without echo)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Append:
     """Messages to append to one room's log in one step."""
 
@@ -82,7 +84,7 @@ class Append:
         return sum(map(len, self.items))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Appended:
     """Where an :class:`Append` landed: ids ``first`` to ``first + n - 1`` in ``epoch``."""
 

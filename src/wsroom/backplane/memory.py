@@ -69,29 +69,33 @@ class MemoryBackplane(Backplane):
 
     async def append(self, batch: Sequence[Append]) -> list[Appended | BaseException]:
         now = time.monotonic()
-        self._expire(now)
+        idle = self._idle
+        if idle:
+            self._expire(now)
         results: list[Appended | BaseException] = []
         for run in batch:
-            room = run.room
-            log = self._served.get(room) or self._idle.get(room) or self._new_log(room)
+            room, records, items = run.room, run.records, run.items
+            log = self._served.get(room) or idle.get(room) or self._new_log(room)
             first = log.last + 1
-            log.last += len(run.records)
-            before = log.size
-            entries = log.entries
+            log.last += len(records)
             if run.history_size:
-                for offset, (record, item) in enumerate(zip(run.records, run.items, strict=True)):
-                    entries.append((first + offset, record, len(item)))
-                    log.size += len(item)
+                entries = log.entries
+                grown = 0
+                for offset, record in enumerate(records):
+                    size = len(items[offset])
+                    entries.append((first + offset, record, size))
+                    grown += size
                 while len(entries) > run.history_size:
-                    log.size -= entries.popleft()[2]
+                    grown -= entries.popleft()[2]
             else:
-                entries.clear()
-                log.size = 0
+                grown = -log.size
+                log.entries.clear()
+            log.size += grown
             log.ttl = run.history_ttl
             log.expires = now + run.history_ttl
-            if room in self._idle:
-                self._idle.move_to_end(room)
-                self._idle_size += log.size - before
+            if room in idle:  # a server broadcast to a room nobody serves: a use
+                idle.move_to_end(room)
+                self._idle_size += grown
                 self._bound()
             results.append(Appended(first, log.epoch))
         return results
