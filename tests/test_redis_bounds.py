@@ -11,19 +11,11 @@ from typing import Any
 import pytest
 
 from tests.helpers import TIMEOUT, connect_as, user_from_query, websockets_asyncio_server
-from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url, twin
+from tests.redis_support import delete_prefix, fresh_prefix, twin
 from wsroom import ConnectionManager, Limits
 from wsroom.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def url() -> str:
-    found = shared_redis_url()
-    if found is None:
-        pytest.skip("no Redis server (scripts/test.sh starts one)")
-    return found
 
 
 class Nodes:
@@ -102,8 +94,8 @@ async def two_nodes(url: str, **limits: Any) -> AsyncIterator[Nodes]:
         await delete_prefix(url, prefix)
 
 
-async def test_an_emptied_room_without_messages_leaves_no_key(url: str) -> None:
-    async with two_nodes(url) as nodes:
+async def test_an_emptied_room_without_messages_leaves_no_key(shared_url: str) -> None:
+    async with two_nodes(shared_url) as nodes:
         alice = await connect_as(nodes.urls[0], "alice")
         bob = await connect_as(nodes.urls[1], "bob")
         joined = await alice.join("quiet")
@@ -126,8 +118,8 @@ async def test_an_emptied_room_without_messages_leaves_no_key(url: str) -> None:
         await bob.close()
 
 
-async def test_idle_logs_are_bounded_in_count_least_recently_used_first(url: str) -> None:
-    async with two_nodes(url, max_idle_rooms=3) as nodes:
+async def test_idle_logs_are_bounded_in_count_least_recently_used_first(shared_url: str) -> None:
+    async with two_nodes(shared_url, max_idle_rooms=3) as nodes:
         for index, room in enumerate("abcd"):
             await nodes.visit(index % 2, room, "hello")
         assert (await nodes.idle())[0] == ["b", "c", "d"]  # "a" went first
@@ -150,8 +142,8 @@ async def test_idle_logs_are_bounded_in_count_least_recently_used_first(url: str
         await carol.close()
 
 
-async def test_idle_logs_are_bounded_in_bytes(url: str) -> None:
-    async with two_nodes(url, max_idle_history_bytes=3_500) as nodes:
+async def test_idle_logs_are_bounded_in_bytes(shared_url: str) -> None:
+    async with two_nodes(shared_url, max_idle_history_bytes=3_500) as nodes:
         # Each history entry is the id, the item's header and the encoded envelope: just
         # over 1 kB with 1,000 bytes of data, so three fit and the fourth pushes one out.
         for index, room in enumerate("abcd"):

@@ -21,7 +21,6 @@ from tests.redis_support import (
     delete_prefix,
     fresh_prefix,
     private_redis,
-    shared_redis_url,
     twin,
 )
 from wsroom import BackplaneError, ConnectionManager, Handshake, Room
@@ -233,14 +232,6 @@ async def test_a_stalled_redis_does_not_freeze_the_event_loop(redis: PrivateRedi
             assert time.monotonic() - started < 10
             await asyncio.sleep(0.1)
         await alice.close()
-
-
-@pytest.fixture
-def shared_url() -> str:
-    url = shared_redis_url()
-    if url is None:
-        pytest.skip("no Redis server (scripts/test.sh starts one)")
-    return url
 
 
 @asynccontextmanager
