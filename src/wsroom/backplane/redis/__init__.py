@@ -99,6 +99,8 @@ class RedisBackplane(Backplane):
         self._confirmed: set[str] = set()
         self._confirm_events: dict[str, asyncio.Event] = {}
         self._dirty: asyncio.Event | None = None
+        # Whether the subscription came back after a loss and its rooms await a repair.
+        self._repair_pending = False
 
     @property
     def dropped_messages(self) -> int:
@@ -372,33 +374,7 @@ class RedisBackplane(Backplane):
         """Read the subscription until it fails; a silent Redis counts as failed."""
         last_heard = time.monotonic()
         ping_sent = False
-        repaired = not repair
-        receiver, keys = self.receiver, self._keys
-        all_channel, room_channels = keys.channel("all"), keys.channel("room:")
-
-        def handle(message: dict[str, Any]) -> None:
-            nonlocal repaired
-            kind, channel = message.get("type"), _text(message.get("channel"))
-            if kind == "message":
-                data = message.get("data")
-                receiver.received(
-                    keys.wsroom_channel(channel), data if isinstance(data, bytes) else b""
-                )
-            elif kind == "subscribe":
-                self._confirmed.add(channel)
-                event = self._confirm_events.pop(channel, None)
-                if event is not None:
-                    event.set()
-                if not connected.done() and channel == all_channel:
-                    connected.set_result(None)
-                if not repaired and self._requested <= self._confirmed:
-                    repaired = True
-                    receiver.resubscribed()
-            elif kind == "unsubscribe":
-                self._confirmed.discard(channel)
-                if channel.startswith(room_channels) and channel not in self._want:
-                    self._chore(self._emptied(channel.removeprefix(room_channels)))
-
+        self._repair_pending = repair
         while not self._stopping:
             message = await asyncio.wait_for(
                 pubsub.get_message(timeout=self.heartbeat), self.heartbeat + self.timeout
@@ -413,14 +389,39 @@ class RedisBackplane(Backplane):
                 continue
             last_heard = now
             ping_sent = False
-            handle(message)
+            self._handle(message, connected)
             # Take what Redis already sent before waiting again, so that the frames of a
             # burst leave in one write per connection rather than one write per message.
             for _ in range(_DRAIN_BATCH):
                 more = await pubsub.get_message(timeout=0.0)
                 if more is None:
                     break
-                handle(more)
+                self._handle(more, connected)
+
+    def _handle(self, message: dict[str, Any], connected: asyncio.Future[None]) -> None:
+        """One message of the subscription: bus traffic, or a (un)subscription confirmed."""
+        kind, channel = message.get("type"), _text(message.get("channel"))
+        keys = self._keys
+        if kind == "message":
+            data = message.get("data")
+            payload = data if isinstance(data, bytes) else b""  # counted as malformed
+            self.receiver.received(keys.wsroom_channel(channel), payload)
+        elif kind == "subscribe":
+            self._confirmed.add(channel)
+            event = self._confirm_events.pop(channel, None)
+            if event is not None:
+                event.set()
+            if not connected.done() and channel == keys.channel("all"):
+                connected.set_result(None)
+            if self._repair_pending and self._requested <= self._confirmed:
+                # Every channel is back after a loss: the cluster layer repairs the rooms.
+                self._repair_pending = False
+                self.receiver.resubscribed()
+        elif kind == "unsubscribe":
+            self._confirmed.discard(channel)
+            name = keys.wsroom_channel(channel)
+            if channel not in self._want and name.startswith("room:"):
+                self._chore(self._emptied(name.removeprefix("room:")))
 
     def _chore(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
