@@ -12,10 +12,10 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
 
 from tests.helpers import TIMEOUT
 from wsroom import ConnectionManager
+from wsroom.backplane.base import Backplane
 
 
 def shared_redis_url() -> str | None:
@@ -149,7 +149,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         server.stop()
 
 
-def twin(manager: ConnectionManager, backplane: Any) -> ConnectionManager:
+def twin(manager: ConnectionManager, backplane: Backplane) -> ConnectionManager:
     """A second node configured like ``manager``, on ``backplane``."""
     other = ConnectionManager(
         manager._room_class,
@@ -161,11 +161,11 @@ def twin(manager: ConnectionManager, backplane: Any) -> ConnectionManager:
         can_direct=manager.can_direct,
     )
     other.origins = manager.origins
-    other._handlers = dict(manager._handlers)
+    other._handlers.update(manager._handlers)  # the dispatcher holds this very dict
     return other
 
 
-def use_backplane(manager: ConnectionManager, backplane: Any) -> None:
+def use_backplane(manager: ConnectionManager, backplane: Backplane) -> None:
     """Put a not yet started manager on another backplane (tests build managers inline)."""
     assert not manager._started
     manager.cluster.backplane = backplane

@@ -7,33 +7,27 @@ their own ``redis-server`` on a free port and signal it by PID.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import TIMEOUT, Client, wait_for, websockets_asyncio_server
-from tests.node_process import HEARTBEAT, NODE_TTL
+from tests.node_process import HEARTBEAT, NODE_TTL, node_process
 from tests.redis_support import (
     PrivateRedis,
     delete_prefix,
     fresh_prefix,
     private_redis,
-    shared_redis_url,
     twin,
 )
 from wsroom import BackplaneError, ConnectionManager, Handshake, Room
+from wsroom.backplane.base import Append, Appended
 from wsroom.backplane.redis import RedisBackplane
 
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def user_from_query(handshake: Handshake) -> str | None:
@@ -44,47 +38,6 @@ def user_from_query(handshake: Handshake) -> str | None:
 def redis() -> Any:
     with private_redis() as server:
         yield server
-
-
-class Node:
-    """A node process."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}"
-
-    async def connect(self, user: str) -> Client:
-        return await Client.connect(self.url, f"/ws?user={user}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-
-
-@asynccontextmanager
-async def node_process(redis_url: str, prefix: str) -> AsyncIterator[Node]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.node_process",
-        redis_url,
-        prefix,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
-        yield Node(process, int(line))
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 async def next_of(client: Client, *types: str) -> dict[str, Any]:
@@ -281,14 +234,6 @@ async def test_a_stalled_redis_does_not_freeze_the_event_loop(redis: PrivateRedi
         await alice.close()
 
 
-@pytest.fixture
-def shared_url() -> str:
-    url = shared_redis_url()
-    if url is None:
-        pytest.skip("no Redis server (scripts/test.sh starts one)")
-    return url
-
-
 @asynccontextmanager
 async def two_nodes(
     url: str, room_class: type[Room] = Room
@@ -438,13 +383,15 @@ async def test_concurrent_broadcasts_are_pipelined_in_call_order(
     shared_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipelines: list[list[int]] = []  # per round trip, the messages of each script call
-    original = RedisBackplane._pipeline_publishes
+    original = RedisBackplane.append
 
-    async def counted(self: RedisBackplane, runs: list[list[Any]]) -> list[Any]:
-        pipelines.append([len(run) for run in runs])
-        return await original(self, runs)
+    async def counted(
+        self: RedisBackplane, batch: Sequence[Append]
+    ) -> list[Appended | BaseException]:
+        pipelines.append([len(run.records) for run in batch])
+        return await original(self, batch)
 
-    monkeypatch.setattr(RedisBackplane, "_pipeline_publishes", counted)
+    monkeypatch.setattr(RedisBackplane, "append", counted)
     async with two_nodes(shared_url) as (node_a, _url_a, _node_b, url_b):
         bob = await Client.connect(url_b, "/ws?user=bob")
         await bob.join("lobby")

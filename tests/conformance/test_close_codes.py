@@ -31,7 +31,7 @@ from wsroom import (
     Limits,
     MemoryBackplane,
 )
-from wsroom.backplane import BackplaneNode
+from wsroom.backplane.base import BusReceiver
 
 
 def only_websockets(start_server: ServerFactory) -> None:
@@ -197,7 +197,7 @@ async def test_1009_is_enforced_by_the_core_too(start_server: ServerFactory) -> 
 
 
 class BrokenBackplane(MemoryBackplane):
-    async def start(self, node: BackplaneNode) -> None:
+    async def start(self, receiver: BusReceiver) -> None:
         raise RuntimeError("the backplane is down")
 
 

@@ -167,11 +167,20 @@ async def test_leave_then_join_again(start_server: ServerFactory) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
+        stay = await Client.connect(url)
         first = await client.join("r")
+        await stay.join("r")
         await client.request({"type": "leave", "room": "r"})
+        # The epoch a join created holds while anyone is in the room.
         again = check_frame(await client.join("r"), "joined")
-        assert again["epoch"] == first["epoch"]
+        assert (again["epoch"], again["offset"]) == (first["epoch"], 0)
+        # A room that never had a message keeps nothing once emptied: joined afresh.
+        await client.request({"type": "leave", "room": "r"})
+        await stay.request({"type": "leave", "room": "r"})
+        fresh = check_frame(await client.join("r", since=0, epoch=first["epoch"]), "joined")
+        assert (fresh["offset"], fresh["history"]) == (0, [])
         await client.close()
+        await stay.close()
 
 
 async def test_one_connection_in_many_rooms(start_server: ServerFactory) -> None:
