@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import wsroom
 from wsroom import (
@@ -17,6 +18,7 @@ from wsroom import (
     Message,
     MessageProtocol,
     ProtocolError,
+    frames,
     is_valid_room_name,
 )
 from wsroom.testing import TestClient
@@ -670,3 +672,44 @@ def test_validate_accepts_a_parsed_value() -> None:
 def test_server_frame_types_are_not_client_types(protocol: MessageProtocol) -> None:
     for type_ in SERVER_TYPES:
         assert decode_error(protocol, frame(type=type_)).code == ErrorCode.UNKNOWN_TYPE
+
+
+class BinaryJSON(MessageProtocol):
+    """A protocol with a codec of its own (here: JSON in binary frames)."""
+
+    binary = True
+
+    def loads(self, frame: str | bytes) -> Any:
+        return super().loads(frame.decode("utf-8") if isinstance(frame, bytes) else frame)
+
+    def dumps(self, obj: Any) -> bytes:
+        return super().dumps(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text()
+        | st.floats(allow_nan=False, allow_infinity=False),
+        lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+        max_leaves=8,
+    ),
+    sender=st.none() | st.text(min_size=1),
+    id_=st.integers(min_value=1, max_value=2**53),
+)
+def test_encode_message_is_the_frame_encoded_whole(data: Any, sender: str | None, id_: int) -> None:
+    for protocol in (MessageProtocol(), BinaryJSON()):
+        envelope = protocol.dumps({"from": sender, "data": data, "ts": 1767225600000})
+        whole = protocol.dumps(frames.message("room/1", id_, sender, data, 1767225600000))
+        assert protocol.encode_message("room/1", id_, envelope) == whole
+
+
+def test_encode_message_with_a_lone_surrogate_stays_valid_utf8() -> None:
+    protocol = MessageProtocol()
+    envelope = protocol.dumps({"from": None, "data": "\ud800", "ts": 1})
+    frame = protocol.encode_message("r", 3, envelope)
+    assert frame == protocol.dumps(frames.message("r", 3, None, "\ud800", 1))
+    assert json.loads(frame.decode("utf-8"))["data"] == "\ud800"

@@ -85,6 +85,11 @@ class Delivery:
         """Encode a frame with the manager's protocol."""
         return self._encode(frame)
 
+    def encode_message(self, room: str, id: int, envelope: bytes) -> bytes:
+        """Encode a ``message`` frame from its envelope (see
+        :meth:`MessageProtocol.encode_message`)."""
+        return self._protocol.encode_message(room, id, envelope)
+
     def decode(self, data: bytes) -> Any:
         """Decode bytes made by :meth:`encode`."""
         protocol = self._protocol

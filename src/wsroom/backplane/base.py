@@ -164,6 +164,11 @@ class BackplaneNode(Protocol):
         """Decode bytes produced by :meth:`encode`."""
         ...
 
+    def encode_message(self, room: str, id: int, envelope: bytes) -> bytes:
+        """Encode a ``message`` frame from its envelope, the encoding of
+        ``{"from", "data", "ts"}`` (the same bytes as encoding the whole frame)."""
+        ...
+
     def deliver_room(self, room: str, frame: bytes, exclude: str | None) -> None:
         """Queue ``frame`` to this node's members of ``room``, except connection ``exclude``."""
         ...

@@ -367,7 +367,8 @@ class Cluster:
             if track.repairing:
                 track.held.append((epoch, first + offset, item))
             elif self._accept(room, track, epoch, first + offset):
-                self._emit(room, track, first + offset, self.decode_item(item))
+                # Decoded to check it: a malformed item is dropped, never forwarded.
+                self._emit_item(room, track, first + offset, item, self.decode_item(item).exclude)
 
     # Ordering.
 
@@ -384,6 +385,14 @@ class Cluster:
         if id_ != track.last + 1:
             self._gap(room, epoch, id_ - 1)
         return True
+
+    def _emit_item(
+        self, room: str, track: _Track, id_: int, item: bytes, exclude: str | None
+    ) -> None:
+        _, start, end = _item_bounds(item, 0)
+        frame = self._node.encode_message(room, id_, item[start:end])
+        self._node.deliver_room(room, frame, exclude)
+        track.delivered(id_)
 
     def _emit(self, room: str, track: _Track, id_: int, record: Record) -> None:
         node = self._node
@@ -408,7 +417,8 @@ class Cluster:
             return
         for offset, record in enumerate(append.records):
             if self._accept(room, track, appended.epoch, appended.first + offset):
-                self._emit(room, track, appended.first + offset, record)
+                id_ = appended.first + offset
+                self._emit_item(room, track, id_, append.items[offset], record.exclude)
 
     async def _own_copy(self, waiting: dict[int, asyncio.Future[None]], id_: int) -> None:
         """Wait until this node delivered its own message ``id_`` (resolved through
@@ -444,7 +454,7 @@ class Cluster:
             held, track.held = track.held, []
             for epoch, id_, item in held:
                 if self._accept(room, track, epoch, id_):
-                    self._emit(room, track, id_, self.decode_item(item))
+                    self._emit_item(room, track, id_, item, self.decode_item(item).exclude)
         logger.warning("bus restored; %d room(s) checked for gaps", len(rooms))
 
     async def _read_for_repair(self, room: str) -> RoomLog | None:
