@@ -41,7 +41,7 @@ from tests.test_slow_client import (
     _wait_reset,
     test_stuck_reader_is_evicted_by_the_write_timeout,  # noqa: F401 - run here again
 )
-from wsroom import ConnectionManager, Limits
+from wsroom import ConnectionManager, Limits, Transport
 from wsroom.adapters import _websockets_fastpath as fastpath
 from wsroom.adapters.websockets import WebsocketsTransport, serve
 from wsroom.adapters.websockets_sync import SyncTransport
@@ -79,7 +79,7 @@ PUBLIC_API: dict[str, ServerFactory] = {
     "websockets_public_api": websockets_public_api,
     "websockets_sync_public_api": websockets_sync_public_api,
 }
-TRANSPORTS = {
+TRANSPORTS: dict[str, type[Transport]] = {
     "websockets_public_api": WebsocketsTransport,
     "websockets_sync_public_api": SyncTransport,
 }
