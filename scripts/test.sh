@@ -108,7 +108,7 @@ else
     NEWEST="$ROOT/.venv-websockets-newest"
     ensure_venv "$NEWEST" "$PYTHON" dev
     "$NEWEST/bin/python" -m pip install --quiet --disable-pip-version-check "websockets==$newest"
-    echo "== pytest (websockets $newest, the newest release; the range says $tested)"
+    echo "== pytest (websockets $newest, the newest release; the run above had $tested)"
     "$NEWEST/bin/python" -m pytest -q "$@" || status=$?
 fi
 exit $status
