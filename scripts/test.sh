@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every check and test: ruff, mypy --strict, then pytest on Python 3.11 and on each
-# other supported interpreter found (3.12, 3.13). Installs what it needs into .venv*/ and
+# other supported interpreter found (3.12, 3.13), then on the newest websockets release when
+# it is not the one pyproject.toml's range gave the first run. Installs what it needs into .venv*/ and
 # makes sure a Redis server is reachable (starting a private one on a free port if none
 # answers on 127.0.0.1:6379). Arguments go to pytest, e.g. `bash scripts/test.sh -k recovery`.
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
@@ -91,4 +92,23 @@ for version in 3.12 3.13; do
     echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
     "$ROOT/.venv-$version/bin/python" -m pytest -q "$@" || status=$?
 done
+# The suite against the newest websockets release on PyPI, outside the range pyproject.toml
+# states if need be: a new release that moves what the fast path uses (or anything else) shows
+# up here before users see it.
+tested="$("$VPY" -c 'import websockets; print(websockets.__version__)')"
+newest="$("$VPY" -m pip install --dry-run --quiet --disable-pip-version-check --ignore-installed \
+    --no-deps --report - websockets 2>/dev/null |
+    "$VPY" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' \
+    2>/dev/null || true)"
+if [ -z "$newest" ]; then
+    echo "== newest websockets release: PyPI did not answer, skipped"
+elif [ "$newest" = "$tested" ]; then
+    echo "== websockets $newest, the newest release, is the one the suite ran on: no second run"
+else
+    NEWEST="$ROOT/.venv-websockets-newest"
+    ensure_venv "$NEWEST" "$PYTHON" dev
+    "$NEWEST/bin/python" -m pip install --quiet --disable-pip-version-check "websockets==$newest"
+    echo "== pytest (websockets $newest, the newest release; the run above had $tested)"
+    "$NEWEST/bin/python" -m pytest -q "$@" || status=$?
+fi
 exit $status

@@ -66,6 +66,41 @@ def test_query_with_a_question_mark_in_a_value() -> None:
     assert hs.query == {"next": "/a?b=c"}
 
 
+def test_from_asgi_reads_a_websocket_scope() -> None:
+    headers = [
+        (b"host", b"example.com"),
+        (b"sec-websocket-protocol", b"wsroom.v1, other"),
+        (b"Cookie", b"a=1"),
+        (b"cookie", b"b=2"),
+        (b"x-caf\xe9", b"\xe9t\xe9"),
+    ]
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "query_string": b"token=abc&room=r%C3%A9",
+        "headers": headers,
+        "client": ("10.0.0.7", 51234),
+    }
+    shake = Handshake.from_asgi(scope)
+    assert (shake.path, shake.query_string) == ("/ws", "token=abc&room=r%C3%A9")
+    assert shake.query == {"token": "abc", "room": "r\u00e9"}
+    assert shake.remote_address == ("10.0.0.7", 51234)
+    assert shake.subprotocols == ("wsroom.v1", "other")
+    assert shake.headers["HOST"] == "example.com"
+    assert shake.cookies == {"a": "1", "b": "2"}  # repeated Cookie headers joined by "; "
+    assert shake.headers["x-caf\u00e9"] == "\u00e9t\u00e9"  # latin-1, as ASGI says
+    assert list(shake.headers) == ["host", "sec-websocket-protocol", "cookie", "x-caf\u00e9"]
+    # The headers stay the scope's: a middleware changing its list later changes nothing.
+    headers.append((b"origin", b"https://evil.example"))
+    assert shake.origin is None
+
+
+def test_from_asgi_defaults_for_a_minimal_scope() -> None:
+    shake = Handshake.from_asgi({"type": "websocket", "headers": []})
+    assert (shake.path, shake.query_string, shake.remote_address) == ("/", "", None)
+    assert shake.subprotocols == () and len(shake.headers) == 0
+
+
 def test_state_is_not_shared_between_handshakes() -> None:
     first = Handshake.from_target("/ws", [])
     first.state["user"] = "alice"

@@ -14,7 +14,7 @@ from websockets.server import ServerProtocol
 
 from tests.helpers import ADAPTERS, TIMEOUT, Client
 from wsroom import ConnectionManager
-from wsroom.adapters._websockets_common import SharedFrames
+from wsroom.adapters._websockets_fastpath import SharedFrames
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 

@@ -179,6 +179,20 @@ class Handshake:
         return cls._of(path, query, Headers(headers), remote_address)
 
     @classmethod
+    def from_asgi(cls, scope: Mapping[str, Any]) -> Handshake:
+        """Build a handshake from the scope of an ASGI ``websocket`` connection.
+
+        The headers are read from the scope's ``(name, value)`` byte pairs at each lookup
+        rather than copied: the ASGI server keeps those pairs for the connection's whole
+        life, and lookups are few.
+        """
+        query = bytes(scope.get("query_string", b"")).decode("latin-1")
+        client = scope.get("client")
+        address = (str(client[0]), int(client[1])) if client else None
+        headers = _ASGIHeaders(scope.get("headers", ()))
+        return cls._of(scope.get("path", "/"), query, headers, address)
+
+    @classmethod
     def _of(
         cls,
         path: str,

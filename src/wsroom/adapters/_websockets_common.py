@@ -1,5 +1,5 @@
-"""What the asyncio and threading ``websockets`` adapters share: the handshake glue and
-the framing of outgoing messages.
+"""What the asyncio and threading ``websockets`` adapters share: the handshake glue, their
+options, and how a stuck client's socket is cut.
 
 Both servers hand their ``process_request`` and ``select_subprotocol`` callbacks the same
 ``Request`` and a connection with the same ``respond()``, and both run the same sans-I/O
@@ -8,23 +8,22 @@ protocol object, so the translation between them and the manager is written once
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
 import struct
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
 from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
 from websockets.typing import Subprotocol
 
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
+from ..protocol import CloseCode
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -88,79 +87,62 @@ class PendingHandshakes:
         return handshake_of(connection, connection.request)
 
 
-class SharedFrames:
-    """Frames each outgoing message once for every connection that can take the same bytes.
-
-    A server frame without compression is the same bytes for every recipient: the payload
-    behind a two-to-ten-byte header, unmasked. ``websockets`` frames each message again
-    for each connection (a ``Frame`` object, checks, ``struct`` packing), which costs more
-    than the rest of a fan-out. The frames built here are kept until the end of the event
-    loop iteration, which is when the transports of every member of a room flush what one
-    broadcast queued for them. The connection's own protocol object frames instead when
-    anything could make the bytes differ or the frame unsafe to write directly: an
-    extension (permessage-deflate compresses per connection), a fragmented message in
-    progress, or frame logging switched on. Callers write only to open connections.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, binary: bool) -> None:
-        self._loop = loop
-        self._binary = binary
-        self._opcode = 0x82 if binary else 0x81
-        self._frames: dict[bytes, bytes] = {}
-
-    def data_to_send(self, protocol: Protocol, payloads: Sequence[bytes]) -> list[bytes]:
-        """Frame ``payloads`` for ``protocol``'s connection; the chunks to write, in order,
-        as ``protocol.data_to_send()`` gives them (an empty chunk asks for a half-close)."""
-        if protocol.extensions or protocol.expect_continuation_frame or protocol.debug:
-            send = protocol.send_binary if self._binary else protocol.send_text
-            for payload in payloads:
-                send(payload)
-            return protocol.data_to_send()
-        # Whatever the protocol has queued (nothing, normally) leaves first.
-        chunks = protocol.data_to_send()
-        if not payloads:
-            return chunks
-        frames = self._frames
-        if not frames:
-            self._loop.call_soon(frames.clear)
-        framed = [frames.get(payload) or self._frame(payload) for payload in payloads]
-        chunks.append(b"".join(framed) if len(framed) > 1 else framed[0])
-        return chunks
-
-    def _frame(self, payload: bytes) -> bytes:
-        length = len(payload)
-        if length < 126:
-            header = bytes((self._opcode, length))
-        elif length < 65536:
-            header = struct.pack("!BBH", self._opcode, 126, length)
-        else:
-            header = struct.pack("!BBQ", self._opcode, 127, length)
-        frame = header + payload
-        self._frames[payload] = frame
-        return frame
-
-
 class AdapterBase:
-    """The part of both ``websockets`` adapters that does not depend on the concurrency model."""
+    """The part of both ``websockets`` adapters that does not depend on the concurrency model.
+
+    The handshake checks run as coroutines on the manager's event loop in both: the
+    threading adapter hands them to that loop and waits.
+    """
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
         """The manager this adapter serves."""
         self._handshakes = PendingHandshakes(manager)
-        self._shared_frames: SharedFrames | None = None
-
-    def shared_frames(self, loop: asyncio.AbstractEventLoop) -> SharedFrames:
-        """The adapter's :class:`SharedFrames` for the manager's event loop."""
-        shared = self._shared_frames
-        if shared is None or shared._loop is not loop:
-            shared = self._shared_frames = SharedFrames(loop, binary=self.manager.protocol.binary)
-        return shared
 
     def select_subprotocol(
         self, connection: Any, subprotocols: Sequence[Subprotocol]
     ) -> Subprotocol | None:
         """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
         return chosen_subprotocol(self.manager, subprotocols)
+
+    def _options(self, checks: Callable[..., Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for ``websockets``' ``serve()``, ``overrides`` winning."""
+        options: dict[str, Any] = {
+            "process_request": checks,
+            "select_subprotocol": self.select_subprotocol,
+            "max_size": self.manager.limits.max_frame_size,
+        }
+        options.update(overrides)
+        return options
+
+    async def _check(self, connection: Any, request: Request) -> Response | None:
+        """What ``process_request`` answers: a refusal (HTTP 4xx or 503), or ``None``."""
+        handshake = handshake_of(connection, request)
+        try:
+            user = await self.manager.authorize(handshake)
+        except HandshakeRejected as exc:
+            return refusal(connection, exc)
+        self._handshakes.accepted(connection, handshake, user)
+        return None
+
+    async def _admitted(self, ws: Any) -> tuple[Handshake, str | None] | HandshakeRejected:
+        """The handshake and user of a connection whose handler starts.
+
+        When ``process_request`` was not wired, the checks run now, after the upgrade; the
+        refusal they give is returned for the handler to close the connection with 1008.
+        """
+        checked = self._handshakes.take(ws)
+        if not isinstance(checked, Handshake):
+            return checked
+        try:
+            return checked, await self.manager.authorize(checked)
+        except HandshakeRejected as exc:
+            return exc
+
+
+def policy_violation(exc: HandshakeRejected) -> tuple[int, str]:
+    """The close code and reason refusing a client after the upgrade."""
+    return CloseCode.POLICY_VIOLATION, exc.reason[:120]
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -176,3 +158,12 @@ def reset_on_close(sock: socket.socket | None) -> None:
         return
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+
+def shut_down(sock: socket.socket | None) -> None:
+    """Cut ``sock`` now, with a reset: this unblocks every thread reading or writing it."""
+    if sock is None:
+        return
+    reset_on_close(sock)
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)

@@ -35,10 +35,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "wsroom.adapters.starlette needs Starlette: pip install 'wsroom[starlette]'"
     ) from exc
 
-from ..connection import Transport
 from ..exceptions import HandshakeRejected
-from ..handshake import Handshake, _ASGIHeaders
+from ..handshake import Handshake
 from ..manager import ConnectionManager
+from ._writer import WriterTaskTransport
 
 __all__ = ["StarletteTransport", "endpoint", "serve"]
 
@@ -52,7 +52,7 @@ _CLOSED = (WebSocketDisconnect, RuntimeError, OSError)
 _UNSET: Any = object()
 
 
-class StarletteTransport(Transport):
+class StarletteTransport(WriterTaskTransport):
     """Moves one connection's queued frames onto a Starlette ``WebSocket``.
 
     ASGI has no synchronous write, so a writer task sends the queued frames one by one. It
@@ -63,76 +63,25 @@ class StarletteTransport(Transport):
     application.
     """
 
-    __slots__ = (
-        "_aborted",
-        "_binary",
-        "_receiver",
-        "_send_started",
-        "_watchdog",
-        "_writer",
-        "connection",
-        "websocket",
-    )
+    __slots__ = ("_aborted", "_binary", "_receiver", "connection", "websocket")
+
+    closed_errors = _CLOSED
 
     def __init__(self, websocket: WebSocket, *, binary: bool = False) -> None:
+        super().__init__()
         self.websocket = websocket
         self.connection = None
         self._binary = binary
         self._aborted = False
         # The task blocked in receive(), so that abort() can end its wait.
         self._receiver: asyncio.Task[Any] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._send_started: float | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
 
-    def wake(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        conn = self.connection
-        assert conn is not None
-        send = self.websocket.send
-        loop = asyncio.get_running_loop()
-        while frames := conn.take_outgoing():
-            if self._watchdog is None:
-                self._watchdog = loop.call_later(conn.manager.limits.write_timeout, self._watch)
-            for frame in frames:
-                message = (
-                    {"type": "websocket.send", "bytes": frame}
-                    if self._binary
-                    else {"type": "websocket.send", "text": frame.decode("utf-8")}
-                )
-                # A timestamp per send, checked by one timer, costs far less than a
-                # timeout context around every frame.
-                self._send_started = loop.time()
-                try:
-                    await send(message)
-                except _CLOSED:
-                    # The receive loop sees the disconnect and releases. The finished task
-                    # stays in _writer, so nothing more is written.
-                    return
-                self._send_started = None
-        # Nothing queued: end the task, and its timer. The next wake() starts another.
-        self._writer = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def _watch(self) -> None:
-        """Evict the client if one send has been blocked for ``write_timeout`` seconds."""
-        self._watchdog = None
-        started = self._send_started
-        conn = self.connection
-        if started is None or conn is None or self._writer is None:
-            return  # idle: the next batch arms the timer again
-        limit = conn.manager.limits.write_timeout
-        loop = asyncio.get_running_loop()
-        waited = loop.time() - started
-        if waited >= limit:
-            conn.manager.evict(conn, "client too slow: write timeout")
+    async def send(self, frame: bytes) -> None:
+        """Send one encoded frame as an ASGI ``websocket.send`` message."""
+        if self._binary:
+            await self.websocket.send({"type": "websocket.send", "bytes": frame})
         else:
-            self._watchdog = loop.call_later(limit - waited, self._watch)
+            await self.websocket.send({"type": "websocket.send", "text": frame.decode("utf-8")})
 
     async def receive(self) -> str | bytes | None:
         """The next frame from the client, or ``None`` once it is gone (or aborted)."""
@@ -166,32 +115,16 @@ class StarletteTransport(Transport):
         return self._aborted and task is not None and task.uncancel() == 0
 
     async def close(self, code: int, reason: str) -> None:
-        conn = self.connection
-        if conn is not None and conn.queued_frames:
-            self.wake()
-        writer = self._writer
-        if writer is not None and not writer.done():
-            # Not awaited directly: the core's deadline cancels close(), and the writer
-            # must then be stopped by abort(), not by that cancellation.
-            await asyncio.wait((writer,))
-        self._stop_writer()
+        await self.flush()
         with contextlib.suppress(*_CLOSED):
             await self.websocket.close(code, reason)
 
     def abort(self) -> None:
-        self._stop_writer()
+        self.stop_writing()
         if not self._aborted:
             self._aborted = True
             if self._receiver is not None:
                 self._receiver.cancel()
-
-    def _stop_writer(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if self._writer is not None:
-            self._writer.cancel()
-            self._writer = None
 
 
 def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None]]:
@@ -220,7 +153,7 @@ async def serve(
             ``Depends()``); the manager's ``authenticate`` hook is then skipped, its other
             checks (shutdown, origin, subprotocol) still apply. Omit it to run the hook.
     """
-    handshake = _handshake(websocket)
+    handshake = Handshake.from_asgi(websocket.scope)
     try:
         if user is _UNSET:
             user = await manager.authorize(handshake)
@@ -237,15 +170,8 @@ async def serve(
     try:
         await manager.serve(transport, handshake, user, transport.receive)
     finally:
-        transport._stop_writer()
-
-
-def _handshake(websocket: WebSocket) -> Handshake:
-    scope = websocket.scope
-    query = scope.get("query_string", b"").decode("latin-1")
-    client = scope.get("client")
-    address = (str(client[0]), int(client[1])) if client else None
-    return Handshake._of(scope.get("path", "/"), query, _ASGIHeaders(scope["headers"]), address)
+        # A send still in progress (to a peer that left) has nothing more to do.
+        transport.stop_writing()
 
 
 async def _refuse(websocket: WebSocket, exc: HandshakeRejected) -> None:

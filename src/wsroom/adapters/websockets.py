@@ -19,9 +19,8 @@ client after accepting it (close code 1008).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,115 +29,70 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ..connection import Connection, Transport
+from ..connection import Transport
 from ..exceptions import HandshakeRejected
-from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
-from ._websockets_common import (
-    AdapterBase,
-    SharedFrames,
-    handshake_of,
-    refusal,
-    reset_on_close,
-)
+from . import _websockets_fastpath as fastpath
+from ._websockets_common import AdapterBase, policy_violation
+from ._writer import WriterTaskTransport
 
 __all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
-
-logger = logging.getLogger("wsroom.transport")
 
 ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
 
 
-class WebsocketsTransport(Transport):
-    """Moves one connection's queued frames onto a ``websockets`` asyncio connection.
+class WebsocketsTransport(WriterTaskTransport):
+    """Moves one connection's queued frames onto a ``websockets`` asyncio connection with its
+    public ``send()``.
 
-    Frames are written the way ``websockets.broadcast()`` writes them: straight into the
-    connection's transport, without awaiting, all queued frames of a loop iteration in one
-    go, each message framed once for all the connections that can take the same bytes
-    (:class:`SharedFrames`). While the socket's write buffer is above its high-water mark, frames
-    wait in the connection's bounded queue and one task waits for the buffer to drain; a
-    client that keeps it full longer than ``Limits.write_timeout``, or overflows the queue, is
-    evicted and its TCP connection aborted, since ``close()`` cannot complete on a peer that
-    stopped reading.
+    The adapter uses it when the fast path is off (``wsroom.adapters._websockets_fastpath``;
+    otherwise frames are built once per broadcast and written without awaiting). A writer
+    task, which exists only while frames are queued, awaits ``send()`` for each frame; a send
+    blocked past ``Limits.write_timeout`` evicts the client. ``websockets`` has no public way
+    to abort a connection at once: an evicted client's TCP connection is aborted by
+    ``websockets`` itself, ``close_timeout`` seconds after its closing handshake began.
     """
 
-    def __init__(
-        self, ws: ServerConnection, *, binary: bool = False, shared: SharedFrames | None = None
-    ) -> None:
+    closed_errors = (ConnectionClosed,)
+
+    def __init__(self, ws: ServerConnection, *, binary: bool = False) -> None:
+        super().__init__()
         self.ws = ws
-        self._loop = asyncio.get_running_loop()
-        self._flush_scheduled = False
-        self._drain_task: asyncio.Task[None] | None = None
-        self._frames = shared if shared is not None else SharedFrames(self._loop, binary=binary)
+        self._text = not binary
+        self._close: tuple[int, str] = (CloseCode.GOING_AWAY, "")
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def wake(self) -> None:
-        if not self._flush_scheduled and self._drain_task is None:
-            self._flush_scheduled = True
-            # Deferred to the end of the loop iteration, so every frame queued meanwhile
-            # leaves in the same write.
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        conn = self.connection
-        if conn is None or self._drain_task is not None:
-            return
-        frames = conn.take_outgoing()
-        if not frames:
-            return
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN:
-            return
-        try:
-            chunks = self._frames.data_to_send(ws.protocol, frames)
-            if all(chunks):
-                # One write for all of them: a write per frame would leave as many small TCP
-                # segments, each waiting on the peer's delayed acknowledgements.
-                ws.transport.write(b"".join(chunks))
-            else:
-                # An empty chunk asks for a half-close (the protocol is closing): write
-                # chunk by chunk, as websockets' own send_data() does.
-                for chunk in chunks:
-                    if chunk:
-                        ws.transport.write(chunk)
-                    elif ws.transport.can_write_eof():
-                        ws.transport.write_eof()
-                    else:
-                        ws.transport.close()
-        except Exception:
-            # The transport is closing under us; the receive loop sees it and releases.
-            logger.debug("write to %r failed", conn, exc_info=True)
-            return
-        if ws.paused:
-            self._drain_task = self._loop.create_task(self._wait_writable(conn))
-
-    async def _wait_writable(self, conn: Connection) -> None:
-        try:
-            async with asyncio.timeout(conn.manager.limits.write_timeout):
-                await self.ws.drain()
-        except TimeoutError:
-            conn.manager.evict(conn, "client too slow: write timeout")
-            return
-        except Exception:
-            return  # the connection is gone; the receive loop releases it
-        finally:
-            self._drain_task = None
-        if conn.queued_frames:
-            self._flush()
+    async def send(self, frame: bytes) -> None:
+        """Send one encoded frame with the connection's ``send()``."""
+        await self.ws.send(frame, text=self._text)
 
     async def close(self, code: int, reason: str) -> None:
-        drain = self._drain_task
-        if drain is not None:
-            await asyncio.shield(drain)
-        self._flush()
+        self._close = (code, reason)
+        await self.flush()
         await self.ws.close(code, reason)
 
     def abort(self) -> None:
-        transport = self.ws.transport
-        if transport is not None:
-            reset_on_close(transport.get_extra_info("socket"))
-            transport.abort()
+        self.stop_writing()
+        if not self._closing:
+            self._start(self._closed_by_websockets())
+
+    async def _closed_by_websockets(self) -> None:
+        """Have ``websockets`` abort the TCP connection, as its public API alone allows.
+
+        ``close()`` waits without a limit while a peer that stopped reading leaves the close
+        frame unsent; a ``close()`` made once the closing handshake has begun waits only
+        until ``close_timeout`` has passed since it began, then aborts the connection.
+        """
+        if self.ws.state is State.OPEN:
+            self._start(self.ws.close(*self._close))
+            await asyncio.sleep(0)  # that close() begins the closing handshake
+        await self.ws.close()
+
+    def _start(self, closing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
 
 class WebsocketsAdapter(AdapterBase):
@@ -150,6 +104,8 @@ class WebsocketsAdapter(AdapterBase):
 
     def __init__(self, manager: ConnectionManager) -> None:
         super().__init__(manager)
+        self._framing = fastpath.ENABLED
+        self._shared: fastpath.SharedFrames | None = None
 
     def options(
         self, process_request: ProcessRequest | None = None, **overrides: Any
@@ -162,47 +118,22 @@ class WebsocketsAdapter(AdapterBase):
             overrides: Any other ``serve`` argument, which wins over wsroom's.
         """
         if process_request is None:
-            checks: ProcessRequest = self.process_request
-        else:
-            checks = _chain(process_request, self.process_request)
-        options: dict[str, Any] = {
-            "process_request": checks,
-            "select_subprotocol": self.select_subprotocol,
-            "max_size": self.manager.limits.max_frame_size,
-        }
-        options.update(overrides)
-        return options
+            return self._options(self.process_request, overrides)
+        return self._options(_chain(process_request, self.process_request), overrides)
 
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
-        handshake = handshake_of(connection, request)
-        try:
-            user = await self.manager.authorize(handshake)
-        except HandshakeRejected as exc:
-            return refusal(connection, exc)
-        self._handshakes.accepted(connection, handshake, user)
-        return None
+        return await self._check(connection, request)
 
     async def handler(self, ws: ServerConnection) -> None:
         """The connection handler: runs one client until it disconnects."""
-        checked = self._handshakes.take(ws)
-        if isinstance(checked, Handshake):
-            # process_request was not wired: check now, refuse with 1008 after the upgrade.
-            handshake = checked
-            try:
-                user = await self.manager.authorize(handshake)
-            except HandshakeRejected as exc:
-                await ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
-                return
-        else:
-            handshake, user = checked
-        transport = WebsocketsTransport(
-            ws,
-            binary=self.manager.protocol.binary,
-            shared=self.shared_frames(asyncio.get_running_loop()),
-        )
+        admitted = await self._admitted(ws)
+        if isinstance(admitted, HandshakeRejected):
+            await ws.close(*policy_violation(admitted))
+            return
+        handshake, user = admitted
 
         async def receive() -> str | bytes | None:
             try:
@@ -210,7 +141,16 @@ class WebsocketsAdapter(AdapterBase):
             except ConnectionClosed:
                 return None
 
-        await self.manager.serve(transport, handshake, user, receive)
+        await self.manager.serve(self._transport(ws), handshake, user, receive)
+
+    def _transport(self, ws: ServerConnection) -> Transport:
+        binary = self.manager.protocol.binary
+        if not self._framing:
+            return WebsocketsTransport(ws, binary=binary)
+        loop = asyncio.get_running_loop()
+        if self._shared is None or self._shared.loop is not loop:
+            self._shared = fastpath.SharedFrames(loop, binary=binary)
+        return fastpath.FramingTransport(ws, self._shared)
 
 
 class Server:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -33,162 +33,123 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.sync.server import Server as WSServer, ServerConnection, serve as _serve
 
 from ..connection import Connection, Transport
 from ..exceptions import HandshakeRejected
-from ..handshake import Handshake
 from ..manager import ConnectionManager
-from ..protocol import CloseCode
 from ..threads import BackgroundLoop
-from ._websockets_common import (
-    AdapterBase,
-    SharedFrames,
-    handshake_of,
-    refusal,
-    reset_on_close,
-)
+from . import _websockets_fastpath as fastpath
+from ._websockets_common import AdapterBase, policy_violation, shut_down
 
 __all__ = ["Server", "SyncAdapter", "SyncTransport", "serve"]
-
-logger = logging.getLogger("wsroom.transport")
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 
 
 class SyncTransport(Transport):
-    """Moves one connection's queued frames onto a ``websockets.sync`` connection.
+    """Moves one connection's queued frames onto a ``websockets.sync`` connection with its
+    public ``send()``.
 
-    Frames are written from the manager's event loop, as the asyncio adapter writes them:
-    all frames queued in a loop iteration are framed under the connection's lock (each
-    message once for all the connections that can take the same bytes:
-    :class:`SharedFrames`) and sent with one non-blocking ``send()``. Whatever the socket
-    does not take at once is sent when it becomes writable, the lock held meanwhile so
-    nothing interleaves. No thread waits on a slow client, and a client that stops reading
-    holds at most its bounded queue: the queue overflowing, or the socket staying
-    unwritable past ``Limits.write_timeout``, evicts it, and the socket is shut down, which
-    unblocks the server's threads.
+    The adapter uses it when the fast path is off (``wsroom.adapters._websockets_fastpath``;
+    otherwise frames are built once per broadcast and sent from the manager's loop without
+    blocking). The manager's loop hands each batch of queued frames to a sender thread of
+    the connection's own, started with its first frame, which calls ``send()`` for each: the
+    loop never waits on a socket. A batch still unsent after ``Limits.write_timeout``
+    evicts the client. :meth:`abort` shuts down the socket the connection was created with,
+    which unblocks the sender and the server's threads; only a connection created by
+    :meth:`SyncAdapter.options`' ``create_connection`` keeps it, ``websockets`` documenting
+    no way to reach it otherwise.
     """
 
     def __init__(
-        self,
-        ws: ServerConnection,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        binary: bool = False,
-        shared: SharedFrames | None = None,
+        self, ws: ServerConnection, loop: asyncio.AbstractEventLoop, *, binary: bool = False
     ) -> None:
         self.ws = ws
         self._loop = loop
-        self._frames = shared if shared is not None else SharedFrames(loop, binary=binary)
+        self._text = not binary
+        self._socket = ws.tcp_socket if isinstance(ws, KeepsSocket) else None
+        self._batches: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         # Everything below is only touched on the manager's loop.
-        self._scheduled = False
-        self._locked = False
-        self._pending: memoryview | None = None
+        self._sending = False
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._flushed = asyncio.Event()
-        self._flushed.set()
-        self._fd = -1
+        self._idle = asyncio.Event()
+        """Set while the sender has no frames in hand."""
+        self._idle.set()
 
     def wake(self) -> None:
-        if not self._scheduled and self._pending is None:
-            self._scheduled = True
-            self._flushed.clear()
-            # Deferred to the end of the loop iteration, so every frame queued meanwhile
-            # leaves in the same send().
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
         conn = self.connection
-        if conn is None or self._pending is not None:
-            return
-        ws = self.ws
-        if not self._locked:
-            if not ws.protocol_mutex.acquire(blocking=False):
-                # A server thread is answering a ping or closing: try again shortly.
-                self._scheduled = True
-                self._flushed.clear()
-                self._loop.call_later(0.001, self._flush)
-                return
-            self._locked = True
-        frames = conn.take_outgoing()
-        if not frames or ws.protocol.state is not State.OPEN:
-            self._unlock()
-            return
-        self._write(memoryview(b"".join(self._frames.data_to_send(ws.protocol, frames))))
+        if not self._sending and conn is not None:
+            self._hand_over(conn)
 
-    def _write(self, data: memoryview) -> None:
-        try:
-            sent = self.ws.socket.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # Closed or shut down under us: the handler thread sees it and releases.
-            self._pending = None
-            self._unlock()
-            return
-        if sent == len(data):
-            self._pending = None
-            self._unlock()
-            conn = self.connection
-            if conn is not None and conn.queued_frames:
-                self._flush()
-            return
-        if self._pending is None:
-            self._flushed.clear()
-            self._fd = self.ws.socket.fileno()
-            self._loop.add_writer(self._fd, self._writable)
-            conn = self.connection
-            assert conn is not None
-            self._stall_timer = self._loop.call_later(
-                conn.manager.limits.write_timeout, self._stalled
+    def _hand_over(self, conn: Connection) -> None:
+        """Give the sender what is queued; what is queued meanwhile waits for its next turn."""
+        self._sending = True
+        self._idle.clear()
+        self._stall_timer = self._loop.call_later(conn.manager.limits.write_timeout, self._stalled)
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_batches, name="wsroom-sender", daemon=True
             )
-        self._pending = data[sent:]
+            self._sender.start()
+        self._batches.put(conn.take_outgoing())
 
-    def _writable(self) -> None:
-        data = self._pending
-        if data is not None:
-            self._write(data)
+    def _send_batches(self) -> None:
+        """The sender thread: sends each batch, tells the loop, ends at ``None``."""
+        failed = False
+        while (frames := self._batches.get()) is not None:
+            if not failed:
+                try:
+                    for frame in frames:
+                        self.ws.send(frame, text=self._text)
+                except (ConnectionClosed, OSError):
+                    # The handler thread sees the connection closed and releases; what is
+                    # handed over from now on is dropped.
+                    failed = True
+            with contextlib.suppress(RuntimeError):  # the manager's loop is closed
+                self._loop.call_soon_threadsafe(self._sent)
 
-    def _stalled(self) -> None:
-        conn = self.connection
-        if self._pending is not None and conn is not None:
-            conn.manager.evict(conn, "client too slow: write timeout")
-
-    def _unlock(self) -> None:
+    def _sent(self) -> None:
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        if self._fd >= 0:
-            self._loop.remove_writer(self._fd)
-            self._fd = -1
-        if self._locked:
-            self._locked = False
-            self.ws.protocol_mutex.release()
-        self._flushed.set()
+        self._sending = False
+        conn = self.connection
+        if conn is not None and conn.queued_frames:
+            self._hand_over(conn)
+        else:
+            self._idle.set()
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        conn = self.connection
+        if self._sending and conn is not None:
+            conn.manager.evict(conn, "client too slow: write timeout")
 
     async def close(self, code: int, reason: str) -> None:
-        # Send what is queued first; _flushed is clear while a write is scheduled or pending.
-        while True:
-            await self._flushed.wait()
-            conn = self.connection
-            if conn is None or not conn.queued_frames:
-                break
-            self._flushed.clear()
-            self._flush()
+        # What is queued was handed over, or will be when the batch in hand is sent.
+        await self._idle.wait()
+        self._batches.put(None)
         # close() blocks until the peer answers; the manager aborts it past its deadline.
         await asyncio.to_thread(self.ws.close, code, reason)
 
     def abort(self) -> None:
-        self._pending = None
-        self._unlock()
-        # The server's thread closes the socket once shut down: with a reset, not a FIN
-        # queued behind data the client will never read.
-        reset_on_close(self.ws.socket)
-        with contextlib.suppress(OSError):  # already closed
-            self.ws.socket.shutdown(socket.SHUT_RDWR)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._batches.put(None)
+        shut_down(self._socket)
+
+
+class KeepsSocket(ServerConnection):
+    """A ``websockets.sync`` server connection that keeps the socket it is created with, so
+    that :class:`SyncTransport` can cut a client that stopped reading."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.tcp_socket = sock
+        """The connection's TCP socket."""
 
 
 class SyncAdapter(AdapterBase):
@@ -218,6 +179,10 @@ class SyncAdapter(AdapterBase):
             loop = self._background.loop
         self.loop: asyncio.AbstractEventLoop = loop
         """The event loop the manager runs on."""
+        self._framing = fastpath.ENABLED
+        self._shared = (
+            fastpath.SharedFrames(loop, binary=manager.protocol.binary) if self._framing else None
+        )
 
     def run(self, coroutine: Any) -> Any:
         """Run a coroutine on the manager's loop from a server thread; wait for it."""
@@ -243,49 +208,27 @@ class SyncAdapter(AdapterBase):
                     response if response is not None else self.process_request(connection, request)
                 )
 
-        options: dict[str, Any] = {
-            "process_request": checks,
-            "select_subprotocol": self.select_subprotocol,
-            "max_size": self.manager.limits.max_frame_size,
-        }
-        options.update(overrides)
-        return options
+        if not self._framing:
+            # What lets SyncTransport cut a client that stopped reading.
+            overrides = {"create_connection": KeepsSocket, **overrides}
+        return self._options(checks, overrides)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse the upgrade for a bad origin, subprotocol or credentials (HTTP 4xx)."""
-        handshake = handshake_of(connection, request)
-        try:
-            user = asyncio.run_coroutine_threadsafe(
-                self.manager.authorize(handshake), self.loop
-            ).result(self.timeout)
-        except HandshakeRejected as exc:
-            return refusal(connection, exc)
-        self._handshakes.accepted(connection, handshake, user)
-        return None
+        checking = asyncio.run_coroutine_threadsafe(self._check(connection, request), self.loop)
+        return checking.result(self.timeout)
 
     def handler(self, ws: ServerConnection) -> None:
         """The connection handler: runs one client until it disconnects (in its thread)."""
-        checked = self._handshakes.take(ws)
-        if isinstance(checked, Handshake):
-            # process_request was not wired: check now, refuse with 1008 after the upgrade.
-            handshake = checked
-            try:
-                user = self.run(self.manager.authorize(handshake))
-            except HandshakeRejected as exc:
-                ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
-                return
-        else:
-            handshake, user = checked
-        transport = SyncTransport(
-            ws,
-            self.loop,
-            binary=self.manager.protocol.binary,
-            shared=self.shared_frames(self.loop),
-        )
+        admitted = self.run(self._admitted(ws))
+        if isinstance(admitted, HandshakeRejected):
+            ws.close(*policy_violation(admitted))
+            return
+        handshake, user = admitted
         with self._handlers:
             self._running += 1
         try:
-            conn: Connection = self.run(self.manager.accept(transport, handshake, user))
+            conn: Connection = self.run(self.manager.accept(self._transport(ws), handshake, user))
             try:
                 while not conn.closed:
                     try:
@@ -299,6 +242,11 @@ class SyncAdapter(AdapterBase):
             with self._handlers:
                 self._running -= 1
                 self._handlers.notify_all()
+
+    def _transport(self, ws: ServerConnection) -> Transport:
+        if self._shared is None:
+            return SyncTransport(ws, self.loop, binary=self.manager.protocol.binary)
+        return fastpath.FramingSyncTransport(ws, self._shared)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the background event loop, if this adapter started one.
@@ -372,14 +320,10 @@ class Server:
             self._done = True
         self.adapter.run(self.manager.shutdown(self.shutdown_timeout))
         if self._serving is None and not self._served:
-            # websockets' shutdown waits for serve_forever() to stop accepting, and that
-            # closes its wake-up socket; serve_forever() never ran, so do both here.
-            socket_closed = getattr(self.server, "socket_closed", None)
-            if socket_closed is not None:
-                socket_closed.set()
-            watcher = getattr(self.server, "shutdown_watcher", None)
-            if watcher is not None:
-                watcher.close()
+            # websockets' shutdown() waits for serve_forever() to stop accepting. It never
+            # ran: run it on the closed listening socket, which makes it return at once.
+            self.server.socket.close()
+            self.server.serve_forever()
         self.server.shutdown()
 
 
@@ -389,7 +333,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     *,
-    process_request: ProcessRequest | None = None,
+    process_request: Callable[[ServerConnection, Request], Response | None] | None = None,
     shutdown_timeout: float = 5.0,
     **kwargs: Any,
 ) -> Iterator[Server]:
