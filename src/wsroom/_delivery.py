@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import frames
+from .connection import Connection
 from .frames import CloseCode
 
 if TYPE_CHECKING:
     from ._state import Registry
-    from .connection import Connection
     from .protocol import MessageProtocol
 
 __all__ = ["Counters", "Delivery", "Statistics"]
@@ -131,18 +131,18 @@ class Delivery:
         state = self._registry.rooms.get(room)
         if state is None:
             return
-        overflowed: list[Connection] | None = None
-        for conn in state.connections:
-            if exclude is not None and conn.id == exclude:
-                continue
-            if not conn.push(frame):
-                if overflowed is None:
-                    overflowed = []
-                overflowed.append(conn)
-        if overflowed is not None:
-            # Evicting changes the room's members: not while iterating over them.
-            for conn in overflowed:
-                self.evict(conn)
+        # The fan-out loop: the method looked up once, the exclusion tested only when
+        # there is one. Evicting changes the room's members, so the connections whose
+        # queue overflowed are evicted after the loop.
+        push = Connection.push
+        if exclude is None:
+            overflowed = [conn for conn in state.connections if not push(conn, frame)]
+        else:
+            overflowed = [
+                conn for conn in state.connections if conn.id != exclude and not push(conn, frame)
+            ]
+        for conn in overflowed:
+            self.evict(conn)
 
     def deliver_user(self, user: str, frame: bytes) -> int:
         """Queue an encoded frame to this process's connections of ``user``."""

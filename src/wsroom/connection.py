@@ -306,26 +306,40 @@ class Connection:
         """
         if self._closed:
             return True
-        size = len(frame)
         outbox = self._outbox
-        if len(outbox) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
-            if not self._drop_oldest or size > self._max_bytes:
-                return False
-            # Count the oldest frames to drop, then drop them in one slice deletion.
-            count = len(outbox)
-            queued = self._queued_bytes
-            dropped = 0
-            while dropped < count and (
-                count - dropped >= self._max_frames or queued + size > self._max_bytes
-            ):
-                queued -= len(outbox[dropped])
-                dropped += 1
-            del outbox[:dropped]
-            self._queued_bytes = queued
-            self.dropped_frames += dropped
-            self._host.frames_dropped(dropped)
+        queued = self._queued_bytes + len(frame)
+        if queued > self._max_bytes or len(outbox) >= self._max_frames:
+            return self._push_full(frame)
+        self._queued_bytes = queued
+        # Runs once per recipient of every broadcast: the writer is woken only when the
+        # queue was empty, tested before the append rather than measured after it.
+        if outbox:
+            outbox.append(frame)
+        else:
+            outbox.append(frame)
+            self.transport.wake()
+        return True
+
+    def _push_full(self, frame: bytes) -> bool:
+        """:meth:`push` to a full queue: drop the oldest frames, or refuse."""
+        size = len(frame)
+        if not self._drop_oldest or size > self._max_bytes:
+            return False
+        # Count the oldest frames to drop, then drop them in one slice deletion.
+        outbox = self._outbox
+        count = len(outbox)
+        queued = self._queued_bytes
+        dropped = 0
+        while dropped < count and (
+            count - dropped >= self._max_frames or queued + size > self._max_bytes
+        ):
+            queued -= len(outbox[dropped])
+            dropped += 1
+        del outbox[:dropped]
+        self._queued_bytes = queued + size
+        self.dropped_frames += dropped
+        self._host.frames_dropped(dropped)
         outbox.append(frame)
-        self._queued_bytes += size
         if len(outbox) == 1:
             self.transport.wake()
         return True

@@ -147,11 +147,11 @@ class ConnectionManager:
 
     async def _ensure_started(self) -> None:
         # The server-side API may be used before the first client connects, not after
-        # shutdown(): a manager that was shut down stays down.
-        if not self._started:
-            if self._closing:
-                raise RuntimeError("this ConnectionManager was shut down; create a new one")
-            await self.start()
+        # shutdown(): a manager that was shut down stays down. (Callers check _started
+        # first: a broadcast must not pay for a coroutine that does nothing.)
+        if self._closing:
+            raise RuntimeError("this ConnectionManager was shut down; create a new one")
+        await self.start()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Close every connection gracefully and stop the backplane.
@@ -350,14 +350,16 @@ class ConnectionManager:
         """Store ``data`` as a server message (``from`` null) in ``room`` and send it to every
         member, on every node. Returns the message id. Works for rooms with no members: the
         message is kept in the room's history."""
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         return await self._room_handle(room).broadcast(data, exclude=exclude)
 
     async def broadcast_event(
         self, room: str, type: str, data: Any = None, *, exclude: Connection | None = None
     ) -> None:
         """Send an unstored application event to every member of ``room``, on every node."""
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         await self._room_handle(room).broadcast_event(type, data, exclude=exclude)
 
     async def send_to_user(self, user: str, data: Any, *, sender: str | None = None) -> int | None:
@@ -365,25 +367,29 @@ class ConnectionManager:
 
         Returns the direct message's id, or ``None`` when the user is not connected.
         """
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         return await self._cluster.send_direct(user, sender, data, ts=frames.now_ms())
 
     async def send_all(self, type: str, data: Any = None) -> None:
         """Send an application event ``{"type": type, "data": data}`` to every connection."""
         frame = frames.event(type, data)
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         await self._cluster.send_all(self.encode(frame))
 
     async def disconnect_user(
         self, user: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "disconnected"
     ) -> int:
         """Close every connection of ``user`` on every node; returns how many were here."""
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         return await self._cluster.disconnect_user(user, code, reason)
 
     async def members(self, room: str) -> list[str]:
         """Identified users in ``room``, on every node."""
-        await self._ensure_started()
+        if not self._started:
+            await self._ensure_started()
         return await self._cluster.members(room)
 
     def rooms(self) -> list[str]:
@@ -454,10 +460,10 @@ class ConnectionManager:
     # Rooms.
 
     def _room_handle(self, name: str) -> Room:
-        require_room_name(name)
         state = self._registry.rooms.get(name)
         if state is not None:
-            return state.room
+            return state.room  # a room with members here has a valid name
+        require_room_name(name)
         room = self._make_room(name)
         if room is None:
             raise ValueError(f"no room class serves the room {name!r}")

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, cast
 
 from .exceptions import EncodeError, ProtocolError
@@ -172,7 +173,7 @@ class MessageProtocol:
         """
         if type(self).dumps is MessageProtocol.dumps and envelope[:8] == b'{"from":':
             return b'{"type":"message","room":%b,"id":%d,%b' % (
-                self._encode_ascii(room).encode("ascii"),
+                encode_basestring_ascii(room).encode("ascii"),
                 id,
                 envelope[1:],
             )

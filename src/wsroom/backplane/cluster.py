@@ -172,15 +172,20 @@ class Cluster:
         sender of a client message gets it before its ``ack``).
         """
         record = Record(sender, data, ts, exclude)
-        item = self.encode_item(record)
+        envelope = self._envelope(record)
+        item = _item(exclude, envelope)
         backplane = self.backplane
         if not self._remote:
-            append = Append(room, [record], [item], history_size, history_ttl)
-            (result,) = await backplane.append([append])
+            # The single-process path, kept short: one message, delivered here at once.
+            (result,) = await backplane.append(
+                [Append(room, [record], [item], history_size, history_ttl)]
+            )
             if isinstance(result, BaseException):
                 raise result
-            self._appended(append, result)
             self.messages_published += 1
+            track = self._tracks.get(room)
+            if track is not None and self._accept(room, track, result.epoch, result.first):
+                self._deliver(room, track, result.first, envelope, exclude)
             return result.first
         if not backplane.available:
             raise BackplaneError("the backplane is unavailable; retrying in the background")
@@ -255,9 +260,10 @@ class Cluster:
 
     def encode_item(self, record: Record) -> bytes:
         """Encode one record as an item: ``<exclude>\\n<length>\\n<envelope>``."""
-        envelope = self._node.encode({"from": record.sender, "data": record.data, "ts": record.ts})
-        exclude = record.exclude.encode() if record.exclude else b""
-        return b"%b\n%d\n%b" % (exclude, len(envelope), envelope)
+        return _item(record.exclude, self._envelope(record))
+
+    def _envelope(self, record: Record) -> bytes:
+        return self._node.encode({"from": record.sender, "data": record.data, "ts": record.ts})
 
     def decode_item(self, item: bytes) -> Record:
         """Decode an item made by :meth:`encode_item`; ``ValueError`` if it is not one."""
@@ -390,8 +396,13 @@ class Cluster:
         self, room: str, track: _Track, id_: int, item: bytes, exclude: str | None
     ) -> None:
         _, start, end = _item_bounds(item, 0)
-        frame = self._node.encode_message(room, id_, item[start:end])
-        self._node.deliver_room(room, frame, exclude)
+        self._deliver(room, track, id_, item[start:end], exclude)
+
+    def _deliver(
+        self, room: str, track: _Track, id_: int, envelope: bytes, exclude: str | None
+    ) -> None:
+        node = self._node
+        node.deliver_room(room, node.encode_message(room, id_, envelope), exclude)
         track.delivered(id_)
 
     def _emit(self, room: str, track: _Track, id_: int, record: Record) -> None:
@@ -486,6 +497,11 @@ class Cluster:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _item(exclude: str | None, envelope: bytes) -> bytes:
+    """An item: ``<exclude>\\n<length>\\n<envelope>``."""
+    return b"%b\n%d\n%b" % (exclude.encode() if exclude else b"", len(envelope), envelope)
 
 
 def _item_bounds(data: bytes, pos: int) -> tuple[int, int, int]:
