@@ -76,12 +76,12 @@ class StarletteTransport(WriterTaskTransport):
         # The task blocked in receive(), so that abort() can end its wait.
         self._receiver: asyncio.Task[Any] | None = None
 
-    async def send(self, frame: bytes) -> None:
-        """Send one encoded frame as an ASGI ``websocket.send`` message."""
+    def sender(self) -> Callable[[bytes], Awaitable[None]]:
+        """Sends one encoded frame as an ASGI ``websocket.send`` message."""
+        send = self.websocket.send
         if self._binary:
-            await self.websocket.send({"type": "websocket.send", "bytes": frame})
-        else:
-            await self.websocket.send({"type": "websocket.send", "text": frame.decode("utf-8")})
+            return lambda frame: send({"type": "websocket.send", "bytes": frame})
+        return lambda frame: send({"type": "websocket.send", "text": frame.decode("utf-8")})
 
     async def receive(self) -> str | bytes | None:
         """The next frame from the client, or ``None`` once it is gone (or aborted)."""

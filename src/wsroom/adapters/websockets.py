@@ -63,9 +63,10 @@ class WebsocketsTransport(WriterTaskTransport):
         self._close: tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def send(self, frame: bytes) -> None:
-        """Send one encoded frame with the connection's ``send()``."""
-        await self.ws.send(frame, text=self._text)
+    def sender(self) -> Callable[[bytes], Awaitable[None]]:
+        """Sends one encoded frame with the connection's ``send()``."""
+        send, text = self.ws.send, self._text
+        return lambda frame: send(frame, text=text)
 
     async def close(self, code: int, reason: str) -> None:
         self._close = (code, reason)
