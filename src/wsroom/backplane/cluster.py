@@ -415,16 +415,15 @@ class Cluster:
         self._node.deliver_room(room, self._node.encode(frames.gap(room, epoch, offset)), None)
 
     def _appended(self, append: Append, appended: Appended) -> None:
-        """Deliver this node's own messages from the log's reply when they follow what was
-        delivered here; their bus copy is then recognised by its id and skipped. Otherwise
-        (a gap before them, a new epoch, a repair) the bus delivers them in order."""
+        """Deliver this node's own messages from a remote log's reply when they follow what
+        was delivered here; their bus copy is then recognised by its id and skipped.
+        Otherwise (a gap before them, a new epoch, a repair) the bus delivers them in order.
+        (A local backplane's publish delivers its message itself, in :meth:`publish`.)"""
         room = append.room
         track = self._tracks.get(room)
         if track is None:
             return
-        if self._remote and (
-            track.repairing or track.epoch != appended.epoch or track.last != appended.first - 1
-        ):
+        if track.repairing or track.epoch != appended.epoch or track.last != appended.first - 1:
             return
         for offset, record in enumerate(append.records):
             if self._accept(room, track, appended.epoch, appended.first + offset):
