@@ -29,7 +29,9 @@ def seconds(ci: float, soak: float) -> float:
     return soak if SOAK else ci
 
 
-def record(scenario: str, figure: str, value: float | int | str, unit: str = "", **context: Any) -> None:
+def record(
+    scenario: str, figure: str, value: float | int | str, unit: str = "", **context: Any
+) -> None:
     """Report one measured figure (written to ``WSROOM_RELIABILITY_REPORT`` when set).
 
     Args:
@@ -48,7 +50,7 @@ def record(scenario: str, figure: str, value: float | int | str, unit: str = "",
         "value": value,
         "unit": unit,
         "scale": "soak" if SOAK else "ci",
-        "python": "%d.%d" % sys.version_info[:2],
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "at": round(time.time(), 3),
         **context,
     }
