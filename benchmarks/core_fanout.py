@@ -44,7 +44,7 @@ class CountingTransport(Transport):
 
 
 async def run_once(clients: int, messages: int) -> float:
-    manager = ConnectionManager(limits=Limits(rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits())
     await manager.start()
     for _ in range(clients):
         # Anonymous, as in a plain broadcast: the figure is fan-out, not presence.

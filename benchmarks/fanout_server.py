@@ -403,13 +403,17 @@ def socketio_module() -> Any:
 
 
 def wsroom_manager(redis_url: str | None, prefix: str | None) -> Any:
-    from wsroom import ConnectionManager
+    from wsroom import ConnectionManager, Limits
 
+    # Every load client connects from 127.0.0.1: the per-address limits would take them
+    # all for one abusive client.
+    limits = Limits.without_rate_limits()
     if redis_url is None:
-        return ConnectionManager()
+        return ConnectionManager(limits=limits)
     from wsroom.backplane.redis import RedisBackplane
 
-    return ConnectionManager(backplane=RedisBackplane(redis_url, prefix=prefix or "wsroom-bench"))
+    backplane = RedisBackplane(redis_url, prefix=prefix or "wsroom-bench")
+    return ConnectionManager(backplane=backplane, limits=limits)
 
 
 def wsroom_count(manager: Any) -> int:

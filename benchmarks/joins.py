@@ -13,7 +13,7 @@ random room among the 1,000 (not one it holds) with a ``ref``, waits for ``joine
 that ``ref``, sends ``leave`` and waits for ``left``, until the round trips of all clients
 reach the total. Reported: p50/p99 join and leave latency, and completed joins per second.
 The clients are anonymous, so no presence traffic. The server lifts the per-client rate
-limit (``Limits(rate=None)``), so no round trip is throttled. See docs/benchmarks.md.
+limit (``Limits.without_rate_limits()``), so no round trip is throttled. See docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ class JoinsWsroom(WsroomAsync):
         super().__init__(redis_url, prefix, cleanup, pipelined=False)
         from wsroom import Limits
 
-        self.manager.limits = Limits(rate=None)
+        self.manager.limits = Limits.without_rate_limits()
 
     def local_count(self) -> int:
         return len(self.manager.connections)

@@ -77,7 +77,9 @@ def user_from_query(handshake: Handshake) -> str | None:
 
 async def main(args: list[str]) -> None:
     if args == ["memory"]:
-        manager = ConnectionManager(authenticate=user_from_query, limits=Limits(rate=None))
+        manager = ConnectionManager(
+            authenticate=user_from_query, limits=Limits.without_rate_limits()
+        )
     else:
         url, prefix = args
         backplane = RedisBackplane(

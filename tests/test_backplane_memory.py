@@ -57,7 +57,7 @@ class Short(Room):
 async def server(
     room_class: type[Room] = Room, **limits: Any
 ) -> AsyncIterator[tuple[ConnectionManager, str]]:
-    manager = ConnectionManager(room_class, limits=Limits(**limits))
+    manager = ConnectionManager(room_class, limits=Limits.without_rate_limits(**limits))
     async with websockets_asyncio_server(manager) as url:
         yield manager, url
 

@@ -383,7 +383,7 @@ def _check_answers(raw: str | bytes, answers: list[dict[str, Any]]) -> None:
 
 
 async def _exchange(frames: list[str | bytes]) -> None:
-    manager = ConnectionManager(limits=Limits(rate=None, max_frame_size=1 << 22))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(max_frame_size=1 << 22))
     try:
         async with TestClient(manager, user=USER, timeout=TIMEOUT) as client:
             for raw in frames:

@@ -16,6 +16,7 @@ from wsroom import (
     Headers,
     MessageProtocol,
     OriginPolicy,
+    is_valid_user_id,
 )
 from wsroom.testing import TestClient
 
@@ -453,8 +454,8 @@ async def test_authorize_hook_exception_is_500_and_logged(
     assert isinstance(records[0].exc_info[1], RuntimeError)
 
 
-@pytest.mark.parametrize("value", [42, b"alice", "", "u" * 257, ["alice"], True])
-async def test_authorize_hook_returning_a_non_user_id_is_500(
+@pytest.mark.parametrize("value", [42, b"alice", ["alice"], True])
+async def test_authorize_hook_returning_a_non_string_is_500(
     value: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     def authenticate(hs: Handshake) -> object:
@@ -468,8 +469,63 @@ async def test_authorize_hook_returning_a_non_user_id_is_500(
 
 
 async def test_authorize_longest_user_id_is_accepted() -> None:
-    manager = ConnectionManager(authenticate=lambda hs: "u" * 256)
-    assert await manager.authorize(browser(None)) == "u" * 256
+    manager = ConnectionManager(authenticate=lambda hs: "u" * 128)
+    assert await manager.authorize(browser(None)) == "u" * 128
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "u" * 129,
+        "evil\x1b[2J",  # an ESC sequence
+        "nul\x00",
+        "del\x7f",
+        "c1\x85",
+        "\u202eresu",  # right-to-left override
+        "isolate\u2066",
+        " alice",
+        "alice\n",
+        "surrogate\ud800",
+    ],
+)
+async def test_authorize_refuses_user_ids_the_protocol_forbids_with_403(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = ConnectionManager(authenticate=lambda hs: value)
+    with caplog.at_level(logging.ERROR, logger="wsroom"), pytest.raises(HandshakeRejected) as info:
+        await manager.authorize(browser(None))
+    assert info.value.status == 403
+    # The client learns nothing about the rule; the application's developer learns all.
+    assert "invalid user id" in info.value.reason
+    [record] = [r for r in caplog.records if r.name == "wsroom"]
+    assert "is_valid_user_id" in record.getMessage()
+
+
+@pytest.mark.parametrize("value", ["alice", "Zoë", "李小龙", "a b", "user@example.com", "👩‍💻"])
+async def test_authorize_accepts_printable_user_ids(value: str) -> None:
+    manager = ConnectionManager(authenticate=lambda hs: value)
+    assert await manager.authorize(browser(None)) == value
+    assert is_valid_user_id(value)
+
+
+async def test_a_flood_of_invalid_ids_logs_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = ConnectionManager(authenticate=lambda hs: hs.query.get("name", ""))
+    with caplog.at_level(logging.ERROR, logger="wsroom"):
+        for _ in range(25):
+            with pytest.raises(HandshakeRejected):
+                await manager.authorize(browser(None))
+    assert len([r for r in caplog.records if r.name == "wsroom"]) == 1
+
+
+async def test_an_id_the_application_authenticated_itself_is_checked_too() -> None:
+    manager = ConnectionManager()
+    manager.admit(browser(None), "alice")
+    with pytest.raises(HandshakeRejected) as info:
+        manager.admit(browser(None), "bob\u202e")
+    assert info.value.status == 403
 
 
 async def test_authorize_after_shutdown_is_503() -> None:

@@ -16,6 +16,7 @@ from .exceptions import (
     ProtocolError,
     WSRoomError,
 )
+from .frames import is_valid_user_id
 from .handshake import Handshake, Headers, OriginPolicy
 from .limits import Limits
 from .manager import Authenticate, ConnectionManager, Statistics
@@ -58,4 +59,5 @@ __all__ = [
     "WSRoomError",
     "__version__",
     "is_valid_room_name",
+    "is_valid_user_id",
 ]

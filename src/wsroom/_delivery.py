@@ -14,16 +14,13 @@ from typing import TYPE_CHECKING, Any
 from . import frames
 from .connection import Connection
 from .frames import CloseCode
+from .limits import ABUSE_CLOSE_GRACE
 
 if TYPE_CHECKING:
     from ._state import Registry
     from .protocol import MessageProtocol
 
 __all__ = ["Counters", "Delivery", "Statistics"]
-
-# Seconds an evicted client gets to take its close frame before its socket is cut: it has
-# stopped reading, so it rarely does.
-_EVICTION_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +47,36 @@ class Statistics:
     """Frames dropped from full queues (``overflow="drop_oldest"``)."""
     evictions: int
     """Clients closed with 1013 because they did not read fast enough."""
+    rate_limited: int = 0
+    """Client frames refused with ``rate_limited`` (a connection's, a user's or an
+    address's budget was spent)."""
+    handshakes_refused: int = 0
+    """Handshakes refused with HTTP 429 (an address opening connections too fast)."""
 
 
 class Counters:
     """The running totals behind :class:`Statistics`, updated where each event happens."""
 
-    __slots__ = ("dropped_frames", "errors_sent", "evictions", "frames_received")
+    __slots__ = (
+        "dropped_frames",
+        "errors_sent",
+        "evictions",
+        "frames_received",
+        "handshakes_refused",
+        "rate_limited",
+    )
 
     def __init__(self) -> None:
         self.frames_received = 0
         self.errors_sent = 0
         self.dropped_frames = 0
         self.evictions = 0
+        self.rate_limited = 0
+        self.handshakes_refused = 0
+
+    def handshake_refused(self) -> None:
+        """Count one handshake refused with HTTP 429."""
+        self.handshakes_refused += 1
 
 
 class Delivery:
@@ -122,7 +137,7 @@ class Delivery:
             return
         self.counters.evictions += 1
         conn.drop_queue()
-        conn.begin_close(CloseCode.TRY_AGAIN_LATER, reason, grace=_EVICTION_GRACE)
+        conn.begin_close(CloseCode.TRY_AGAIN_LATER, reason, grace=ABUSE_CLOSE_GRACE)
 
     # BackplaneNode: what the cluster layer calls to reach this process's connections.
 
@@ -191,4 +206,6 @@ class Delivery:
             errors_sent=counters.errors_sent,
             dropped_frames=counters.dropped_frames,
             evictions=counters.evictions,
+            rate_limited=counters.rate_limited,
+            handshakes_refused=counters.handshakes_refused,
         )

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from . import frames
 from ._hooks import MaybeAwaitable, call_hook
+from ._ratelimit import SharedLimits, TokenBucket
 from .exceptions import BackplaneError, ProtocolError
 from .frames import CLIENT_TYPES, CUSTOM_TYPE, CloseCode, ErrorCode
+from .limits import ABUSE_CLOSE_GRACE
 
 if TYPE_CHECKING:
     from ._delivery import Delivery
@@ -59,6 +61,7 @@ class Dispatcher:
         make_room: The room instance for a name, or ``None`` when no room class serves it.
         handlers: The application's handlers of custom types, by type (shared, so that
             handlers registered later are served).
+        shared_limits: The frame budgets a user's or an address's connections share.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Dispatcher:
         delivery: Delivery,
         make_room: Callable[[str], Room | None],
         handlers: dict[str, Handler],
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self.manager = manager
         self._registry = registry
@@ -76,6 +80,7 @@ class Dispatcher:
         self._delivery = delivery
         self._make_room = make_room
         self._handlers = handlers
+        self._shared_limits = shared_limits
         self._protocol = manager.protocol
         self._serve: dict[str, _Serve] = {
             kind.name: getattr(self, kind.handler) for kind in (*CLIENT_TYPES.values(), CUSTOM_TYPE)
@@ -105,6 +110,18 @@ class Dispatcher:
         """The names of the rooms ``conn`` is in."""
         return self._registry.rooms_of(conn)
 
+    def hold_buckets(
+        self, user: str | None, address: str | None, now: float
+    ) -> tuple[TokenBucket, ...]:
+        """The frame budgets a new connection shares with its user's and its address's."""
+        if self._shared_limits is None:
+            return ()
+        return self._shared_limits.hold(user, address, now)
+
+    def release_buckets(self, buckets: tuple[TokenBucket, ...], now: float) -> None:
+        """A connection holding shared ``buckets`` is gone."""
+        SharedLimits.release(buckets, now)
+
     def frames_dropped(self, count: int) -> None:
         """Count frames dropped from full queues."""
         self._delivery.counters.dropped_frames += count
@@ -129,13 +146,16 @@ class Dispatcher:
         delivery = self._delivery
         delivery.counters.frames_received += 1
         if self._too_large(frame):
-            conn.begin_close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
+            conn.begin_close(CloseCode.MESSAGE_TOO_BIG, "frame too large", grace=ABUSE_CLOSE_GRACE)
             return
         if not conn.allow_frame(now):
+            delivery.counters.rate_limited += 1
             ref = self._protocol.peek_ref(frame)
             delivery.send_error(conn, ErrorCode.RATE_LIMITED, "slow down: too many frames", ref)
             if conn.note_violation(now):
-                conn.begin_close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                conn.begin_close(
+                    CloseCode.POLICY_VIOLATION, "rate limit exceeded", grace=ABUSE_CLOSE_GRACE
+                )
             return
         try:
             message = self._protocol.decode(frame, conn)

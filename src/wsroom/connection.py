@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import frames
+from ._ratelimit import TokenBucket, take_all
 from .exceptions import ConnectionClosedError
 from .frames import CloseCode
 from .protocol import require_room_name
@@ -107,6 +108,16 @@ class ConnectionHost(Protocol):
         them (presence, ``on_leave`` hooks)."""
         ...
 
+    def hold_buckets(
+        self, user: str | None, address: str | None, now: float
+    ) -> tuple[TokenBucket, ...]:
+        """The frame budgets a new connection shares with its user's and its address's."""
+        ...
+
+    def release_buckets(self, buckets: tuple[TokenBucket, ...], now: float) -> None:
+        """A connection holding shared ``buckets`` is gone."""
+        ...
+
     def frames_dropped(self, count: int) -> None:
         """``count`` frames were dropped from a full queue (``overflow="drop_oldest"``)."""
         ...
@@ -127,8 +138,7 @@ class Connection:
     """
 
     __slots__ = (
-        "_bucket_stamp",
-        "_bucket_tokens",
+        "_buckets",
         "_close_task",
         "_closed",
         "_drop_oldest",
@@ -181,8 +191,13 @@ class Connection:
         self._max_frames = limits.max_queue
         self._max_bytes = limits.max_queue_bytes
         self._drop_oldest = limits.overflow == "drop_oldest"
-        self._bucket_tokens = float(limits.rate_burst)
-        self._bucket_stamp = self.last_seen
+        now = self.last_seen
+        # This connection's own budget first, then those it shares with its user's and its
+        # address's other connections, past and present.
+        own = () if limits.rate is None else (TokenBucket(limits.rate, limits.rate_burst, now),)
+        self._buckets: tuple[TokenBucket, ...] = own + host.hold_buckets(
+            user, handshake.client_address, now
+        )
         # Created by the first rate-limit violation: well-behaved clients never need it.
         self._strikes: deque[float] | None = None
         self._closed = False
@@ -257,6 +272,7 @@ class Connection:
             return
         self._closed = True
         self.close_code = code
+        self._host.release_buckets(self._buckets, time.monotonic())
         departure = self._host.depart(self)
         if grace is None:
             grace = self._host.limits.close_timeout
@@ -292,6 +308,7 @@ class Connection:
         if not self._closed:
             self._closed = True
             self.drop_queue()
+            self._host.release_buckets(self._buckets, time.monotonic())
             await self._host.depart(self)()
         else:
             await self.wait_closed()
@@ -365,20 +382,9 @@ class Connection:
     # The client's rate (Limits.rate), checked by the core for every frame received.
 
     def allow_frame(self, now: float) -> bool:
-        """Take a token for one client frame; ``False`` when the client sends faster than
-        its limit (token bucket)."""
-        limits = self._host.limits
-        if limits.rate is None:
-            return True
-        tokens = min(
-            float(limits.rate_burst), self._bucket_tokens + (now - self._bucket_stamp) * limits.rate
-        )
-        self._bucket_stamp = now
-        if tokens < 1.0:
-            self._bucket_tokens = tokens
-            return False
-        self._bucket_tokens = tokens - 1.0
-        return True
+        """Take a token for one client frame from each of its budgets (its own, its
+        user's, its address's); ``False``, and none taken, when one of them is spent."""
+        return take_all(self._buckets, now)
 
     def note_violation(self, now: float) -> bool:
         """Record one rate-limit violation; ``True`` when the abuse warrants closing."""

@@ -19,6 +19,7 @@ with ``internal_error``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -54,12 +55,22 @@ class HandshakeRejected(WSRoomError):
     Args:
         status: HTTP status of the refusal; 401 or 403 in practice.
         reason: Short human-readable text sent to the client. Never put secrets in it.
+        headers: Extra response headers (wsroom's 429 sets ``Retry-After``), where the
+            server framework can send them.
     """
 
-    def __init__(self, status: int = 403, reason: str = "Forbidden") -> None:
+    def __init__(
+        self,
+        status: int = 403,
+        reason: str = "Forbidden",
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        """Extra headers for the refusal's HTTP response."""
 
     def __str__(self) -> str:
         return f"HTTP {self.status}: {self.reason}"

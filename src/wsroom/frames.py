@@ -13,6 +13,7 @@ plus its handler (a method of the session that dispatches frames, named by
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -45,7 +46,11 @@ SUBPROTOCOL: Final = "wsroom.v1"
 PROTOCOL_VERSION: Final = 1
 
 MAX_REF_LENGTH: Final = 64
-MAX_USER_ID_LENGTH: Final = 256
+MAX_USER_ID_LENGTH: Final = 128
+
+# Characters that reorder the text around them (bidirectional overrides and isolates): a
+# user id holding one can make another name, or the page's own labels, look like it.
+_BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MAX_EPOCH_LENGTH: Final = 64
 MAX_TYPE_LENGTH: Final = 64
 
@@ -115,14 +120,48 @@ def _check_join(frame: Frame, ref: Ref) -> None:
         )
 
 
+def user_id_problem(user: object) -> str | None:
+    """Why ``user`` is not a valid user id (PROTOCOL.md, "User ids"); ``None`` when it is.
+
+    A user id is a string of 1 to :data:`MAX_USER_ID_LENGTH` characters without control
+    characters (Unicode category Cc), bidirectional override or isolate characters
+    (U+202A to U+202E, U+2066 to U+2069), lone surrogates (they cannot be sent as UTF-8),
+    or leading or trailing whitespace.
+    """
+    if not isinstance(user, str):
+        return f"a user id must be a string, not {type(user).__name__}"
+    if not 0 < len(user) <= MAX_USER_ID_LENGTH:
+        return f"a user id must have 1 to {MAX_USER_ID_LENGTH} characters, not {len(user)}"
+    if user.strip() != user:
+        return "a user id must not start or end with whitespace"
+    for char in user:
+        # Cheap tests first: most ids are printable ASCII and skip the category lookup.
+        if " " <= char <= "~":
+            continue
+        if char in _BIDI_CONTROLS:
+            return f"a user id must not hold the bidirectional control U+{ord(char):04X}"
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"a user id must not hold the control character U+{ord(char):04X}"
+        if category == "Cs":
+            return f"a user id must not hold the lone surrogate U+{ord(char):04X}"
+    return None
+
+
+def is_valid_user_id(user: object) -> bool:
+    """Whether ``user`` may be a user id (PROTOCOL.md, "User ids").
+
+    1 to 128 characters; no control characters, no bidirectional override or isolate
+    characters, no lone surrogates, no leading or trailing whitespace. An ``authenticate``
+    hook that returns anything else gets its client refused with HTTP 403.
+    """
+    return user_id_problem(user) is None
+
+
 def _check_direct(frame: Frame, ref: Ref) -> None:
-    to = frame.get("to")
-    if not isinstance(to, str) or not 0 < len(to) <= MAX_USER_ID_LENGTH:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE,
-            f"'to' must be a user id: a string of 1 to {MAX_USER_ID_LENGTH} characters",
-            ref,
-        )
+    problem = user_id_problem(frame.get("to"))
+    if problem is not None:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'to': {problem}", ref)
 
 
 CLIENT_TYPES: Final[Mapping[str, ClientType]] = MappingProxyType(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -10,8 +12,9 @@ from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from ._hooks import MaybeAwaitable, call_hook
+from ._ratelimit import SharedLimits
 from .exceptions import ConfigurationError, HandshakeRejected
-from .frames import MAX_USER_ID_LENGTH
+from .frames import user_id_problem
 
 __all__ = ["Handshake", "Headers", "OriginPolicy"]
 
@@ -166,6 +169,11 @@ class Handshake:
     """The subprotocols the client offered."""
     state: dict[str, Any] = field(default_factory=dict)
     """Free-form data for the application, carried over to the connection."""
+    client_address: str | None = None
+    """The client's IP address as the manager sees it, set before the ``authenticate``
+    hook runs: the host of :attr:`remote_address`, or, behind a reverse proxy, the address
+    the proxy reports in the header the manager trusts (``client_address_header``). The
+    per-address limits count by it."""
 
     @classmethod
     def from_target(
@@ -327,6 +335,10 @@ class HandshakePolicy:
         origins: The origin policy.
         subprotocol: The WebSocket subprotocol the server speaks.
         closing: Tells whether the server is shutting down (new clients get HTTP 503).
+        limits: The budgets shared beyond one connection (handshakes per address).
+        client_address_header: The request header a trusted reverse proxy puts the
+            client's address in, or ``None`` to use the socket's peer address.
+        refused: Called once for every handshake refused for its rate (HTTP 429).
     """
 
     def __init__(
@@ -336,6 +348,9 @@ class HandshakePolicy:
         origins: OriginPolicy,
         subprotocol: str,
         closing: Callable[[], bool],
+        limits: SharedLimits | None = None,
+        client_address_header: str | None = None,
+        refused: Callable[[], None] | None = None,
     ) -> None:
         self.authenticate = authenticate
         """The authentication hook, or ``None``."""
@@ -343,11 +358,25 @@ class HandshakePolicy:
         """The origin policy checked at every handshake."""
         self.subprotocol = subprotocol
         """The subprotocol accepted when a client offers it."""
+        self.client_address_header = (
+            client_address_header.strip().lower() if client_address_header else None
+        )
+        """The lowercase name of the header trusted for the client's address, or ``None``."""
         self._closing = closing
+        self._limits = limits
+        self._refused = refused
+        self._proxy_warned = False
+        self._bad_ids = _ThrottledLog(
+            "authenticate hook returned an invalid user id, so the client was refused with "
+            "HTTP 403: %s. Return a string of 1 to 128 characters without control or "
+            "bidirectional control characters and without leading or trailing whitespace "
+            "(wsroom.is_valid_user_id tells), or raise HandshakeRejected"
+        )
 
     async def authorize(self, handshake: Handshake) -> str | None:
-        """:meth:`admit` (503, 403, 400), then the authenticate hook (401, 403, or 500 when
-        the hook fails or returns something that is not a user id).
+        """:meth:`admit` (503, 429, 403, 400), then the authenticate hook (401, 403, or 500
+        when the hook fails or returns something that is neither a string nor ``None``),
+        then the user id's rule (403 for an id PROTOCOL.md does not allow).
 
         Returns:
             The user id, or ``None`` for an anonymous client (no authenticate hook).
@@ -355,9 +384,26 @@ class HandshakePolicy:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self.admit(handshake)
+        self._admit(handshake)
         if self.authenticate is None:
             return None
+        user = await self._run_hook(handshake)
+        self.check_user(user)
+        return user
+
+    def check_user(self, user: str | None) -> None:
+        """Refuse (HTTP 403) a user id that PROTOCOL.md does not allow, and tell the
+        application's developer why in the log (at most once a minute: clients choosing
+        their own names cannot flood it)."""
+        if user is None:
+            return
+        problem = user_id_problem(user)
+        if problem is not None:
+            self._bad_ids.log(problem)
+            raise HandshakeRejected(403, "Forbidden: invalid user id")
+
+    async def _run_hook(self, handshake: Handshake) -> str:
+        assert self.authenticate is not None
         try:
             user = await call_hook(self.authenticate, handshake)
         except HandshakeRejected:
@@ -367,28 +413,65 @@ class HandshakePolicy:
             raise HandshakeRejected(500, "Internal Server Error") from None
         if user is None:
             raise HandshakeRejected(401, "Unauthorized")
-        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_ID_LENGTH:
+        if not isinstance(user, str):
             logger.error(
-                "authenticate hook returned %r: it must return a user id "
-                "(a string of 1 to %d characters) or None",
+                "authenticate hook returned %s: it must return a user id (a string) or None",
                 type(user).__name__,
-                MAX_USER_ID_LENGTH,
             )
             raise HandshakeRejected(500, "Internal Server Error")
         return user
 
-    def admit(self, handshake: Handshake) -> None:
+    def admit(self, handshake: Handshake, user: str | None = None) -> None:
         """The checks that apply even to clients an application authenticated itself:
-        shutdown (HTTP 503), the origin policy (403), the subprotocols offered (400).
+        shutdown (HTTP 503), the handshake rate of the client's address (429), the origin
+        policy (403), the subprotocols offered (400), and ``user``'s id when given (403).
+        Sets :attr:`Handshake.client_address`.
 
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
+        self._admit(handshake)
+        self.check_user(user)
+
+    def _admit(self, handshake: Handshake) -> None:
         if self._closing():
             raise HandshakeRejected(503, "Server shutting down")
+        handshake.client_address = address = self.client_address(handshake)
+        if self._limits is not None:
+            retry_after = self._limits.refuse_handshake(address, time.monotonic())
+            if retry_after is not None:
+                if self._refused is not None:
+                    self._refused()
+                raise HandshakeRejected(
+                    429,
+                    "Too Many Requests: too many new connections from your address",
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+                )
         if not self.origins.allows(handshake):
             raise HandshakeRejected(403, "Origin not allowed")
         self.select_subprotocol(handshake.subprotocols)
+
+    def client_address(self, handshake: Handshake) -> str | None:
+        """The client's address: from the trusted proxy header when one is named and
+        present, else the socket's peer address."""
+        header = self.client_address_header
+        if header is not None:
+            value = handshake.headers.get(header)
+            if value:
+                forwarded = _forwarded_address(header, value)
+                if forwarded is not None:
+                    return forwarded
+        elif not self._proxy_warned and _PROXY_HEADERS.intersection(handshake.headers.keys()):
+            self._proxy_warned = True
+            logger.warning(
+                "handshakes come through a reverse proxy (they carry %s) but the manager "
+                "trusts no header for the client's address: every client shares the "
+                "proxy's address and its limits. Pass ConnectionManager("
+                "client_address_header='X-Forwarded-For') (or the header your proxy sets)",
+                "/".join(sorted(_PROXY_HEADERS.intersection(handshake.headers.keys()))),
+            )
+        remote = handshake.remote_address
+        return remote[0] if remote else None
 
     def select_subprotocol(self, offered: Iterable[str]) -> str | None:
         """The subprotocol to accept among those a client offered; ``None`` when it offered
@@ -406,3 +489,49 @@ class HandshakePolicy:
         raise HandshakeRejected(
             400, f"Unsupported subprotocol: this server speaks {self.subprotocol}"
         )
+
+
+_PROXY_HEADERS = frozenset(("x-forwarded-for", "x-real-ip", "forwarded"))
+
+
+def _forwarded_address(header: str, value: str) -> str | None:
+    """The client address in a proxy header: the last hop's, which the trusted proxy wrote
+    (the earlier ones came from the client and prove nothing)."""
+    last = value.rsplit(",", 1)[-1].strip()
+    if header == "forwarded":  # RFC 7239: for=192.0.2.60;proto=https, for="[2001:db8::1]:80"
+        for pair in last.split(";"):
+            name, _, node = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                last = node.strip().strip('"')
+                break
+        else:
+            return None
+    if last.startswith("["):  # [v6] or [v6]:port
+        last = last[1:].partition("]")[0]
+    elif last.count(":") == 1:  # v4:port
+        last = last.partition(":")[0]
+    return last or None
+
+
+class _ThrottledLog:
+    """An ERROR line that a client cannot repeat into a flood: at most one per minute, with
+    the count of those left out."""
+
+    __slots__ = ("_last", "_message", "_suppressed")
+
+    INTERVAL = 60.0
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._last = -self.INTERVAL
+        self._suppressed = 0
+
+    def log(self, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL:
+            self._suppressed += 1
+            return
+        self._last = now
+        suffix = f" ({self._suppressed} more in the last minute)" if self._suppressed else ""
+        self._suppressed = 0
+        logger.error(self._message + suffix, detail)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .exceptions import ConfigurationError
 
 __all__ = ["Limits"]
+
+ABUSE_CLOSE_GRACE = 1.0
+"""Seconds a client closed for abuse (rate abuse, an oversized frame, a stuck reader) gets to
+answer the close before its TCP connection is aborted: it is gone within about a second,
+whatever :attr:`Limits.close_timeout` says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +46,38 @@ class Limits:
     Frames above it get a ``rate_limited`` error and are not processed."""
     rate_burst: int = 100
     """Frames a client may send in a burst above :attr:`rate`."""
+    user_rate: float | None = 50.0
+    """Frames per second all the connections of one user share on this process (token
+    bucket); ``None``: no shared limit. Opening more connections, or reconnecting, does not
+    earn a user more: the budget outlives the connections until it has refilled. Frames
+    above it get ``rate_limited``, like frames above :attr:`rate`."""
+    user_rate_burst: int = 100
+    """Frames one user's connections may send in a burst above :attr:`user_rate`."""
+    address_rate: float | None = 100.0
+    """Frames per second all the connections from one client address share on this process
+    (an IPv6 address counts by its /64 network), authenticated or not: a client cannot
+    escape :attr:`user_rate` by signing in under many names. ``None``: no such limit. Raise
+    it when many users share an address (a corporate or carrier NAT)."""
+    address_rate_burst: int = 200
+    """Frames one address's connections may send in a burst above :attr:`address_rate`."""
+    handshake_rate: float | None = 10.0
+    """New connections per second one client address may open; the others are refused with
+    HTTP 429 and a ``Retry-After`` header before the upgrade, before the ``authenticate``
+    hook runs. ``None``: unlimited."""
+    handshake_burst: int = 30
+    """New connections one address may open in a burst above :attr:`handshake_rate`."""
+    max_tracked_clients: int = 100_000
+    """Users and addresses whose spent budgets are remembered after their last connection
+    closed (until the budget has refilled, a few seconds with the defaults). Beyond it the
+    least recently seen is forgotten first; that only ever gives a client a fresh budget."""
     rate_abuse_strikes: int = 20
     """``rate_limited`` errors within :attr:`rate_abuse_window` seconds that close the
     connection with 1008."""
     rate_abuse_window: float = 10.0
     """Window, in seconds, for counting :attr:`rate_abuse_strikes`."""
     close_timeout: float = 5.0
-    """Seconds a closing handshake may take before the TCP connection is aborted."""
+    """Seconds a closing handshake may take before the TCP connection is aborted (a client
+    closed for abuse gets :data:`ABUSE_CLOSE_GRACE`, one second)."""
     max_idle_rooms: int = 10_000
     """Emptied rooms whose history is kept, so that clients coming back can recover what
     they missed (a room is emptied when no connection is left in it; one that never had a
@@ -58,6 +88,22 @@ class Limits:
     """Bytes of message history kept for emptied rooms, all rooms together (the messages'
     encoded size); beyond it the least recently used emptied rooms are forgotten first."""
 
+    @classmethod
+    def without_rate_limits(cls, **overrides: Any) -> Limits:
+        """Limits with every rate limit off (per connection, per user, per address and for
+        handshakes) and the other defaults, or ``overrides``.
+
+        For benchmarks and load tests, which open thousands of connections from one
+        address. Never for a server open to the public.
+        """
+        rates: dict[str, Any] = {
+            "rate": None,
+            "user_rate": None,
+            "address_rate": None,
+            "handshake_rate": None,
+        }
+        return cls(**{**rates, **overrides})
+
     def __post_init__(self) -> None:
         positive_ints = (
             "max_frame_size",
@@ -66,6 +112,10 @@ class Limits:
             "max_queue",
             "max_queue_bytes",
             "rate_burst",
+            "user_rate_burst",
+            "address_rate_burst",
+            "handshake_burst",
+            "max_tracked_clients",
             "rate_abuse_strikes",
             "max_idle_rooms",
             "max_idle_history_bytes",
@@ -78,10 +128,12 @@ class Limits:
             value = getattr(self, name)
             if not is_positive_number(value):
                 raise ConfigurationError(f"Limits.{name} must be a positive number, not {value!r}")
-        if self.rate is not None and not is_positive_number(self.rate):
-            raise ConfigurationError(
-                f"Limits.rate must be a positive number or None, not {self.rate!r}"
-            )
+        for name in ("rate", "user_rate", "address_rate", "handshake_rate"):
+            value = getattr(self, name)
+            if value is not None and not is_positive_number(value):
+                raise ConfigurationError(
+                    f"Limits.{name} must be a positive number or None, not {value!r}"
+                )
         if self.overflow not in ("close", "drop_oldest"):
             raise ConfigurationError(
                 f"Limits.overflow must be 'close' or 'drop_oldest', not {self.overflow!r}"

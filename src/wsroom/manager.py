@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 from . import frames
 from ._delivery import Delivery, Statistics
 from ._dispatch import CanDirect, Dispatcher, Handler
+from ._ratelimit import SharedLimits
 from ._state import Registry
 from .backplane.base import Backplane
 from .backplane.cluster import Cluster
@@ -64,6 +65,12 @@ class ConnectionManager:
             the WebSocket server's own pings.
         can_direct: Hook ``(conn, to_user, data) -> bool`` deciding whether a ``direct``
             message may be sent; ``False`` answers ``forbidden``.
+        client_address_header: Behind a reverse proxy, the request header in which the
+            proxy puts the client's address (``"X-Forwarded-For"``, ``"X-Real-IP"``,
+            ``"Forwarded"``); the last address in it counts, the one your proxy wrote. The
+            per-address limits and :attr:`Handshake.client_address
+            <wsroom.Handshake.client_address>` use it. Name it only when a proxy you run
+            sets it: a client could write it itself.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class ConnectionManager:
         limits: Limits | None = None,
         heartbeat: float | None = None,
         can_direct: CanDirect | None = None,
+        client_address_header: str | None = None,
     ) -> None:
         if isinstance(room_class, type):
             if not issubclass(room_class, Room):
@@ -98,14 +106,18 @@ class ConnectionManager:
         self.can_direct = can_direct
         """The hook deciding whether a direct message may be sent, or ``None``."""
         self._closing = False
+        self._registry = registry = Registry()
+        self._delivery = delivery = Delivery(registry, self.protocol)
+        self._shared_limits = shared_limits = SharedLimits(lambda: self.limits)
         self._policy = HandshakePolicy(
             authenticate=authenticate,
             origins=OriginPolicy(allowed_origins),
             subprotocol=self.protocol.subprotocol,
             closing=lambda: self._closing,
+            limits=shared_limits,
+            client_address_header=client_address_header,
+            refused=delivery.counters.handshake_refused,
         )
-        self._registry = registry = Registry()
-        self._delivery = Delivery(registry, self.protocol)
         self._cluster = cluster = Cluster(
             backplane if backplane is not None else MemoryBackplane(), self._delivery, self.limits
         )
@@ -115,7 +127,7 @@ class ConnectionManager:
         registry.on_user_closed = cluster.unwatch_user
         self._handlers: dict[str, Handler] = {}
         self._dispatcher = Dispatcher(
-            self, registry, cluster, self._delivery, self._make_room, self._handlers
+            self, registry, cluster, delivery, self._make_room, self._handlers, shared_limits
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -260,8 +272,10 @@ class ConnectionManager:
     # The adapter side: handshake, connection loop.
 
     async def authorize(self, handshake: Handshake) -> str | None:
-        """Check a handshake before the upgrade: :meth:`admit` (503, 403, 400), then the
-        authenticate hook (401, 403, or 500 when the hook fails).
+        """Check a handshake before the upgrade: :meth:`admit` (503, 429, 403, 400), then
+        the authenticate hook (401, 403, or 500 when the hook fails), then the user id it
+        returned (403 when PROTOCOL.md does not allow it; see
+        :func:`~wsroom.is_valid_user_id`).
 
         Returns:
             The user id, or ``None`` for an anonymous client (no authenticate hook).
@@ -271,14 +285,16 @@ class ConnectionManager:
         """
         return await self._policy.authorize(handshake)
 
-    def admit(self, handshake: Handshake) -> None:
+    def admit(self, handshake: Handshake, user: str | None = None) -> None:
         """The checks that apply even to clients an application authenticated itself:
-        shutdown (HTTP 503), the origin policy (403), the subprotocols offered (400).
+        shutdown (HTTP 503), the handshake rate of the client's address (429), the origin
+        policy (403), the subprotocols offered (400), and ``user``, the id the application
+        authenticated, when given (403 for an id PROTOCOL.md does not allow).
 
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self._policy.admit(handshake)
+        self._policy.admit(handshake, user)
 
     def select_subprotocol(self, offered: Iterable[str]) -> str | None:
         """The subprotocol to accept among those a client offered.

@@ -42,6 +42,8 @@ def refusal(connection: Any, exc: HandshakeRejected) -> Response:
     response: Response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
+    for name, value in exc.headers.items():
+        response.headers[name] = value
     return response
 
 

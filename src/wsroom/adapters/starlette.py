@@ -158,7 +158,7 @@ async def serve(
         if user is _UNSET:
             user = await manager.authorize(handshake)
         else:
-            manager.admit(handshake)
+            manager.admit(handshake, user)
     except HandshakeRejected as exc:
         await _refuse(websocket, exc)
         return
@@ -177,7 +177,9 @@ async def serve(
 async def _refuse(websocket: WebSocket, exc: HandshakeRejected) -> None:
     with contextlib.suppress(*_CLOSED):
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            headers = {"WWW-Authenticate": 'Bearer realm="wsroom"'} if exc.status == 401 else None
+            headers = dict(exc.headers)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
             await websocket.send_denial_response(
                 PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
             )
