@@ -56,31 +56,50 @@ async def websockets_sync_server(manager: ConnectionManager) -> AsyncIterator[st
 
 @asynccontextmanager
 async def starlette_server(manager: ConnectionManager) -> AsyncIterator[str]:
-    """The Starlette adapter as a route endpoint, under uvicorn on the test's loop."""
-    import uvicorn
+    """The Starlette adapter as a route endpoint, under uvicorn as
+    ``wsroom.adapters.uvicorn`` runs it, on the test's loop."""
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
+    from wsroom.adapters import uvicorn as wsroom_uvicorn
     from wsroom.adapters.starlette import endpoint
 
     app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
-    config = uvicorn.Config(
+    async with uvicorn_server(manager, app) as server:
+        assert isinstance(server, wsroom_uvicorn.Server)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def uvicorn_server(
+    manager: ConnectionManager, app: Any, **options: Any
+) -> AsyncIterator[Any]:
+    """``app`` served by ``wsroom.adapters.uvicorn.Server`` on 127.0.0.1 (port 0), on the
+    test's loop; ``options`` go to ``wsroom.adapters.uvicorn.config``. Yields the server."""
+    from wsroom.adapters import uvicorn as wsroom_uvicorn
+
+    server_options = {name: options.pop(name) for name in ("handshake_timeout",) if name in options}
+    config = wsroom_uvicorn.config(
         app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=2,
+        manager,
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "log_level": "warning",
+            "lifespan": "off",
+            "timeout_graceful_shutdown": 2,
+            **options,
+        },
     )
-    server = uvicorn.Server(config)
+    server = wsroom_uvicorn.Server(config, manager, **server_options)
     # Server.serve() polls for its exit every 0.1 s; driving startup and shutdown directly
     # keeps each of the hundreds of conformance tests fast.
     config.load()
     server.lifespan = config.lifespan_class(config)
     await server.startup()
     try:
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"ws://127.0.0.1:{port}"
+        yield server
     finally:
         await manager.shutdown()
         # What uvicorn's Server.shutdown() does, without its fixed 0.1 s pauses: stop

@@ -11,6 +11,7 @@ to a connection, ``_delivery.py``), the registry (membership, ``_state.py``), ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -344,8 +345,23 @@ class ConnectionManager:
                 if frame is None:
                     break
                 await self._dispatcher.receive(conn, frame)
+            else:
+                await self._drain(receive)
         finally:
             await conn.detach()
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop what a client the server is closing still sends.
+
+        Its close frame comes behind those frames: a server that stopped reading would not
+        see it, and would hold the connection until the close deadline (a client flooding
+        the server, closed for it, would stay five seconds instead of a moment). The close
+        under way ends the receive at its deadline at the latest.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.limits.close_timeout + 1.0):
+                while await receive() is not None:
+                    pass
 
     async def receive(self, conn: Connection, frame: str | bytes) -> None:
         """Handle one client frame. Never raises: every problem becomes an ``error`` frame

@@ -1,7 +1,9 @@
 """Serve a :class:`~wsroom.ConnectionManager` from a Starlette or FastAPI application.
 
-As a route::
+As routes (the WebSocket, and a 426 for plain HTTP requests to its path)::
 
+    app = Starlette(routes=wsroom.adapters.starlette.routes("/ws", manager))
+    # or only the WebSocket route:
     app = Starlette(routes=[WebSocketRoute("/ws", wsroom.adapters.starlette.endpoint(manager))])
     # or: app.router.add_websocket_route("/ws", endpoint(manager)); FastAPI:
     # app.add_api_websocket_route("/ws", endpoint(manager))
@@ -12,11 +14,16 @@ or from a FastAPI endpoint that authenticated the user itself::
     async def ws(websocket: WebSocket, user: str = Depends(current_user)):
         await wsroom.adapters.starlette.serve(websocket, manager, user=user)
 
-Limits of ASGI: an application cannot abort the TCP connection of a client that stopped
-reading. wsroom still evicts it on time (it leaves every room and nothing more is queued to
-it), cancels its pending write and ends the handler; the socket itself is released by the
-ASGI server's own timeouts (uvicorn: ``--ws-ping-interval``/``--ws-ping-timeout``, and a
-reverse proxy's ``proxy_send_timeout``).
+Run it under uvicorn with :mod:`wsroom.adapters.uvicorn`, which gives uvicorn wsroom's
+frame limit, a deadline for request heads, quiet logging of client errors and a graceful
+shutdown, and lets wsroom cut the TCP connection of a client it evicts or closes for abuse.
+
+Limits of ASGI: under another ASGI server (or plain ``uvicorn app:app``), an application
+cannot abort the TCP connection of a client that stopped reading. wsroom still evicts it on
+time (it leaves every room and nothing more is queued to it), cancels its pending write and
+ends the handler; the socket itself is released by the ASGI server's own timeouts
+(uvicorn: ``--ws-ping-interval``/``--ws-ping-timeout``, and a reverse proxy's
+``proxy_send_timeout``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 try:
-    from starlette.responses import PlainTextResponse
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import BaseRoute, Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -40,7 +49,13 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ._writer import WriterTaskTransport
 
-__all__ = ["StarletteTransport", "endpoint", "serve"]
+__all__ = ["StarletteTransport", "endpoint", "routes", "serve"]
+
+_client_gone: Any
+try:
+    from . import uvicorn as _client_gone
+except ImportError:  # no uvicorn: another ASGI server runs the application
+    _client_gone = None
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -118,11 +133,20 @@ class StarletteTransport(WriterTaskTransport):
         await self.flush()
         with contextlib.suppress(*_CLOSED):
             await self.websocket.close(code, reason)
+        # An ASGI close returns once the close frame is handed over (the server reports
+        # the disconnect at once). Under wsroom's uvicorn Server, wait for the TCP
+        # connection to end, so that a client that never answers is cut at the deadline.
+        if _client_gone is not None:
+            await _client_gone.wait(self.websocket.scope)
 
     def abort(self) -> None:
         self.stop_writing()
         if not self._aborted:
             self._aborted = True
+            # Under wsroom.adapters.uvicorn's Server the TCP connection itself is cut; under
+            # another ASGI server, the server's own timeouts release it.
+            if _client_gone is not None:
+                _client_gone.abort(self.websocket.scope)
             if self._receiver is not None:
                 self._receiver.cancel()
 
@@ -139,6 +163,28 @@ def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None
         await serve(websocket, manager)
 
     return wsroom_endpoint
+
+
+def routes(path: str, manager: ConnectionManager) -> list[BaseRoute]:
+    """The routes serving ``manager`` at ``path``: the WebSocket endpoint, and for a plain
+    HTTP request to the same path (no upgrade) a 426 "Upgrade Required", as the
+    websockets adapters answer, instead of a 404 that would send a developer looking for a
+    missing route::
+
+        app = Starlette(routes=[*wsroom.adapters.starlette.routes("/ws", manager), ...])
+    """
+    return [
+        WebSocketRoute(path, endpoint(manager)),
+        Route(path, _upgrade_required, methods=["GET", "HEAD"]),
+    ]
+
+
+async def _upgrade_required(request: Request) -> Response:
+    return PlainTextResponse(
+        "Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client.\n",
+        status_code=426,
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+    )
 
 
 async def serve(

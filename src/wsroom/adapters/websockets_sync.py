@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +44,8 @@ from ..manager import ConnectionManager
 from ..threads import BackgroundLoop
 from . import _websockets_fastpath as fastpath
 from ._websockets_common import AdapterBase, policy_violation, shut_down
+
+logger = logging.getLogger("wsroom.transport")
 
 __all__ = ["Server", "SyncAdapter", "SyncTransport", "serve"]
 
@@ -183,6 +188,23 @@ class SyncAdapter(AdapterBase):
         self._shared = (
             fastpath.SharedFrames(loop, binary=manager.protocol.binary) if self._framing else None
         )
+        self.capacity: int | None = client_capacity()
+        """About how many clients this process can hold under its open-file limit
+        (``ulimit -n``), or ``None`` when there is no such limit. It is logged when the
+        adapter starts, and a warning is logged when the clients come close to it."""
+        self._near_capacity = False
+        if self.capacity is not None:
+            log = logger.warning if self.capacity < _FEW_CLIENTS else logger.info
+            log(
+                "the threading server can hold about %d clients under the open-file limit "
+                "(ulimit -n %d: each client takes %d file descriptors and %d threads); "
+                "raise the limit for more, or serve with wsroom.adapters.websockets (asyncio: "
+                "one file descriptor per client)",
+                self.capacity,
+                _soft_file_limit() or 0,
+                FDS_PER_CLIENT,
+                THREADS_PER_CLIENT,
+            )
 
     def run(self, coroutine: Any) -> Any:
         """Run a coroutine on the manager's loop from a server thread; wait for it."""
@@ -227,6 +249,7 @@ class SyncAdapter(AdapterBase):
         handshake, user = admitted
         with self._handlers:
             self._running += 1
+            self._watch_capacity()
         try:
             conn: Connection = self.run(self.manager.accept(self._transport(ws), handshake, user))
             try:
@@ -236,12 +259,30 @@ class SyncAdapter(AdapterBase):
                     except (ConnectionClosed, OSError):
                         break
                     self.run(self.manager.receive(conn, frame))
+                else:
+                    _drain(ws, self.manager.limits.close_timeout + 1.0)
             finally:
                 self.run(self.manager.release(conn))
         finally:
             with self._handlers:
                 self._running -= 1
                 self._handlers.notify_all()
+
+    def _watch_capacity(self) -> None:
+        # Past the limit, websockets drops new clients without a word: say it before.
+        if self.capacity is None:
+            return
+        if not self._near_capacity and self._running >= 0.9 * self.capacity:
+            self._near_capacity = True
+            logger.warning(
+                "%d clients connected: close to the about %d this threading server can hold "
+                "under its open-file limit (ulimit -n %d); beyond it new clients are refused",
+                self._running,
+                self.capacity,
+                _soft_file_limit() or 0,
+            )
+        elif self._near_capacity and self._running < 0.8 * self.capacity:
+            self._near_capacity = False
 
     def _transport(self, ws: ServerConnection) -> Transport:
         if self._shared is None:
@@ -352,3 +393,44 @@ def serve(
                 server.shutdown()
     finally:
         adapter.close()
+
+
+def _drain(ws: ServerConnection, timeout: float) -> None:
+    """Read and drop what a client the server is closing still sends, so that its close
+    frame, behind those frames, is seen now rather than at the close deadline (see
+    ``ConnectionManager._drain``)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+        while (left := deadline - time.monotonic()) > 0:
+            ws.recv(timeout=left)
+
+
+FDS_PER_CLIENT = 4
+"""File descriptors one client of a ``websockets.sync`` server takes: its socket, and the
+socket pair and selector its connection uses to wait for data or a shutdown."""
+THREADS_PER_CLIENT = 3
+"""Threads one client of a ``websockets.sync`` server takes: the handler, the receiver and
+the keepalive pinger."""
+_FEW_CLIENTS = 1000
+
+
+def _soft_file_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def client_capacity() -> int | None:
+    """About how many clients a threading server in this process can still hold under the
+    open-file limit; ``None`` without a limit."""
+    limit = _soft_file_limit()
+    if limit is None:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - not on Linux
+        in_use = 32
+    return max(0, (limit - in_use - 8) // FDS_PER_CLIENT)

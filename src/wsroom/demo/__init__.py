@@ -8,7 +8,10 @@ no password, so never deploy it as is.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import secrets
 import signal
 import threading
@@ -23,6 +26,7 @@ from websockets.http11 import Request, Response
 
 from ..adapters.websockets import Server, serve
 from ..connection import Connection
+from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import Message
@@ -54,10 +58,26 @@ class ChatRoom(Room):
         await self.broadcast_event("typing", {"user": conn.user}, exclude=conn)
 
 
+# Labels the page itself shows: a user named like one would pass for it ("server" is how
+# the page shows a server message; "(you)" marks the reader's own name).
+RESERVED_NAMES = frozenset({"server", "anonymous", "wsroom", "system", "admin"})
+
+
 def demo_user(handshake: Handshake) -> str:
-    """The demo's stand-in for authentication: ``?name=`` or a guest id."""
+    """The demo's stand-in for authentication: ``?name=`` or a guest id.
+
+    Names are printable text (no control, formatting or bidirectional characters: a name
+    must look like what it is), at most 32 characters, and none of the page's own labels.
+    """
     name = " ".join(handshake.query.get("name", "").split())[:MAX_NAME_LENGTH]
-    return name or f"guest-{secrets.token_hex(3)}"
+    if not name:
+        return f"guest-{secrets.token_hex(3)}"
+    if not name.isprintable():
+        raise HandshakeRejected(403, "Name not allowed: use printable characters only")
+    folded = name.casefold()
+    if folded in RESERVED_NAMES or folded.endswith("(you)") or folded.startswith("dm from"):
+        raise HandshakeRejected(403, "Name not allowed: it is one of the page's own labels")
+    return name
 
 
 def create_manager(redis_url: str | None = None) -> ConnectionManager:
@@ -75,6 +95,39 @@ def create_manager(redis_url: str | None = None) -> ConnectionManager:
 
 def _page() -> bytes:
     return files(__package__).joinpath("index.html").read_bytes()
+
+
+def _inline_hashes(page: bytes, tag: bytes) -> str:
+    """CSP sources allowing exactly the page's inline ``<tag>`` blocks, by their hash."""
+    sources = []
+    for block in re.findall(rb"<" + tag + rb">(.*?)</" + tag + rb">", page, re.DOTALL):
+        digest = base64.b64encode(hashlib.sha256(block).digest()).decode()
+        sources.append(f"'sha256-{digest}'")
+    return " ".join(sources) or "'none'"
+
+
+def security_headers(page: bytes) -> list[tuple[str, str]]:
+    """The headers the demo page is served with: a Content-Security-Policy that allows its
+    own inline script and style and nothing else (no other script, no framing by other
+    sites, WebSocket connections to this origin only), no MIME sniffing, no referrer."""
+    policy = "; ".join(
+        (
+            "default-src 'none'",
+            f"script-src {_inline_hashes(page, b'script')}",
+            f"style-src {_inline_hashes(page, b'style')}",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
+    return [
+        ("Content-Security-Policy", policy),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+    ]
 
 
 def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
@@ -98,6 +151,7 @@ def _serve_page(connection: Any, request: Request) -> Response | None:
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-cache"),
+            *security_headers(body),
         ]
     )
     return Response(status.value, status.phrase, headers, body)
@@ -153,9 +207,9 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request as HTTPRequest
     from starlette.responses import Response as HTTPResponse
-    from starlette.routing import Route, WebSocketRoute
+    from starlette.routing import Route
 
-    from ..adapters.starlette import endpoint
+    from ..adapters.starlette import routes
 
     manager = manager if manager is not None else create_manager()
 
@@ -163,13 +217,16 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
         routed = _route(request.url.path)
         assert routed is not None
         status, body, content_type = routed
-        return HTTPResponse(body, status_code=status.value, media_type=content_type)
+        headers = {"Cache-Control": "no-cache", **dict(security_headers(body))}
+        return HTTPResponse(
+            body, status_code=status.value, media_type=content_type, headers=headers
+        )
 
     app = Starlette(
         routes=[
             Route("/", page),
             Route("/index.html", page),
-            WebSocketRoute("/ws", endpoint(manager)),
+            *routes("/ws", manager),
         ]
     )
     app.state.manager = manager
@@ -177,45 +234,30 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
 
 
 def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM."""
-    import uvicorn
+    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM.
+
+    Through :mod:`wsroom.adapters.uvicorn`: uvicorn gets wsroom's frame limit, a deadline
+    for request heads, quiet logging of client errors and a graceful shutdown.
+    """
+    from ..adapters import uvicorn as wsroom_uvicorn
 
     manager = create_manager(redis_url)
 
-    class DemoServer(uvicorn.Server):
-        # uvicorn closes WebSockets with 1012 and runs the lifespan shutdown only after
-        # they are gone; shut the rooms down first, so clients get their frames and 1001.
-        draining = False
-        drain_task: asyncio.Task[None] | None = None
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            loop = manager.loop
-            if self.draining or loop is None:
-                super().handle_exit(sig, frame)
-                return
-            self.draining = True
-            loop.call_soon_threadsafe(self.start_drain, loop)
-
-        def start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
-            self.drain_task = loop.create_task(self.drain())
-
-        async def drain(self) -> None:
-            print("wsroom demo: shutting down", flush=True)
-            await manager.shutdown()
-            # Not super().handle_exit(): uvicorn would re-raise the signal once stopped.
-            self.should_exit = True
-
+    class DemoServer(wsroom_uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
-            await manager.start()
             for server in self.servers:
                 for sock in server.sockets:
                     _announce(sock.getsockname())
 
-    config = uvicorn.Config(
-        starlette_app(manager), host=host, port=port, log_level="warning", lifespan="off"
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            print("wsroom demo: shutting down", flush=True)
+            super().handle_exit(sig, frame)
+
+    config = wsroom_uvicorn.config(
+        starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
     )
-    DemoServer(config).run()
+    DemoServer(config, manager).run()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,0 +1,357 @@
+"""Run a Starlette or FastAPI application with wsroom under uvicorn, with wsroom's limits.
+
+uvicorn reads every WebSocket frame whole before the application sees it, up to its own
+``ws_max_size`` (16 MiB by default), waits without limit for a client that sends its
+upgrade request one byte at a time, logs a traceback for every frame of invalid UTF-8, and
+cannot be asked by an application to cut a client that stopped reading. Run through this
+module instead of ``uvicorn.run`` and uvicorn gets wsroom's settings::
+
+    from wsroom.adapters import uvicorn as wsroom_uvicorn
+
+    app = Starlette(routes=wsroom.adapters.starlette.routes("/ws", manager))
+    wsroom_uvicorn.run(app, manager, host="0.0.0.0", port=8000)
+
+What it sets up:
+
+* ``ws_max_size`` is ``Limits.max_frame_size``: a larger frame is refused (1009) by uvicorn
+  before it is read whole, compressed or not. A larger limit passed in is reported at
+  startup.
+* Compression (permessage-deflate) as the websockets adapters negotiate it, or none.
+* A client must finish its request headers within ``handshake_timeout`` seconds (10, as
+  the websockets adapters), else its socket is closed: a slow-header ("slowloris") client
+  holds nothing longer. This covers the first request of a connection, which is the
+  WebSocket upgrade; keep-alive HTTP requests after it are covered by a reverse proxy
+  (docs/deployment.md).
+* Clients wsroom evicts (too slow, abusive) have their TCP connection cut, as on the
+  websockets adapters, instead of lingering until uvicorn's own timeouts.
+* Graceful shutdown on SIGINT/SIGTERM: wsroom closes every client with 1001 after what is
+  queued for it (uvicorn alone would send 1012 first), then uvicorn stops.
+* Client protocol errors (invalid UTF-8, ...) are not logged with a traceback each: see
+  :class:`QuietClientErrors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+try:
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "wsroom.adapters.uvicorn needs uvicorn: pip install 'wsroom[uvicorn]'"
+    ) from exc
+
+from ..manager import ConnectionManager
+from ._websockets_common import reset_on_close
+
+__all__ = ["QUIET_CLIENT_ERRORS", "QuietClientErrors", "Server", "config", "run"]
+
+logger = logging.getLogger("wsroom.transport")
+
+
+def config(
+    app: Any,
+    manager: ConnectionManager,
+    *,
+    compression: bool = True,
+    **kwargs: Any,
+) -> uvicorn.Config:
+    """A ``uvicorn.Config`` for ``app`` with ``manager``'s limits.
+
+    Args:
+        app: The ASGI application (Starlette, FastAPI...) serving ``manager``.
+        manager: The manager the application's WebSocket route serves.
+        compression: Negotiate permessage-deflate with clients that offer it (browsers
+            do). The frame limit applies to the decompressed size either way.
+        kwargs: Any other ``uvicorn.Config`` argument (``host``, ``port``, ``log_level``...).
+            A ``ws_max_size`` larger than ``manager.limits.max_frame_size`` is reported at
+            startup: uvicorn would then read frames wsroom refuses.
+    """
+    options: dict[str, Any] = {
+        "ws_max_size": manager.limits.max_frame_size,
+        "ws_per_message_deflate": compression,
+        # uvicorn's own graceful shutdown waits without limit by default.
+        "timeout_graceful_shutdown": manager.limits.close_timeout + 1.0,
+        "lifespan": "auto",
+    }
+    options.update(kwargs)
+    return uvicorn.Config(app, **options)
+
+
+class Server(uvicorn.Server):
+    """A ``uvicorn.Server`` that serves ``manager`` with wsroom's limits (see the module).
+
+    Args:
+        config: Made by :func:`config` (or your own ``uvicorn.Config``).
+        manager: The manager the application serves.
+        shutdown_timeout: Seconds clients get, at shutdown, to receive what is queued for
+            them before they are cut.
+        handshake_timeout: Seconds a client has to send its whole request head.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        manager: ConnectionManager,
+        *,
+        shutdown_timeout: float = 5.0,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(config)
+        self.manager = manager
+        """The manager served."""
+        self.shutdown_timeout = shutdown_timeout
+        self.handshake_timeout = handshake_timeout
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start uvicorn with wsroom's protocols, then the manager."""
+        config = self.config
+        if not config.loaded:
+            config.load()
+        config.http_protocol_class = _with_header_deadline(
+            config.http_protocol_class, self.handshake_timeout
+        )
+        if config.ws_protocol_class is not None:
+            config.ws_protocol_class = _with_abort(config.ws_protocol_class)
+        limit = self.manager.limits.max_frame_size
+        if config.ws_max_size > limit:
+            logger.warning(
+                "uvicorn's ws_max_size (%d bytes) is larger than wsroom's max_frame_size "
+                "(%d bytes): uvicorn reads and decompresses frames up to its size before "
+                "wsroom refuses them. Leave ws_max_size to wsroom.adapters.uvicorn.config()",
+                config.ws_max_size,
+                limit,
+            )
+        for name in _CLIENT_ERROR_LOGGERS:
+            # One shared filter: adding it again is a no-op, however many servers start.
+            logging.getLogger(name).addFilter(QUIET_CLIENT_ERRORS)
+        await super().startup(sockets)
+        await self.manager.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop uvicorn (after the drain :meth:`handle_exit` started)."""
+        if not self.manager.closing:
+            await self.manager.shutdown(self.shutdown_timeout)
+        await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGINT/SIGTERM: close wsroom's clients with 1001 first, then stop uvicorn (a
+        second signal stops at once)."""
+        loop = self.manager.loop
+        if self._draining or loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        loop.call_soon_threadsafe(self._start_drain, loop)
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain_task = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await self.manager.shutdown(self.shutdown_timeout)
+        # Not super().handle_exit(): uvicorn would re-raise the signal once stopped.
+        self.should_exit = True
+
+
+def run(app: Any, manager: ConnectionManager, **kwargs: Any) -> None:
+    """Serve ``app`` under uvicorn with ``manager``'s limits until SIGINT or SIGTERM.
+
+    Keyword arguments go to :func:`config` (and from there to ``uvicorn.Config``), except
+    ``shutdown_timeout`` and ``handshake_timeout``, which go to :class:`Server`.
+    """
+    server_options = {
+        name: kwargs.pop(name)
+        for name in ("shutdown_timeout", "handshake_timeout")
+        if name in kwargs
+    }
+    Server(config(app, manager, **kwargs), manager, **server_options).run()
+
+
+class QuietClientErrors(logging.Filter):
+    """Keeps what clients get wrong out of the error log: one line a minute at most.
+
+    uvicorn logs a traceback at ERROR for every frame of invalid UTF-8 it receives (and the
+    ``websockets`` library logs protocol errors): a client sending such frames in a loop
+    fills the log. This filter drops those records and lets through, at most once a
+    minute, one WARNING counting them. :class:`Server` installs
+    :data:`QUIET_CLIENT_ERRORS` on ``uvicorn.error``; with another runner, add it to that
+    logger yourself (``logging.getLogger("uvicorn.error").addFilter(...)``).
+    """
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suppressed = 0
+        """Client errors dropped since start."""
+        self._pending = 0
+        self._last = -self.INTERVAL
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop a client error's record, or turn it into the minute's summary."""
+        if not _is_client_error(record):
+            return True
+        self.suppressed += 1
+        self._pending += 1
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL:
+            return False
+        self._last = now
+        record.msg = "%d client protocol error(s) (e.g. invalid UTF-8) in the last minute; "
+        record.msg += "the clients were closed; last: %s"
+        record.args = (self._pending, _summary(record))
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno = logging.WARNING
+        record.levelname = "WARNING"
+        self._pending = 0
+        return True
+
+
+QUIET_CLIENT_ERRORS = QuietClientErrors()
+"""The filter :class:`Server` installs (once per process) on uvicorn's error logger."""
+
+_CLIENT_ERROR_LOGGERS = ("uvicorn.error",)
+
+
+def _is_client_error(record: logging.LogRecord) -> bool:
+    if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
+        return True
+    message = record.getMessage() if isinstance(record.msg, str) else ""
+    return message.startswith("Invalid UTF-8") or "invalid UTF-8" in message
+
+
+def _summary(record: logging.LogRecord) -> str:
+    if record.exc_info and record.exc_info[1] is not None:
+        return f"{type(record.exc_info[1]).__name__}"
+    return str(record.msg)[:80]
+
+
+# Protocol classes: uvicorn's, with what wsroom needs added by subclassing whichever
+# implementation the configuration chose (h11 or httptools; websockets-sansio, wsproto or
+# websockets). They rely only on asyncio's Protocol interface and on attributes every
+# uvicorn implementation has; where one is missing, the feature is skipped, not broken.
+
+
+def _with_header_deadline(protocol_class: type[Any], timeout: float) -> type[Any]:
+    if getattr(protocol_class, "_wsroom_deadline", False):
+        return protocol_class
+
+    class HeaderDeadline(protocol_class):  # type: ignore[misc]
+        _wsroom_deadline = True
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            loop = asyncio.get_running_loop()
+            self._wsroom_timer = loop.call_later(timeout, self._wsroom_too_slow, transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            timer = getattr(self, "_wsroom_timer", None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+        def _wsroom_too_slow(self, transport: Any) -> None:
+            # Upgraded to a WebSocket, or a request under way: the head arrived in time.
+            if (
+                transport.is_closing()
+                or getattr(transport, "get_protocol", lambda: self)() is not self
+            ):
+                return
+            if getattr(self, "cycle", None) is not None:
+                return
+            logger.info("closed a client that did not send its request head in %.0f s", timeout)
+            transport.close()
+
+    HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"WSRoom{protocol_class.__name__}"
+    return HeaderDeadline
+
+
+def _with_abort(protocol_class: type[Any]) -> type[Any]:
+    if getattr(protocol_class, "_wsroom_abort", False):
+        return protocol_class
+
+    class Abortable(protocol_class):  # type: ignore[misc]
+        _wsroom_abort = True
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._wsroom_key = _key(
+                transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+            )
+            if self._wsroom_key is not None and isinstance(transport, asyncio.Transport):
+                _OPEN[self._wsroom_key] = _Tracked(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            key = getattr(self, "_wsroom_key", None)
+            tracked = _OPEN.pop(key, None) if key is not None else None
+            if tracked is not None and tracked.lost is not None and not tracked.lost.done():
+                tracked.lost.set_result(None)
+            super().connection_lost(exc)
+
+    Abortable.__name__ = Abortable.__qualname__ = f"WSRoom{protocol_class.__name__}"
+    return Abortable
+
+
+_Key = tuple[str, int, str, int]
+
+
+class _Tracked:
+    """An open WebSocket connection's transport, and, while someone waits for its end, the
+    future its end resolves."""
+
+    __slots__ = ("lost", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.lost: asyncio.Future[None] | None = None
+
+
+# The WebSocket connections wsroom Servers run, by the client's and the server's addresses
+# as the ASGI scope gives them (``scope["client"]``, ``scope["server"]``): together unique
+# among open TCP connections. Entries leave with their connection.
+_OPEN: dict[_Key, _Tracked] = {}
+
+
+def _key(client: Any, server: Any) -> _Key | None:
+    if not (isinstance(client, list | tuple) and isinstance(server, list | tuple)):
+        return None
+    if len(client) < 2 or len(server) < 2:
+        return None
+    return (str(client[0]), int(client[1]), str(server[0]), int(server[1]))
+
+
+def _tracked(scope: Mapping[str, Any]) -> _Tracked | None:
+    key = _key(scope.get("client"), scope.get("server"))
+    return _OPEN.get(key) if key is not None else None
+
+
+def abort(scope: Mapping[str, Any]) -> bool:
+    """Cut the TCP connection of the ASGI WebSocket ``scope`` with a reset, when a wsroom
+    :class:`Server` runs it; ``False`` when it cannot (another server)."""
+    tracked = _tracked(scope)
+    if tracked is None:
+        return False
+    with contextlib.suppress(Exception):
+        reset_on_close(tracked.transport.get_extra_info("socket"))
+        tracked.transport.abort()
+    return True
+
+
+async def wait(scope: Mapping[str, Any]) -> None:
+    """Return once the TCP connection of the ASGI WebSocket ``scope`` is closed, when a
+    wsroom :class:`Server` runs it; at once otherwise."""
+    tracked = _tracked(scope)
+    if tracked is None:
+        return
+    if tracked.lost is None:
+        tracked.lost = asyncio.get_running_loop().create_future()
+    await asyncio.shield(tracked.lost)
