@@ -9,12 +9,19 @@ import socket
 import sys
 
 import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
 
 from tests.helpers import TIMEOUT, Client
 from wsroom.demo import demo_server
 
 
 async def _http_get(port: int, path: str) -> tuple[int, bytes]:
+    status, _, body = await _http_get_with_headers(port, path)
+    return status, body
+
+
+async def _http_get_with_headers(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
@@ -22,8 +29,34 @@ async def _http_get(port: int, path: str) -> tuple[int, bytes]:
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
-    status = int(response.split(b" ", 2)[1])
-    return status, response.partition(b"\r\n\r\n")[2]
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+async def check_page_and_doors(port: int) -> None:
+    """What every demo transport must do besides chatting: a page that cannot be framed or
+    run other scripts, 426 (not 404) for a plain GET of the WebSocket's path, and names
+    that could pass for the page's own labels, or hide control characters, refused."""
+    status, headers, body = await _http_get_with_headers(port, "/")
+    assert status == 200 and b"wsroom.v1" in body
+    policy = headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    status, headers, _ = await _http_get_with_headers(port, "/ws")
+    assert status == 426
+    assert headers["upgrade"].lower() == "websocket"
+    url = f"ws://127.0.0.1:{port}"
+    for name in ("server", "Server", "bob%20(you)", "%E2%80%AEbob", "%1B%5B31mred", "a%00b"):
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(f"{url}/ws?name={name}", open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 403, name
 
 
 async def test_demo_serves_page_and_chat() -> None:
@@ -75,8 +108,7 @@ async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, sig
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
         assert f"http://127.0.0.1:{port}/".encode() in line
-        status, body = await _http_get(port, "/")
-        assert status == 200 and b"wsroom.v1" in body
+        await check_page_and_doors(port)
         client = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
         assert client.welcome["user"] == "bob"
         await client.join("lobby")
