@@ -1,7 +1,12 @@
 """FastAPI: authenticate with Depends(), then hand the WebSocket to wsroom.
 
-Run with ``uvicorn examples.fastapi_chat:app`` and connect to
+Run with ``python -m examples.fastapi_chat`` and connect to
 ``ws://127.0.0.1:8000/ws?token=s3cr3t-alice`` offering the subprotocol ``wsroom.v1``.
+
+That runs uvicorn through ``wsroom.adapters.uvicorn``, which gives it wsroom's frame limit,
+a deadline for request heads, quiet logging of client errors, a graceful shutdown (clients
+get 1001 after what is queued for them) and lets wsroom cut clients it evicts. Plain
+``uvicorn examples.fastapi_chat:app`` serves too, without those.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from fastapi import Depends, FastAPI, Query, WebSocket, WebSocketException, stat
 from pydantic import BaseModel
 
 from wsroom import ConnectionManager, Room
+from wsroom.adapters import uvicorn as wsroom_uvicorn
 from wsroom.adapters.starlette import serve
 
 # Stand-in for your user store or token verification (JWT, session lookup...). Browsers
@@ -51,3 +57,7 @@ async def announce(announcement: Announcement, user: str = Depends(current_user)
     """An HTTP endpoint posting into a room, as the server (``from`` is null)."""
     message_id = await manager.broadcast(announcement.room, {"text": announcement.text, "by": user})
     return {"id": message_id}
+
+
+if __name__ == "__main__":
+    wsroom_uvicorn.run(app, manager, host="127.0.0.1", port=8000)

@@ -10,16 +10,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 
 from tests.helpers import TIMEOUT, Client, wait_for
+from wsroom import ConnectionManager
+from wsroom.adapters import uvicorn as wsroom_uvicorn
 
 
 @asynccontextmanager
-async def run_app(app: Any) -> AsyncIterator[int]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+async def run_app(app: Any, manager: ConnectionManager) -> AsyncIterator[int]:
+    """``app`` under uvicorn as the example runs it (``wsroom.adapters.uvicorn``)."""
+    config = wsroom_uvicorn.config(
+        app, manager, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    server = wsroom_uvicorn.Server(config, manager)
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started)
@@ -41,7 +45,7 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 async def test_fastapi_example_authenticates_with_depends() -> None:
     from examples import fastapi_chat
 
-    async with run_app(fastapi_chat.app) as port:
+    async with run_app(fastapi_chat.app, fastapi_chat.manager) as port:
         url = f"ws://127.0.0.1:{port}"
         with pytest.raises(websockets.InvalidStatus) as refused:
             await Client.connect(url, "/ws?token=wrong")
