@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Run every check and test: ruff, mypy --strict, then pytest on Python 3.11 and on each
-# other supported interpreter found (3.12, 3.13), then on the newest websockets release when
-# it is not the one pyproject.toml's range gave the first run. Installs what it needs into .venv*/ and
-# makes sure a Redis server is reachable (starting a private one on a free port if none
-# answers on 127.0.0.1:6379). Arguments go to pytest, e.g. `bash scripts/test.sh -k recovery`.
+# Run every check and test: ruff, mypy --strict, then pytest on Python 3.11 (with the
+# reliability suite) and on each other supported interpreter found (3.12, 3.13; without it),
+# then on the newest websockets release when it is not the one pyproject.toml's range gave
+# the first run. Installs what it needs into .venv*/ (and Chromium and nginx from Debian's
+# packages) and makes sure a Redis server is reachable (starting a private one on a free
+# port if none answers on 127.0.0.1:6379). Arguments go to pytest, e.g.
+# `bash scripts/test.sh -k recovery`.
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 
@@ -56,6 +58,10 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     apt_install chromium
 fi
+# The reliability suite measures what a reverse proxy in front of the server closes.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx
+fi
 
 # Tests that kill or restart Redis start their own redis-server from this path.
 export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
@@ -67,8 +73,11 @@ echo "== mypy --strict"
 "$ROOT/.venv/bin/mypy"
 
 status=0
-echo "== pytest ($("$VPY" -V))"
+echo "== pytest ($("$VPY" -V)), with the reliability suite"
 "$VPY" -m pytest "$@" || status=$?
+# The reliability suite (tests/reliability) runs once, above: it measures servers under
+# load, which the interpreter does not change, and takes minutes.
+ONCE=(--ignore=tests/reliability)
 
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
 for version in 3.12 3.13; do
@@ -90,7 +99,7 @@ for version in 3.12 3.13; do
     fi
     ensure_venv "$ROOT/.venv-$version" "$other" dev
     echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
-    "$ROOT/.venv-$version/bin/python" -m pytest -q "$@" || status=$?
+    "$ROOT/.venv-$version/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
 done
 # The suite against the newest websockets release on PyPI, outside the range pyproject.toml
 # states if need be: a new release that moves what the fast path uses (or anything else) shows
@@ -109,6 +118,6 @@ else
     ensure_venv "$NEWEST" "$PYTHON" dev
     "$NEWEST/bin/python" -m pip install --quiet --disable-pip-version-check "websockets==$newest"
     echo "== pytest (websockets $newest, the newest release; the run above had $tested)"
-    "$NEWEST/bin/python" -m pytest -q "$@" || status=$?
+    "$NEWEST/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
 fi
 exit $status
