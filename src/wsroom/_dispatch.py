@@ -112,15 +112,19 @@ class Dispatcher:
 
     def hold_buckets(
         self, user: str | None, address: str | None, now: float
-    ) -> tuple[TokenBucket, ...]:
-        """The frame budgets a new connection shares with its user's and its address's."""
+    ) -> tuple[tuple[TokenBucket, ...], str | None]:
+        """The frame budgets a new connection shares with its user's and its address's
+        connections, and the key its address is counted under."""
         if self._shared_limits is None:
-            return ()
+            return (), None
         return self._shared_limits.hold(user, address, now)
 
-    def release_buckets(self, buckets: tuple[TokenBucket, ...], now: float) -> None:
-        """A connection holding shared ``buckets`` is gone."""
-        SharedLimits.release(buckets, now)
+    def release_buckets(
+        self, buckets: tuple[TokenBucket, ...], counted: str | None, now: float
+    ) -> None:
+        """A connection holding shared ``buckets``, counted under ``counted``, is gone."""
+        if self._shared_limits is not None:
+            self._shared_limits.release(buckets, counted, now)
 
     def frames_dropped(self, count: int) -> None:
         """Count frames dropped from full queues."""

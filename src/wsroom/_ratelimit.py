@@ -155,7 +155,7 @@ class SharedLimits:
             ``limits`` before serving; the tables follow the new ones.
     """
 
-    __slots__ = ("_addresses", "_handshakes", "_limits", "_source", "_users")
+    __slots__ = ("_addresses", "_handshakes", "_limits", "_open", "_source", "_users")
 
     def __init__(self, limits: Callable[[], Limits]) -> None:
         self._limits = limits
@@ -163,6 +163,9 @@ class SharedLimits:
         self._users: BucketTable | None = None
         self._addresses: BucketTable | None = None
         self._handshakes: BucketTable | None = None
+        # Open connections by address key: one entry per address with connections, so
+        # bounded by the connections themselves.
+        self._open: dict[str, int] = {}
         self._follow()
 
     def _follow(self) -> None:
@@ -196,23 +199,41 @@ class SharedLimits:
         empty = self._handshakes.take(address_key(address), now)
         return None if empty is None else empty.retry_after(now)
 
-    def hold(self, user: str | None, address: str | None, now: float) -> tuple[TokenBucket, ...]:
-        """The shared buckets a new connection spends from (give them back with
-        :meth:`release`)."""
+    def too_many_connections(self, address: str | None) -> bool:
+        """Whether ``address`` already holds ``Limits.max_connections_per_address``."""
+        cap = self._limits().max_connections_per_address
+        if cap is None or address is None:
+            return False
+        return self._open.get(address_key(address), 0) >= cap
+
+    def hold(
+        self, user: str | None, address: str | None, now: float
+    ) -> tuple[tuple[TokenBucket, ...], str | None]:
+        """What a new connection holds: the shared buckets it spends from, and the address
+        key it is counted under (give both back with :meth:`release`)."""
         self._follow()
         held: list[TokenBucket] = []
         if self._users is not None and user is not None:
             held.append(self._users.hold(user, now))
-        if self._addresses is not None and address is not None:
-            held.append(self._addresses.hold(address_key(address), now))
-        return tuple(held)
+        key = None
+        if address is not None:
+            key = address_key(address)
+            self._open[key] = self._open.get(key, 0) + 1
+            if self._addresses is not None:
+                held.append(self._addresses.hold(key, now))
+        return tuple(held), key
 
-    @staticmethod
-    def release(buckets: tuple[TokenBucket, ...], now: float) -> None:
-        """A connection holding ``buckets`` is gone."""
+    def release(self, buckets: tuple[TokenBucket, ...], counted: str | None, now: float) -> None:
+        """A connection holding ``buckets``, counted under ``counted``, is gone."""
         for bucket in buckets:
             if bucket.table is not None:
                 bucket.table.release(bucket, now)
+        if counted is not None:
+            left = self._open.get(counted, 0) - 1
+            if left > 0:
+                self._open[counted] = left
+            else:
+                self._open.pop(counted, None)
 
 
 _IPV6_PREFIX: Final = 64

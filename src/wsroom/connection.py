@@ -110,12 +110,15 @@ class ConnectionHost(Protocol):
 
     def hold_buckets(
         self, user: str | None, address: str | None, now: float
-    ) -> tuple[TokenBucket, ...]:
-        """The frame budgets a new connection shares with its user's and its address's."""
+    ) -> tuple[tuple[TokenBucket, ...], str | None]:
+        """The frame budgets a new connection shares with its user's and its address's
+        connections, and the key its address is counted under."""
         ...
 
-    def release_buckets(self, buckets: tuple[TokenBucket, ...], now: float) -> None:
-        """A connection holding shared ``buckets`` is gone."""
+    def release_buckets(
+        self, buckets: tuple[TokenBucket, ...], counted: str | None, now: float
+    ) -> None:
+        """A connection holding shared ``buckets``, counted under ``counted``, is gone."""
         ...
 
     def frames_dropped(self, count: int) -> None:
@@ -141,12 +144,14 @@ class Connection:
         "_buckets",
         "_close_task",
         "_closed",
+        "_counted",
         "_drop_oldest",
         "_host",
         "_max_bytes",
         "_max_frames",
         "_outbox",
         "_queued_bytes",
+        "_shared",
         "_strikes",
         "close_code",
         "dropped_frames",
@@ -195,9 +200,9 @@ class Connection:
         # This connection's own budget first, then those it shares with its user's and its
         # address's other connections, past and present.
         own = () if limits.rate is None else (TokenBucket(limits.rate, limits.rate_burst, now),)
-        self._buckets: tuple[TokenBucket, ...] = own + host.hold_buckets(
-            user, handshake.client_address, now
-        )
+        shared, self._counted = host.hold_buckets(user, handshake.client_address, now)
+        self._shared = shared
+        self._buckets: tuple[TokenBucket, ...] = own + shared
         # Created by the first rate-limit violation: well-behaved clients never need it.
         self._strikes: deque[float] | None = None
         self._closed = False
@@ -272,7 +277,7 @@ class Connection:
             return
         self._closed = True
         self.close_code = code
-        self._host.release_buckets(self._buckets, time.monotonic())
+        self._host.release_buckets(self._shared, self._counted, time.monotonic())
         departure = self._host.depart(self)
         if grace is None:
             grace = self._host.limits.close_timeout
@@ -308,7 +313,7 @@ class Connection:
         if not self._closed:
             self._closed = True
             self.drop_queue()
-            self._host.release_buckets(self._buckets, time.monotonic())
+            self._host.release_buckets(self._shared, self._counted, time.monotonic())
             await self._host.depart(self)()
         else:
             await self.wait_closed()

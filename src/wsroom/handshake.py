@@ -439,12 +439,14 @@ class HandshakePolicy:
         handshake.client_address = address = self.client_address(handshake)
         if self._limits is not None:
             retry_after = self._limits.refuse_handshake(address, time.monotonic())
+            if retry_after is None and self._limits.too_many_connections(address):
+                retry_after = _RETRY_WHEN_FULL
             if retry_after is not None:
                 if self._refused is not None:
                     self._refused()
                 raise HandshakeRejected(
                     429,
-                    "Too Many Requests: too many new connections from your address",
+                    "Too Many Requests: too many connections from your address",
                     headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
                 )
         if not self.origins.allows(handshake):
@@ -490,6 +492,10 @@ class HandshakePolicy:
             400, f"Unsupported subprotocol: this server speaks {self.subprotocol}"
         )
 
+
+# Seconds a client whose address holds its maximum of connections is told to wait: one of
+# them has to close first, which a client cannot know.
+_RETRY_WHEN_FULL = 10.0
 
 _PROXY_HEADERS = frozenset(("x-forwarded-for", "x-real-ip", "forwarded"))
 

@@ -66,6 +66,11 @@ class Limits:
     hook runs. ``None``: unlimited."""
     handshake_burst: int = 30
     """New connections one address may open in a burst above :attr:`handshake_rate`."""
+    max_connections_per_address: int | None = 256
+    """Connections one client address may hold open at once on this process (IPv6: per
+    /64); one more is refused with HTTP 429 before the upgrade. Without it, a client
+    within :attr:`handshake_rate` could still pile up idle connections for hours.
+    ``None``: unlimited. Raise it when many users share an address."""
     max_tracked_clients: int = 100_000
     """Users and addresses whose spent budgets are remembered after their last connection
     closed (until the budget has refilled, a few seconds with the defaults). Beyond it the
@@ -91,7 +96,8 @@ class Limits:
     @classmethod
     def without_rate_limits(cls, **overrides: Any) -> Limits:
         """Limits with every rate limit off (per connection, per user, per address and for
-        handshakes) and the other defaults, or ``overrides``.
+        handshakes), no cap on connections per address, and the other defaults, or
+        ``overrides``.
 
         For benchmarks and load tests, which open thousands of connections from one
         address. Never for a server open to the public.
@@ -101,6 +107,7 @@ class Limits:
             "user_rate": None,
             "address_rate": None,
             "handshake_rate": None,
+            "max_connections_per_address": None,
         }
         return cls(**{**rates, **overrides})
 
@@ -128,6 +135,12 @@ class Limits:
             value = getattr(self, name)
             if not is_positive_number(value):
                 raise ConfigurationError(f"Limits.{name} must be a positive number, not {value!r}")
+        per_address = self.max_connections_per_address
+        if per_address is not None and (type(per_address) is not int or per_address < 1):
+            raise ConfigurationError(
+                "Limits.max_connections_per_address must be a positive integer or None, "
+                f"not {per_address!r}"
+            )
         for name in ("rate", "user_rate", "address_rate", "handshake_rate"):
             value = getattr(self, name)
             if value is not None and not is_positive_number(value):

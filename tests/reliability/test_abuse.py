@@ -138,6 +138,24 @@ async def test_handshakes_beyond_the_address_rate_get_429_before_the_hook_runs(
             await websockets.connect(url + "/ws?n=4", open_timeout=TIMEOUT)
 
 
+async def test_an_address_holds_at_most_its_share_of_connections(
+    start_server: ServerFactory,
+) -> None:
+    # Within the handshake rate, a client could still pile up idle connections for hours.
+    manager = ConnectionManager(limits=Limits(max_connections_per_address=3))
+    async with start_server(manager) as url:
+        opened = [await Client.connect(url, "/ws") for _ in range(3)]
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(url + "/ws", open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 429
+        assert "too many connections" in refused.value.response.body.decode()
+        await opened.pop().close()
+        await wait_for(lambda: len(manager.connections) == 2)
+        opened.append(await Client.connect(url, "/ws"))  # a place was free again
+        for client in opened:
+            await client.close()
+
+
 async def test_behind_a_proxy_the_trusted_header_names_the_address(
     start_server: ServerFactory,
 ) -> None:
