@@ -638,3 +638,16 @@ async def test_test_client_refuses_unknown_subprotocols() -> None:
     async with TestClient(manager, headers={"Sec-WebSocket-Protocol": "chat, wsroom.v1"}) as c:
         assert c.welcome is not None
     await manager.shutdown()
+
+
+async def test_test_clients_have_addresses_of_their_own_unless_told() -> None:
+    from wsroom import Limits
+
+    manager = ConnectionManager(limits=Limits(handshake_rate=0.01, handshake_burst=1))
+    # Distinct clients, distinct addresses: each has its own handshake budget.
+    async with TestClient(manager), TestClient(manager):
+        pass
+    async with TestClient(manager, address="203.0.113.5"):
+        with pytest.raises(HandshakeRejected) as refused:
+            await TestClient(manager, address="203.0.113.5").connect()
+    assert refused.value.status == 429

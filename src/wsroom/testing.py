@@ -15,6 +15,7 @@ same frames, the same limits. Use it in your application's tests::
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,6 +89,10 @@ class TestClient:
         headers: Handshake headers, e.g. ``{"Origin": "https://example.com"}``.
         reading: ``False`` makes a client that never reads (frames pile up server-side).
         timeout: Default seconds :meth:`receive` waits.
+        address: The client's IP address, as the per-address limits count it. By default
+            each client has an address of its own (in the documentation range
+            ``2001:db8::/32``), like distinct users on distinct machines; give several
+            clients one address to test what they share.
 
     Raises:
         HandshakeRejected: on entering, when the origin or the authenticate hook refuses.
@@ -104,10 +109,13 @@ class TestClient:
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         reading: bool = True,
         timeout: float = 2.0,
+        address: str | None = None,
     ) -> None:
         self.manager = manager
         items = headers.items() if isinstance(headers, Mapping) else headers
-        self.handshake = Handshake.from_target(path, list(items), ("127.0.0.1", 0))
+        if address is None:
+            address = _next_address()
+        self.handshake = Handshake.from_target(path, list(items), (address, 0))
         self.transport = MemoryTransport(reading=reading)
         self.timeout = timeout
         self._user = user
@@ -237,3 +245,12 @@ class TestClient:
         async with asyncio.timeout(self.timeout if timeout is None else timeout):
             await self.transport.closed.wait()
         return self.transport.close_code
+
+
+_clients_made = itertools.count(1)
+
+
+def _next_address() -> str:
+    """A fresh address for a TestClient: one /64 of the documentation prefix per client."""
+    n = next(_clients_made)
+    return f"2001:db8:{(n >> 16) & 0xFFFF:x}:{n & 0xFFFF:x}::1"
