@@ -400,6 +400,11 @@ class RedisView:
             for name, count in await self.client.pubsub_numsub(*channels)
         }
 
+    async def channels(self, pattern: str) -> set[str]:
+        """``PUBSUB CHANNELS pattern``."""
+        found = await self.client.pubsub_channels(pattern)
+        return {c.decode() if isinstance(c, bytes) else c for c in found}
+
     async def clients(self, kind: str | None = None) -> list[dict[str, Any]]:
         listed: list[dict[str, Any]] = await self.client.client_list(_type=kind)
         return listed

@@ -15,6 +15,7 @@ names: the nodes SUBSCRIBE, never PSUBSCRIBE, which ``MONITOR`` on a private
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import pytest
 
 from tests.helpers import user_from_query, wait_for, websockets_asyncio_server
 from tests.redis_support import PrivateRedis, fresh_prefix, private_redis
-from tests.reliability.nodes import Member
+from tests.reliability.nodes import Member, RedisView
 from tests.reliability.suite import record
 from wsroom import ConnectionManager, Limits
 from wsroom.backplane.redis import RedisBackplane
@@ -189,7 +190,7 @@ async def test_f34_forged_bus_messages_are_dropped_and_counted(
 
         for member in (alice, bob, carol):
             await member.request({"type": "ping"})  # the end events were queued before
-            await _until_event(member, "notice")
+            await _until_type(member, "notice")
         # Nothing but the end event reached the clients (alice also has her own message).
         assert [f["type"] for f in alice.of_type("message", "notice", "gap", "welcome")] == [
             "message",
@@ -222,7 +223,7 @@ async def test_f34_forged_bus_messages_are_dropped_and_counted(
             await member.close()
 
 
-async def _until_event(member: Member, type_: str) -> None:
+async def _until_type(member: Member, type_: str) -> None:
     await wait_for(lambda: bool(member.of_type(type_)))
 
 
@@ -286,3 +287,159 @@ def test_f34_no_unsafe_deserialization_in_wsroom() -> None:
             ]
     assert not found, found
     record("F34", "unsafe deserializer imports or eval/exec calls in src/wsroom", 0, "")
+
+
+# E27, the Redis part: room names reach Redis validated, as exact channel names.
+
+
+class Monitor:
+    """A raw ``MONITOR`` connection: every command Redis runs, with its arguments."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.commands: list[list[str]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(b"MONITOR\r\n")
+        assert (await reader.readline()).startswith(b"+OK")
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            # +<time> [<db> <addr>] "ARG" "ARG"... (Lua calls show as [<db> lua])
+            _, _, args = line.decode("latin-1").rstrip("\r\n").partition("] ")
+            self.commands.append(parse_monitor_args(args))
+
+    async def stop(self) -> None:
+        assert self._writer is not None and self._task is not None
+        self._writer.close()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def parse_monitor_args(text: str) -> list[str]:
+    """Redis's quoted arguments (``sdscatrepr``): ``"a" "b\\n" "\\x00"``."""
+    escapes = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", '"': '"', "\\": "\\"}
+    args: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != '"':
+            i += 1
+            continue
+        i += 1
+        arg = []
+        while text[i] != '"':
+            if text[i] == "\\":
+                if text[i + 1] == "x":
+                    arg.append(chr(int(text[i + 2 : i + 4], 16)))
+                    i += 4
+                    continue
+                arg.append(escapes.get(text[i + 1], text[i + 1]))
+                i += 2
+                continue
+            arg.append(text[i])
+            i += 1
+        args.append("".join(arg))
+        i += 1
+    return args
+
+
+# Names the protocol refuses (1 to 128 characters of [A-Za-z0-9_-.:@/]), and others.
+BAD_ROOMS: list[Any] = [
+    "*",
+    "room?",
+    "[ab]",
+    "$priv",
+    "#user",
+    "a b",
+    "a\x00b",
+    "lobby\n",
+    "\uff41",  # fullwidth a
+    "\u0130",  # capital I with a dot: changes length when case-folded
+    "{x}",
+    "x}:meta",
+    "x" * 129,
+    "x" * 10_000,
+    "",
+    123,
+    None,
+    ["lobby"],
+]
+# Valid, though they look like paths or namespaces: exact names in Redis.
+GOOD_ROOMS = ["lobby", "a:b", "a", "../x", "user:alice", "x.y@z/w"]
+GLOB_USERS = ["u*", "u?", "u[x]"]
+
+
+async def test_e27_room_names_reach_redis_validated_and_exact(redis: PrivateRedis) -> None:
+    monitor = Monitor(redis.port)
+    await monitor.start()
+    try:
+        async with one_node(redis.url) as (_manager, backplane, url):
+            prefix = backplane.prefix
+            alice = await Member.connect(url, "alice")
+            matrix: dict[str, str] = {}
+            for bad in BAD_ROOMS:
+                answer = await alice.request({"type": "join", "room": bad})
+                matrix[repr(bad)[:24]] = answer.get("code", answer["type"])
+            assert set(matrix.values()) == {"invalid_message"}, matrix
+            for good in GOOD_ROOMS:
+                await alice.join(good)
+            # Users are any string: their channels are exact names too.
+            globs = {user: await Member.connect(url, user) for user in GLOB_USERS}
+            ux = await Member.connect(url, "ux")
+            for user in GLOB_USERS:
+                ack = await alice.request({"type": "direct", "to": user, "data": user})
+                assert ack["type"] == "ack", ack
+            # A room's traffic stays in its room: "a" does not get "a:b"'s.
+            bob = await Member.connect(url, "bob")
+            await bob.join("a")
+            await alice.request({"type": "message", "room": "a:b", "data": "for a:b"})
+            await alice.request({"type": "message", "room": "a", "data": "for a"})
+            await wait_for(lambda: any(f["data"] == "for a" for f in bob.of_type("message")))
+            for user, member in globs.items():
+                await _until_type(member, "direct")
+                assert [f["data"] for f in member.of_type("direct")] == [user]
+            await ux.request({"type": "ping"})
+            assert not ux.of_type("direct")
+            assert [f["data"] for f in bob.of_type("message")] == ["for a"]
+
+            view = RedisView(redis.url)
+            try:
+                view_channels = await view.channels(f"{prefix}:*")
+            finally:
+                await view.aclose()
+            for member in (alice, bob, ux, *globs.values()):
+                await member.close()
+    finally:
+        await monitor.stop()
+
+    users = ["alice", "bob", "ux", *GLOB_USERS]
+    expected = {f"{prefix}:all"} | {f"{prefix}:room:{r}" for r in GOOD_ROOMS}
+    expected |= {f"{prefix}:user:{u}" for u in users}
+    assert view_channels == expected
+    commands = [c for c in monitor.commands if c]
+    names = {c[0].upper() for c in commands}
+    assert not names & {"PSUBSCRIBE", "PUNSUBSCRIBE", "KEYS"}, names
+    subscribed = {arg for c in commands if c[0].upper() == "SUBSCRIBE" for arg in c[1:]}
+    assert subscribed <= expected, subscribed - expected
+    assert expected <= subscribed
+    # Every room name in a key or channel is one the protocol accepted.
+    rooms_in_redis: set[str] = set()
+    for command in commands:
+        for arg in command[1:]:
+            if arg.startswith(f"{prefix}:room:{{") and arg.endswith(
+                ("}:meta", "}:history", "}:members")
+            ):
+                rooms_in_redis.add(arg[len(f"{prefix}:room:{{") : arg.rindex("}")])
+            elif arg.startswith(f"{prefix}:room:") and command[0].upper() in (
+                "SUBSCRIBE",
+                "UNSUBSCRIBE",
+                "PUBLISH",
+            ):
+                rooms_in_redis.add(arg.removeprefix(f"{prefix}:room:"))
+    assert rooms_in_redis <= set(GOOD_ROOMS), rooms_in_redis - set(GOOD_ROOMS)
+    record("E27", "refused room names", len(BAD_ROOMS), "names", code="invalid_message")
+    record("E27", "PSUBSCRIBE commands seen by MONITOR", 0, "")
+    record("E27", "commands seen by MONITOR", len(commands), "")
