@@ -45,7 +45,7 @@ import psutil
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.helpers import TIMEOUT
+from tests.helpers import TIMEOUT, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -286,6 +286,7 @@ class NodeProcess:
                 stderr=stderr,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        self.pid = self.process.pid
         if wait:
             await self.ready()
 
@@ -342,6 +343,19 @@ class NodeProcess:
             for c in connections
             if c.status == psutil.CONN_ESTABLISHED and c.raddr.port == redis_port
         }
+
+    def redis_sockets(self, redis_port: int) -> dict[str, int]:
+        """This process's TCP sockets to Redis, by state (a leaked one stays CLOSE_WAIT)."""
+        try:
+            connections = psutil.Process(self.pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            return {}
+        states: dict[str, int] = {}
+        for c in connections:
+            remote: tuple[Any, ...] = tuple(c.raddr)  # empty for a listening socket
+            if remote[1:2] == (redis_port,):
+                states[c.status] = states.get(c.status, 0) + 1
+        return states
 
     def stderr_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.stderr_paths if p.exists())
@@ -493,6 +507,7 @@ class Member:
             for future in [*self._answers.values(), *self._events.values()]:
                 if not future.done():
                     future.set_exception(ConnectionError("connection closed"))
+                    future.exception()  # whoever awaits it gets the error; nobody must
 
     async def send(self, frame: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """Send a frame with a fresh ref; the future gets its answer."""
@@ -526,6 +541,14 @@ class Member:
     def of_type(self, *types: str) -> list[dict[str, Any]]:
         return [r.frame for r in self.frames if r.frame["type"] in types]
 
+    async def received(self, type_: str, data: Any = None, timeout: float = TIMEOUT) -> None:
+        """Wait until a frame of ``type_`` (with ``data``, when given) was received."""
+
+        def arrived() -> bool:
+            return any(data is None or f.get("data") == data for f in self.of_type(type_))
+
+        await wait_for(arrived, timeout)
+
     async def close(self) -> None:
         await self.ws.close()
         if self._task is not None:
@@ -546,21 +569,24 @@ async def connect_many(url: str, users: Sequence[str], *, concurrency: int = 50)
 
 @dataclass
 class Tracker:
-    """PROTOCOL.md's client bookkeeping for one room, applied to what a member received."""
+    """PROTOCOL.md's client bookkeeping for one room, applied to what a member received:
+    message ids per epoch, ``gap`` frames, the publisher's sequence numbers."""
 
     room: str
     epoch: str
     last: int
     ids: list[int] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
+    seqs: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """Sequence number -> (epoch, id) of every message received."""
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    after_last_gap: list[int] = field(default_factory=list)
+    """Ids received after the last gap (all of them without one)."""
     order_violations: int = 0
     duplicates: int = 0
 
     @classmethod
     def of(cls, member: Member, room: str, joined: dict[str, Any]) -> Tracker:
         tracker = cls(room, joined["epoch"], joined["offset"])
-        seen: set[int] = set()
         for received in member.frames:
             frame = received.frame
             if frame.get("room") != room:
@@ -568,18 +594,38 @@ class Tracker:
             if frame["type"] == "gap":
                 tracker.gaps.append(frame)
                 tracker.epoch, tracker.last = frame["epoch"], frame["offset"]
+                tracker.after_last_gap = []
             elif frame["type"] == "message":
-                seq = frame["data"]["seq"] if isinstance(frame["data"], dict) else None
                 if frame["id"] <= tracker.last:
                     tracker.order_violations += 1
                 tracker.last = frame["id"]
                 tracker.ids.append(frame["id"])
-                if isinstance(seq, int):
-                    if seq in seen:
+                tracker.after_last_gap.append(frame["id"])
+                data = frame["data"]
+                if isinstance(data, dict) and isinstance(data.get("seq"), int):
+                    if data["seq"] in tracker.seqs:
                         tracker.duplicates += 1
-                    seen.add(seq)
-                    tracker.seqs.append(seq)
+                    tracker.seqs[data["seq"]] = (tracker.epoch, frame["id"])
         return tracker
+
+    def missing(self, acked: Sequence[int]) -> list[int]:
+        """The acked sequence numbers this member did not receive."""
+        return [seq for seq in acked if seq not in self.seqs]
+
+    def unsignalled(self, missing: Sequence[int], reference: Tracker) -> list[int]:
+        """The missed messages no ``gap`` told of: a gap in another epoch than the
+        message's, or whose offset is at or past its id, covers it. ``reference`` (the
+        publisher, which gets its own messages before their ``ack``) knows their ids."""
+        uncovered = []
+        for seq in missing:
+            epoch, id_ = reference.seqs[seq]
+            if not any(g["epoch"] != epoch or g["offset"] >= id_ for g in self.gaps):
+                uncovered.append(seq)
+        return uncovered
+
+    def consecutive_after_last_gap(self) -> bool:
+        ids = self.after_last_gap
+        return ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
 
 
 @dataclass
@@ -599,10 +645,11 @@ class Published:
 class Publisher:
     """Sends sequence-numbered messages at a steady rate without waiting for answers."""
 
-    def __init__(self, member: Member, rooms: Sequence[str], rate: float) -> None:
+    def __init__(self, member: Member, rooms: Sequence[str], rate: float, pad: int = 0) -> None:
         self.member = member
         self.rooms = list(rooms)
         self.rate = rate
+        self.pad = "x" * pad
         self.published: list[Published] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -621,9 +668,8 @@ class Publisher:
             entry = Published(seq, room, time.monotonic())
             self.published.append(entry)
             try:
-                answer = await self.member.send(
-                    {"type": "message", "room": room, "data": {"seq": seq, "t": time.time_ns()}}
-                )
+                data = {"seq": seq, "t": time.time_ns(), "pad": self.pad}
+                answer = await self.member.send({"type": "message", "room": room, "data": data})
             except websockets.ConnectionClosed:
                 return
             task = loop.create_task(self._answer(entry, answer))

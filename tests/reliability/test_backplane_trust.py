@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import user_from_query, wait_for, websockets_asyncio_server
+from tests.helpers import user_from_query, websockets_asyncio_server
 from tests.redis_support import PrivateRedis, fresh_prefix, private_redis
 from tests.reliability.nodes import Member, RedisView
 from tests.reliability.suite import record
@@ -190,7 +190,7 @@ async def test_f34_forged_bus_messages_are_dropped_and_counted(
 
         for member in (alice, bob, carol):
             await member.request({"type": "ping"})  # the end events were queued before
-            await _until_type(member, "notice")
+            await member.received("notice")
         # Nothing but the end event reached the clients (alice also has her own message).
         assert [f["type"] for f in alice.of_type("message", "notice", "gap", "welcome")] == [
             "message",
@@ -216,19 +216,11 @@ async def test_f34_forged_bus_messages_are_dropped_and_counted(
         # The room's sequence was not disturbed: the next message follows without a gap.
         after = await alice.request({"type": "message", "room": "lobby", "data": "after"})
         assert after["id"] == 2
-        await _until_data(bob, "after")
+        await bob.received("message", "after")
         assert [f["id"] for f in bob.of_type("message")] == [1, 2]
         assert not bob.of_type("gap")
         for member in (alice, bob, carol):
             await member.close()
-
-
-async def _until_type(member: Member, type_: str) -> None:
-    await wait_for(lambda: bool(member.of_type(type_)))
-
-
-async def _until_data(member: Member, data: Any) -> None:
-    await wait_for(lambda: any(f.get("data") == data for f in member.of_type("message")))
 
 
 async def test_f34_a_well_formed_forgery_is_delivered(redis: PrivateRedis) -> None:
@@ -249,7 +241,7 @@ async def test_f34_a_well_formed_forgery_is_delivered(redis: PrivateRedis) -> No
             await client.publish(f"{backplane.prefix}:room:lobby", payload)
         finally:
             await client.aclose()
-        await _until_data(alice, "forged")
+        await alice.received("message", "forged")
         assert alice.of_type("message")[0]["from"] == "admin"
         assert backplane.dropped_messages == 0
         await alice.close()
@@ -397,9 +389,9 @@ async def test_e27_room_names_reach_redis_validated_and_exact(redis: PrivateRedi
             await bob.join("a")
             await alice.request({"type": "message", "room": "a:b", "data": "for a:b"})
             await alice.request({"type": "message", "room": "a", "data": "for a"})
-            await wait_for(lambda: any(f["data"] == "for a" for f in bob.of_type("message")))
+            await bob.received("message", "for a")
             for user, member in globs.items():
-                await _until_type(member, "direct")
+                await member.received("direct")
                 assert [f["data"] for f in member.of_type("direct")] == [user]
             await ux.request({"type": "ping"})
             assert not ux.of_type("direct")
