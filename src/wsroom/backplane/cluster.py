@@ -202,7 +202,15 @@ class Cluster:
             raise BackplaneError("the backplane is unavailable; retrying in the background")
         # Queued before the first suspension: publishes reach the store in the order they
         # were called, and those called while a batch is on its way leave in the next one.
-        message_id, epoch = await self._batcher.put(room, record, item, history_size, history_ttl)
+        queued = self._batcher.put(room, record, item, history_size, history_ttl)
+        # Bounded as a single command is, the wait for the batches ahead included: behind
+        # a stalled batch, a publish still fails within the timeout (and is not sent when
+        # it had not left yet).
+        try:
+            async with asyncio.timeout(backplane.timeout):
+                message_id, epoch = await queued
+        except TimeoutError:
+            raise BackplaneError("the backplane did not answer in time") from None
         self.messages_published += 1
         track = self._tracks.get(room)
         if local_first and track is not None and (track.last < message_id or track.epoch != epoch):
