@@ -556,6 +556,70 @@ class Member:
                 await asyncio.wait_for(self._task, TIMEOUT)
 
 
+class Resilient:
+    """A client of one room that reconnects with jittered exponential backoff after its
+    connection drops, and rejoins with ``since`` and ``epoch`` (PROTOCOL.md, Recovery)."""
+
+    def __init__(self, url: str, user: str, room: str) -> None:
+        self.url = url
+        self.user = user
+        self.room = room
+        self.member: Member | None = None
+        self.joined: dict[str, Any] = {}
+        self.dropped_at: float | None = None
+        self.rejoined_at: float | None = None
+        self.handshakes: list[float] = []
+        """When each reconnection's handshake succeeded."""
+        self.refused = 0
+        """Reconnection attempts that failed (connection refused, HTTP error, timeout)."""
+        self.rejoin: dict[str, Any] | None = None
+        """The ``joined`` answer to the rejoin."""
+        self.since: tuple[str, int] | None = None
+        """The epoch and last id the rejoin asked from."""
+        self.exact: bool | None = None
+        """Whether a recovered rejoin replayed exactly the ids after ``since``."""
+
+    async def start(self) -> None:
+        self.member = await Member.connect(self.url, self.user)
+        self.joined = await self.member.join(self.room)
+
+    async def reconnect(self, *, deadline: float) -> None:
+        """Wait for the connection to drop, then reconnect and rejoin (until ``deadline``)."""
+        assert self.member is not None and self.member._task is not None
+        await asyncio.shield(self.member._task)
+        self.dropped_at = time.monotonic()
+        tracker = Tracker.of(self.member, self.room, self.joined)
+        self.since = (tracker.epoch, tracker.last)
+        attempt = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(jittered_backoff(attempt))
+            attempt += 1
+            try:
+                member = await Member.connect(self.url, self.user, timeout=TIMEOUT)
+            except (OSError, TimeoutError, websockets.InvalidHandshake):
+                self.refused += 1
+                continue
+            self.handshakes.append(time.monotonic())
+            answer = await member.request(
+                {"type": "join", "room": self.room, "since": tracker.last, "epoch": tracker.epoch}
+            )
+            if answer["type"] != "joined":  # e.g. internal_error: try again later
+                await member.close()
+                continue
+            self.member, self.rejoin = member, answer
+            self.rejoined_at = time.monotonic()
+            if answer.get("recovered"):
+                ids = [m["id"] for m in answer["history"]]
+                self.exact = answer["epoch"] == tracker.epoch and ids == list(
+                    range(tracker.last + 1, answer["offset"] + 1)
+                )
+            return
+
+    async def close(self) -> None:
+        if self.member is not None:
+            await self.member.close()
+
+
 async def connect_many(url: str, users: Sequence[str], *, concurrency: int = 50) -> list[Member]:
     """Connect many members, a bounded number of handshakes at a time."""
     gate = asyncio.Semaphore(concurrency)

@@ -34,6 +34,7 @@ from tests.reliability.nodes import (
     NodeProcess,
     Publisher,
     RedisView,
+    Resilient,
     Tracker,
     node_cluster,
     percentile,
@@ -638,7 +639,7 @@ async def test_c13_redis_stall(redis: PrivateRedis) -> None:
             broadcasts.append(time.monotonic() - started)
 
         async def broadcaster() -> None:
-            calls = []
+            calls: list[asyncio.Task[None]] = []
             while stalling:
                 calls.append(asyncio.create_task(broadcast(len(calls))))
                 await asyncio.sleep(1 / RATE)
@@ -719,3 +720,276 @@ async def test_c13_redis_stall(redis: PrivateRedis) -> None:
             "C13", "messages lost", lost[node.pid], "messages", pid=node.pid, gaps=gaps[node.pid]
         )
         record("C13", "time to resubscribe after SIGCONT", round(resubscribed[node.pid], 2), "s")
+
+
+# D20: a node killed and restarted, its clients all reconnecting at once.
+
+
+async def test_d20_node_killed_and_restarted_reconnect_storm(redis: PrivateRedis) -> None:
+    """1,000 clients over 3 nodes; SIGKILL one node and restart it on its port: its
+    clients reconnect with jittered exponential backoff and rejoin with since/epoch."""
+    count = scale(ci=1000, soak=5000)
+    rooms = [f"room{i}" for i in range(10)]
+    async with node_cluster(redis.url, fresh_prefix(), ["websockets"] * 3) as nodes:
+        view = RedisView(redis.url)
+        clients = [Resilient(nodes[i % 3].url, f"c{i}", rooms[i % 10]) for i in range(count)]
+        gate = asyncio.Semaphore(50)
+
+        async def start(client: Resilient) -> None:
+            async with gate:
+                await client.start()
+
+        connect_started = time.monotonic()
+        await asyncio.gather(*(start(client) for client in clients))
+        connect_time = time.monotonic() - connect_started
+        sender = await Member.connect(nodes[0].url, "publisher")
+        for room in rooms:
+            await sender.join(room)
+        publisher = Publisher(sender, rooms, rate=20)
+        publisher.start()
+        try:
+            await asyncio.sleep(seconds(1.0, 30.0))  # traffic before
+            victim = nodes[2]
+            stormed = [c for c in clients if c.url == victim.url]
+            others = [c for c in clients if c.url != victim.url]
+            deadline = time.monotonic() + 30
+            storm = [asyncio.create_task(c.reconnect(deadline=deadline)) for c in stormed]
+            killed_at = time.monotonic()
+            victim.kill()
+            assert victim.process is not None
+            await victim.process.wait()
+            await victim.start()  # same port
+            restarted_after = time.monotonic() - killed_at
+            await asyncio.wait_for(asyncio.gather(*storm), 35)
+            await asyncio.sleep(seconds(1.0, 30.0))  # traffic after
+        finally:
+            await publisher.stop()
+        numsub = await view.numsub(*(f"{victim.prefix}:room:{room}" for room in rooms))
+        await view.aclose()
+        alive = [node.process is not None and node.process.returncode is None for node in nodes]
+        closes = sum(1 for c in others if c.member is not None and c.member.closed_at is not None)
+        await sender.close()
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+    back = [c for c in stormed if c.rejoined_at is not None]
+    assert len(back) == len(stormed), f"{len(stormed) - len(back)} clients never rejoined"
+    all_back = max(c.rejoined_at or 0 for c in back) - killed_at
+    assert all_back <= 30
+    assert all(alive), alive
+    assert closes == 0, "clients of the surviving nodes were disconnected"
+    assert set(numsub.values()) == {3}, numsub
+    recovered = [c for c in back if c.rejoin is not None and c.rejoin.get("recovered") is True]
+    flagged = [c for c in back if c.rejoin is not None and c.rejoin.get("recovered") is False]
+    assert len(recovered) + len(flagged) == len(back)
+    assert all(c.exact for c in recovered), "a recovered rejoin did not replay exactly"
+    handshakes = sorted(t for c in back for t in c.handshakes)
+    window = handshakes[-1] - handshakes[0]
+    record("D20", "clients connected", count, "", nodes=3, connect_s=round(connect_time, 1))
+    record("D20", "node restarted after", round(restarted_after, 2), "s")
+    record("D20", "time to 100% reconnection", round(all_back, 2), "s", clients=len(stormed))
+    record(
+        "D20",
+        "handshakes/s during the storm",
+        round(len(handshakes) / max(window, 1e-3)),
+        "/s",
+        refused_attempts=sum(c.refused for c in back),
+    )
+    record("D20", "rejoins recovered (exact replay)", 100.0 * len(recovered) / len(back), "%")
+    record("D20", "rejoins flagged recovered:false", 100.0 * len(flagged) / len(back), "%")
+
+
+# E29: bounded history over Redis.
+
+
+async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRedis) -> None:
+    """One busy room and many small ones, written through two nodes: each room keeps at
+    most history_size messages for history_ttl seconds, then Redis holds nothing of them
+    (the bookkeeping of idle logs included) and its memory is flat from round to round;
+    a replay with a stale epoch is never called recovered, nor partial."""
+    from tests.helpers import user_from_query, websockets_asyncio_server
+    from tests.redis_support import twin
+    from wsroom import ConnectionManager, Room
+    from wsroom.backplane.redis import RedisBackplane
+
+    ttl = seconds(3.0, 30.0)
+
+    class Kept(Room):
+        history_size = 100
+        history_ttl = ttl
+
+    prefix = fresh_prefix()
+    node_a = ConnectionManager(
+        Kept,
+        authenticate=user_from_query,
+        backplane=RedisBackplane(redis.url, prefix=prefix, heartbeat=0.5, node_ttl=3),
+    )
+    node_b = twin(node_a, RedisBackplane(redis.url, prefix=prefix, heartbeat=0.5, node_ttl=3))
+    view = RedisView(redis.url)
+    busy_count = scale(ci=2000, soak=1_000_000)
+    small_rooms = scale(ci=1000, soak=100_000)
+    rounds = scale(ci=2, soak=3)
+    memory: list[int] = []  # used_memory once everything expired, per round
+    replays: list[float] = []
+    async with (
+        websockets_asyncio_server(node_a) as url_a,
+        websockets_asyncio_server(node_b) as url_b,
+    ):
+        baseline_memory = (await view.info("memory"))["used_memory"]
+        baseline_keys = await view.client.dbsize()
+        reader = await Member.connect(url_b, "reader")
+
+        async def burst(calls: list[Any]) -> None:
+            for start in range(0, len(calls), 500):
+                await asyncio.gather(*calls[start : start + 500])
+
+        async def forgotten() -> bool:
+            """Nothing left of the rooms, the idle logs' bookkeeping included."""
+            found = [k.decode() async for k in view.client.scan_iter(match=f"{prefix}:*")]
+            return found == [f"{prefix}:nodes"]
+
+        for round_ in range(rounds):
+            joined = await reader.join("busy")
+            started = time.monotonic()
+            await burst(
+                [
+                    (node_a if r % 2 else node_b).broadcast(f"small-{r}", {"n": n})
+                    for r in range(small_rooms)
+                    for n in range(10)
+                ]
+            )
+            await burst([node_a.broadcast("busy", {"n": n}) for n in range(busy_count)])
+            written_in = time.monotonic() - started
+            peak_memory = (await view.info("memory"))["used_memory"]
+            lengths, ttls, busy_length = [], [], 0
+            async for key in view.client.scan_iter(match=f"{prefix}:room:*", count=1000):
+                name = key.decode()
+                if name.endswith(":history"):
+                    lengths.append(await view.client.llen(name))
+                    if name == f"{prefix}:room:{{busy}}:history":
+                        busy_length = lengths[-1]
+                if name.endswith((":history", ":meta")):
+                    ttls.append(await view.client.pttl(name))
+            # (Under load, the first small rooms may have expired already: fewer logs.)
+            assert len(lengths) <= small_rooms + 1 and busy_length == Kept.history_size
+            assert max(lengths) <= Kept.history_size
+            # -2: expired between the scan and the PTTL; -1 (no expiry) never.
+            assert all(left == -2 or 0 < left <= ttl * 1000 for left in ttls), ttls
+            idle = await view.client.zcard(f"{prefix}:idle")
+            assert idle <= min(small_rooms, node_a.limits.max_idle_rooms)
+
+            # Replay from the busy room: exactly the last 100, or recovered:false.
+            offset = joined["offset"] + busy_count
+            await reader.received("message", {"n": busy_count - 1}, timeout=TIMEOUT * 4)
+            client = await Member.connect(url_a, "late")
+            for _ in range(scale(ci=10, soak=200)):
+                started = time.monotonic()
+                answer = await client.join("busy", since=offset - 100, epoch=joined["epoch"])
+                replays.append(time.monotonic() - started)
+                assert answer["recovered"] is True
+                ids = [m["id"] for m in answer["history"]]
+                assert ids == list(range(offset - 99, offset + 1))
+                older = await client.join("busy", since=offset - 101, epoch=joined["epoch"])
+                assert older["recovered"] is False and len(older["history"]) == 100
+            await client.close()
+            await reader.request({"type": "leave", "room": "busy"})
+
+            # Past the TTL: nothing of the rooms left in Redis.
+            expired_after = await poll(forgotten, timeout=ttl + 10, interval=0.2, what="expiry")
+            memory.append((await view.info("memory"))["used_memory"])
+            assert await view.client.dbsize() == baseline_keys
+            # A stale epoch after the TTL: a new epoch, nothing replayed, not recovered.
+            again = await reader.join("busy", since=offset, epoch=joined["epoch"])
+            assert again["recovered"] is False and again["epoch"] != joined["epoch"]
+            assert again["history"] == []
+            await reader.request({"type": "leave", "room": "busy"})
+            await poll(forgotten, timeout=TIMEOUT, interval=0.1, what="the emptied room gone")
+            rooms = small_rooms + 1
+            record(
+                "E29",
+                "messages written",
+                busy_count + 10 * small_rooms,
+                "",
+                rooms=rooms,
+                seconds=round(written_in, 1),
+                round=round_,
+            )
+            record(
+                "E29",
+                "Redis memory per room with history",
+                round((peak_memory - baseline_memory) / rooms),
+                "B",
+                history=Kept.history_size,
+                round=round_,
+            )
+            record("E29", "longest history kept", max(lengths), "messages", round=round_)
+            record(
+                "E29",
+                "rooms forgotten after the TTL",
+                round(expired_after, 1),
+                "s",
+                ttl=ttl,
+                round=round_,
+            )
+        await reader.close()
+    await view.aclose()
+    # Flat: a round leaves Redis as the one before did (the first round warms Redis up:
+    # its scripts, its clients' buffers).
+    growth = memory[-1] - memory[0]
+    assert growth < 256 * 1024, memory
+    record(
+        "E29",
+        "replay p99 for 100 messages",
+        round(percentile(replays, 0.99) * 1000, 1),
+        "ms",
+        replays=len(replays),
+    )
+    record(
+        "E29",
+        "Redis memory after the TTL, last round minus first",
+        round(growth / 1024),
+        "KiB",
+        rounds=rounds,
+        warm_up_kib=round((memory[0] - baseline_memory) / 1024),
+    )
+
+
+async def test_e29_idle_bookkeeping_follows_the_logs_it_counts(redis: PrivateRedis) -> None:
+    """Idle logs of different TTLs: the bookkeeping lives as long as the longest, and
+    forgets the ones that expired as others become idle."""
+    from wsroom import ConnectionManager, Room
+    from wsroom.backplane.redis import RedisBackplane
+
+    class Long(Room):
+        history_ttl = 60.0
+
+    class Short(Room):
+        history_ttl = 0.5
+
+    def room_class(name: str) -> type[Room]:
+        return Long if name.startswith("long") else Short
+
+    prefix = fresh_prefix()
+    manager = ConnectionManager(room_class, backplane=RedisBackplane(redis.url, prefix=prefix))
+    view = RedisView(redis.url)
+    idle = f"{prefix}:idle"
+    try:
+        async with manager:
+            await manager.broadcast("long-1", "kept a minute")
+            await manager.broadcast("short-1", "kept half a second")
+            assert await view.client.zrange(idle, 0, -1) == [b"long-1", b"short-1"]
+            for key in (idle, f"{idle}:bytes", f"{idle}:total"):
+                assert 50_000 < await view.client.pttl(key) <= 60_000
+
+            async def short_expired() -> bool:
+                return not await view.client.exists(f"{prefix}:room:{{short-1}}:meta")
+
+            await poll(short_expired, timeout=TIMEOUT, interval=0.1, what="short-1 expiry")
+            await manager.broadcast("short-2", "kept half a second")
+            assert await view.client.zrange(idle, 0, -1) == [b"long-1", b"short-2"]
+            sizes = await view.client.hgetall(f"{idle}:bytes")
+            assert set(sizes) == {b"long-1", b"short-2"}
+            total = await view.client.get(f"{idle}:total")
+            assert total is not None and int(total) == sum(map(int, sizes.values()))
+            assert 50_000 < await view.client.pttl(idle) <= 60_000
+    finally:
+        await view.aclose()
