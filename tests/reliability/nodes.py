@@ -676,14 +676,19 @@ class Tracker:
         """The acked sequence numbers this member did not receive."""
         return [seq for seq in acked if seq not in self.seqs]
 
-    def unsignalled(self, missing: Sequence[int], reference: Tracker) -> list[int]:
+    def unsignalled(self, missing: Sequence[int], known: dict[int, tuple[str, int]]) -> list[int]:
         """The missed messages no ``gap`` told of: a gap in another epoch than the
-        message's, or whose offset is at or past its id, covers it. ``reference`` (the
-        publisher, which gets its own messages before their ``ack``) knows their ids."""
+        message's, or whose offset is at or past its id, covers it. ``known`` maps
+        sequence numbers to their (epoch, id), from whoever received them; a message
+        nobody received (its epoch unknown) is covered by any gap."""
         uncovered = []
         for seq in missing:
-            epoch, id_ = reference.seqs[seq]
-            if not any(g["epoch"] != epoch or g["offset"] >= id_ for g in self.gaps):
+            if seq not in known:
+                covered = bool(self.gaps)
+            else:
+                epoch, id_ = known[seq]
+                covered = any(g["epoch"] != epoch or g["offset"] >= id_ for g in self.gaps)
+            if not covered:
                 uncovered.append(seq)
         return uncovered
 
