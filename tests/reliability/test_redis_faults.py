@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ from tests.reliability.nodes import (
 )
 from tests.reliability.suite import SOAK, record, scale, seconds
 
-pytestmark = pytest.mark.timeout(600 if SOAK else 90)
+pytestmark = pytest.mark.timeout(1800 if SOAK else 90)
 
 RATE = 100.0  # the plan's sequence-numbered publisher, msg/s
 ROOMS = ["r0", "r1"]
@@ -364,7 +365,8 @@ async def test_c11a_redis_kills_the_subscriber_connections(redis: PrivateRedis) 
 async def test_c11b_output_buffer_limit_drops_a_stalled_node(redis: PrivateRedis) -> None:
     """client-output-buffer-limit pubsub 1mb 512kb 5; one node stopped (SIGSTOP) while 16 KiB
     messages flow: Redis drops its subscription, the node notices once it runs again."""
-    async with scene(redis, ["websockets"] * 3, per_room=scale(ci=1, soak=20)) as sc:
+    # Few readers: each gets 1.6 MB/s of 16 KiB messages.
+    async with scene(redis, ["websockets"] * 3, per_room=scale(ci=1, soak=3)) as sc:
         await sc.view.client.config_set("client-output-buffer-limit", "pubsub 1mb 512kb 5")
         channels = await sc.subscriptions()
         stalled = sc.nodes[2]
@@ -840,7 +842,7 @@ async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRed
     view = RedisView(redis.url)
     busy_count = scale(ci=2000, soak=1_000_000)
     small_rooms = scale(ci=1000, soak=100_000)
-    rounds = scale(ci=2, soak=3)
+    rounds = 2
     memory: list[int] = []  # used_memory once everything expired, per round
     replays: list[float] = []
     async with (
@@ -851,9 +853,10 @@ async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRed
         baseline_keys = await view.client.dbsize()
         reader = await Member.connect(url_b, "reader")
 
-        async def burst(calls: list[Any]) -> None:
-            for start in range(0, len(calls), 500):
-                await asyncio.gather(*calls[start : start + 500])
+        async def burst(calls: Iterator[Awaitable[int]]) -> None:
+            """Run the calls 500 at a time (made as they go: a million at soak scale)."""
+            while chunk := list(itertools.islice(calls, 500)):
+                await asyncio.gather(*chunk)
 
         async def forgotten() -> bool:
             """Nothing left of the rooms, the idle logs' bookkeeping included."""
@@ -861,16 +864,15 @@ async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRed
             return found == [f"{prefix}:nodes"]
 
         for round_ in range(rounds):
-            joined = await reader.join("busy")
+            # Nobody in the rooms while they are written (a member would have to read a
+            # million frames at soak scale): their logs are idle, bounded just the same.
             started = time.monotonic()
             await burst(
-                [
-                    (node_a if r % 2 else node_b).broadcast(f"small-{r}", {"n": n})
-                    for r in range(small_rooms)
-                    for n in range(10)
-                ]
+                (node_a if r % 2 else node_b).broadcast(f"small-{r}", {"n": n})
+                for r in range(small_rooms)
+                for n in range(10)
             )
-            await burst([node_a.broadcast("busy", {"n": n}) for n in range(busy_count)])
+            await burst(node_a.broadcast("busy", {"n": n}) for n in range(busy_count))
             written_in = time.monotonic() - started
             peak_memory = (await view.info("memory"))["used_memory"]
             lengths, ttls, busy_length = [], [], 0
@@ -888,12 +890,13 @@ async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRed
             # -2: expired between the scan and the PTTL; -1 (no expiry) never.
             assert all(left == -2 or 0 < left <= ttl * 1000 for left in ttls), ttls
             idle = await view.client.zcard(f"{prefix}:idle")
-            assert idle <= min(small_rooms, node_a.limits.max_idle_rooms)
+            assert idle <= min(small_rooms + 1, node_a.limits.max_idle_rooms)
 
             # Replay from the busy room: exactly the last 100, or recovered:false.
-            offset = joined["offset"] + busy_count
-            await reader.received("message", {"n": busy_count - 1}, timeout=TIMEOUT * 4)
             client = await Member.connect(url_a, "late")
+            joined = await client.join("busy")
+            offset = joined["offset"]
+            assert offset == busy_count and len(joined["history"]) == Kept.history_size
             for _ in range(scale(ci=10, soak=200)):
                 started = time.monotonic()
                 answer = await client.join("busy", since=offset - 100, epoch=joined["epoch"])
@@ -904,7 +907,6 @@ async def test_e29_history_bounded_in_size_and_time_over_redis(redis: PrivateRed
                 older = await client.join("busy", since=offset - 101, epoch=joined["epoch"])
                 assert older["recovered"] is False and len(older["history"]) == 100
             await client.close()
-            await reader.request({"type": "leave", "room": "busy"})
 
             # Past the TTL: nothing of the rooms left in Redis.
             expired_after = await poll(forgotten, timeout=ttl + 10, interval=0.2, what="expiry")
