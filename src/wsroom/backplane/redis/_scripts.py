@@ -12,7 +12,8 @@ Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
 * ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
 * ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
   and ``P:idle:total``: the logs of rooms no node subscribes to, bounded by
-  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`.
+  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`; the three
+  expire with the longest-lived of those logs.
 * ``P:node:<node>:presence``: set of ``room\\nuser`` entries a node holds, so that any
   node can remove a dead node's presence.
 * ``P:nodes``: sorted set node -> last heartbeat (ms). A node silent for ``node_ttl``
