@@ -86,6 +86,8 @@ class Batcher:
         try:
             while outgoing:
                 runs = _runs_of(outgoing)
+                if not runs:
+                    continue  # every publisher taken gave up waiting
                 batch = [
                     Append(
                         run[0].room,
@@ -117,11 +119,14 @@ class Batcher:
 
 def _runs_of(outgoing: deque[_Publish]) -> list[list[_Publish]]:
     """Take up to a batch's worth of queued publishes, in order, as runs of consecutive
-    publishes to one room with the same settings, each capped in bytes."""
+    publishes to one room with the same settings, each capped in bytes (publishes whose
+    publisher no longer waits are dropped)."""
     runs: list[list[_Publish]] = []
     run_bytes = 0
     for _ in range(min(len(outgoing), _BATCH_MAX)):
         publish = outgoing.popleft()
+        if publish.result.done():
+            continue  # its publisher timed out or was cancelled before it left: not sent
         if runs and publish.joins(runs[-1], run_bytes):
             runs[-1].append(publish)
             run_bytes += len(publish.item)

@@ -9,7 +9,13 @@ contract and is the backplane's :class:`~wsroom.backplane.base.BusReceiver`. It 
   are ``M\\n<epoch>\\n<first id>\\n<items...>`` (a run of room messages),
   ``E\\n<exclude>\\n<frame>`` (a room event), ``D\\n<id>\\n<item>`` (a direct message),
   ``A\\n<frame>`` (to every connection) and ``X\\n<code>\\n<reason>`` (disconnect a user).
-  Malformed ones are counted in :attr:`Cluster.dropped_messages`, logged and dropped.
+  Malformed ones are counted in :attr:`Cluster.dropped_messages`, logged and dropped, and
+  so are frames that do not belong where they arrived (an event naming another room, a
+  protocol frame such as ``message`` or ``welcome`` sent as an event) and bus messages
+  larger than any node publishes.
+* **sizes**: a message or frame larger than :attr:`Limits.max_queue_bytes` could be queued
+  to no client (it would evict every recipient, on every node, and stay in the room's
+  history): publishing one raises :class:`~wsroom.EncodeError` before anything is sent.
 * **one order per room**: each room with members here has a track of what was delivered;
   a message that skips ids or starts a new epoch sends its members a ``gap`` frame; after
   the bus was lost, :meth:`Cluster.resubscribed` repairs every room from its log, holding
@@ -34,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .. import frames
-from ..exceptions import BackplaneError
-from ._batch import Batcher
+from ..exceptions import BackplaneError, EncodeError
+from ._batch import _RUN_BYTES, Batcher
 from .base import (
     Append,
     Appended,
@@ -59,6 +65,10 @@ _DIRECT_SEEN = 1024
 # Pauses before reading a room's log again during a repair: a pooled connection that
 # died with the old store fails once.
 _REPAIR_PAUSES = (0.0, 0.25, 1.0)
+# A message frame's bytes beyond its envelope, at most: the type, the room and the id.
+_FRAME_OVERHEAD = 64
+# A bus message's bytes beyond its frames or items, at most: headers, epoch, ids.
+_BUS_OVERHEAD = 4096
 
 
 @dataclass(slots=True)
@@ -173,6 +183,7 @@ class Cluster:
         """
         record = Record(sender, data, ts, exclude)
         envelope = self._envelope(record)
+        self._check_size(len(envelope) + len(room) + _FRAME_OVERHEAD, "a message")
         item = _item(exclude, envelope)
         backplane = self.backplane
         if not self._remote:
@@ -191,7 +202,15 @@ class Cluster:
             raise BackplaneError("the backplane is unavailable; retrying in the background")
         # Queued before the first suspension: publishes reach the store in the order they
         # were called, and those called while a batch is on its way leave in the next one.
-        message_id, epoch = await self._batcher.put(room, record, item, history_size, history_ttl)
+        queued = self._batcher.put(room, record, item, history_size, history_ttl)
+        # Bounded as a single command is, the wait for the batches ahead included: behind
+        # a stalled batch, a publish still fails within the timeout (and is not sent when
+        # it had not left yet).
+        try:
+            async with asyncio.timeout(backplane.timeout):
+                message_id, epoch = await queued
+        except TimeoutError:
+            raise BackplaneError("the backplane did not answer in time") from None
         self.messages_published += 1
         track = self._tracks.get(room)
         if local_first and track is not None and (track.last < message_id or track.epoch != epoch):
@@ -200,6 +219,7 @@ class Cluster:
 
     async def publish_event(self, room: str, frame: bytes, *, exclude: str | None = None) -> None:
         """Deliver an unstored frame to every node's members of ``room``."""
+        self._check_size(len(frame), "an event")
         header = b"E\n" + (exclude.encode() if exclude else b"") + b"\n"
         await self.backplane.publish(f"room:{room}", header + frame)
 
@@ -239,7 +259,9 @@ class Cluster:
     async def send_direct(self, user: str, sender: str | None, data: Any, *, ts: int) -> int | None:
         """Deliver a ``direct`` frame to every connection of ``user``; its id, or ``None``
         when the user has no connection anywhere. This node's copies are queued first."""
-        id_ = await self.backplane.direct(user, self.encode_item(Record(sender, data, ts)))
+        envelope = self._envelope(Record(sender, data, ts))
+        self._check_size(len(envelope) + _FRAME_OVERHEAD, "a direct message")
+        id_ = await self.backplane.direct(user, _item(None, envelope))
         if id_ is None:
             return None
         if self._remote and self._node.local_user_count(user) and id_ not in self._direct_seen:
@@ -248,6 +270,7 @@ class Cluster:
 
     async def send_all(self, frame: bytes) -> None:
         """Deliver ``frame`` to every connection on every node."""
+        self._check_size(len(frame), "a frame")
         await self.backplane.publish("all", b"A\n" + frame)
 
     async def disconnect_user(self, user: str, code: int, reason: str) -> int:
@@ -255,6 +278,14 @@ class Cluster:
         here = self._node.local_user_count(user)
         await self.backplane.publish(f"user:{user}", f"X\n{code}\n{reason}".encode())
         return here
+
+    def _check_size(self, size: int, what: str) -> None:
+        limit = self.limits.max_queue_bytes
+        if size > limit:
+            raise EncodeError(
+                f"{what} of {size} bytes is larger than Limits.max_queue_bytes ({limit}):"
+                " no client could be sent it"
+            )
 
     # BusReceiver: what the backplane calls.
 
@@ -285,6 +316,14 @@ class Cluster:
 
     def received(self, channel: str, payload: bytes) -> None:
         """Handle a bus message; malformed ones are counted, logged and dropped."""
+        if self._remote and len(payload) > self._bus_limit():
+            self.dropped_messages += 1
+            logger.warning(
+                "dropped a message of %d bytes on %s: larger than any node publishes",
+                len(payload),
+                channel,
+            )
+            return
         try:
             self._dispatch(channel, payload)
         except Exception as exc:
@@ -316,6 +355,11 @@ class Cluster:
 
     # Bus messages.
 
+    def _bus_limit(self) -> int:
+        # A run of several messages is at most _RUN_BYTES; a run of one, or a frame, is at
+        # most max_queue_bytes (see _check_size).
+        return max(_RUN_BYTES, self.limits.max_queue_bytes) + _BUS_OVERHEAD
+
     def _dispatch(self, channel: str, payload: bytes) -> None:
         kind, rest = payload[:2], payload[2:]
         scope, _, name = channel.partition(":")
@@ -324,7 +368,7 @@ class Cluster:
             self._on_messages(name, rest)
         elif kind == b"E\n" and scope == "room":
             exclude, frame = rest.split(b"\n", 1)
-            self._check_frame(frame)
+            self._check_frame(frame, name)
             node.deliver_room(name, frame, exclude.decode() or None)
         elif kind == b"D\n" and scope == "user":
             id_text, item = rest.split(b"\n", 1)
@@ -338,7 +382,7 @@ class Cluster:
                 if waiting is not None:
                     _resolve(waiting)
         elif kind == b"A\n" and channel == "all":
-            self._check_frame(rest)
+            self._check_frame(rest, None)
             node.deliver_all(rest)
         elif kind == b"X\n" and scope == "user":
             code, reason = rest.split(b"\n", 1)
@@ -346,12 +390,19 @@ class Cluster:
         else:
             raise ValueError(f"not a wsroom bus message: {payload[:16]!r}")
 
-    def _check_frame(self, frame: bytes) -> None:
+    def _check_frame(self, frame: bytes, room: str | None) -> None:
+        """A frame from the bus is an event of the room whose channel carried it (of no
+        room, for everyone), or a room's ``presence``: never another protocol frame."""
         # Only another process can publish a bad frame: a local bus carries this one's.
         if self._remote:
             value = self._node.decode(frame)
             if not isinstance(value, dict) or not isinstance(value.get("type"), str):
                 raise ValueError("a frame must be an object with a string 'type'")
+            if value.get("room", room) != room:
+                raise ValueError(f"a frame of room {value['room']!r} on the bus of {room!r}")
+            kind = value["type"]
+            if kind in frames.SERVER_TYPES and (kind != "presence" or room is None):
+                raise ValueError(f"a {kind!r} frame is not an event")
 
     def _on_messages(self, room: str, rest: bytes) -> None:
         """``<epoch>\\n<first id>\\n`` then items with consecutive ids from the first."""
@@ -369,12 +420,14 @@ class Cluster:
         track = self._tracks.get(room)
         if track is None:
             return  # no member here any more
+        # Decoded to check them before the track moves: a run with a malformed item is
+        # dropped whole (its ids are then a gap, like any message lost), never forwarded.
+        excludes = [self.decode_item(item).exclude for item in items]
         for offset, item in enumerate(items):
             if track.repairing:
                 track.held.append((epoch, first + offset, item))
             elif self._accept(room, track, epoch, first + offset):
-                # Decoded to check it: a malformed item is dropped, never forwarded.
-                self._emit_item(room, track, first + offset, item, self.decode_item(item).exclude)
+                self._emit_item(room, track, first + offset, item, excludes[offset])
 
     # Ordering.
 

@@ -12,7 +12,8 @@ Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
 * ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
 * ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
   and ``P:idle:total``: the logs of rooms no node subscribes to, bounded by
-  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`.
+  :attr:`Limits.max_idle_rooms` and :attr:`Limits.max_idle_history_bytes`; the three
+  expire with the longest-lived of those logs.
 * ``P:node:<node>:presence``: set of ``room\\nuser`` entries a node holds, so that any
   node can remove a dead node's presence.
 * ``P:nodes``: sorted set node -> last heartbeat (ms). A node silent for ``node_ttl``
@@ -96,13 +97,39 @@ local function idle_forget(prefix, room)
   end
 end
 
-local function idle_touch(prefix, room, size)
+-- The bookkeeping lives as long as the longest-lived log it counts (ttl: the log's, in
+-- ms; negative: none), so that it goes with them once every idle log expired. Logs that
+-- expired before are forgotten a few at a time, oldest first, as others become idle.
+local function idle_touch(prefix, room, size, ttl)
   local idle = prefix .. ':idle'
+  for _, old in ipairs(redis.call('ZRANGE', idle, 0, 7)) do
+    if redis.call('EXISTS', room_key(prefix, old, 'meta')) == 0 then
+      idle_forget(prefix, old)
+    end
+  end
+  -- The three keys share one expiry, the latest asked for (-1: none).
+  local keys = {idle, idle .. ':bytes', idle .. ':total'}
+  local keep = ttl
+  for _, key in ipairs(keys) do
+    local left = redis.call('PTTL', key)  -- -2: no key, -1: no expiry
+    if left == -1 then
+      keep = -1
+    elseif keep >= 0 and left > keep then
+      keep = left
+    end
+  end
   local now = redis.call('TIME')
   redis.call('ZADD', idle, now[1] * 1000000 + now[2], room)
   local before = tonumber(redis.call('HGET', idle .. ':bytes', room) or 0)
   redis.call('HSET', idle .. ':bytes', room, size)
   redis.call('INCRBY', idle .. ':total', size - before)
+  for _, key in ipairs(keys) do
+    if keep < 0 then
+      redis.call('PERSIST', key)
+    else
+      redis.call('PEXPIRE', key, keep)
+    end
+  end
 end
 
 -- Drop the least recently used idle logs beyond the bounds. At most 32 per call keeps
@@ -163,7 +190,7 @@ for k = 1, count do
   parts[k + 5] = ARGV[7 + k]
 end
 if redis.call('PUBLISH', prefix .. ':room:' .. room, table.concat(parts)) == 0 then
-  idle_touch(prefix, room, bytes)
+  idle_touch(prefix, room, bytes, tonumber(ARGV[5]))
   evict(prefix, ARGV[6], ARGV[7])
 else
   idle_forget(prefix, room)
@@ -201,7 +228,8 @@ if tonumber(seq) == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 1
 end
-idle_touch(ARGV[1], ARGV[2], tonumber(redis.call('HGET', KEYS[1], 'bytes') or 0))
+local ttl = redis.call('PTTL', KEYS[1])
+idle_touch(ARGV[1], ARGV[2], tonumber(redis.call('HGET', KEYS[1], 'bytes') or 0), ttl)
 evict(ARGV[1], ARGV[3], ARGV[4])
 return 2
 """
