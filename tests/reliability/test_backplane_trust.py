@@ -53,7 +53,9 @@ async def one_node(
     """A node in the test's process (its counters and log are the test's to read)."""
     backplane = RedisBackplane(redis_url, prefix=fresh_prefix(), heartbeat=0.5, node_ttl=3)
     manager = ConnectionManager(
-        authenticate=user_from_query, backplane=backplane, limits=Limits(rate=None, **limits)
+        authenticate=user_from_query,
+        backplane=backplane,
+        limits=Limits.without_rate_limits(**limits),
     )
     async with websockets_asyncio_server(manager) as url:
         yield manager, backplane, url
