@@ -169,6 +169,7 @@ class RawWebSocket:
         negotiated (``None``: no compression)."""
         self._inflater: Any = None
         self.closed: Closed | None = None
+        self._keeper: asyncio.Task[None] | None = None
         match = re.search(rb"(?im)^sec-websocket-extensions:\s*(.*?)\r$", head)
         if match and b"permessage-deflate" in match.group(1):
             bits = re.search(rb"client_max_window_bits=(\d+)", match.group(1))
@@ -305,12 +306,27 @@ class RawWebSocket:
                 await self.read_message(timeout)
         return self.closed
 
+    def keep_alive(self) -> None:
+        """From now on, read (and drop) everything in the background, answering the
+        server's keepalive pings, so an idle connection is not closed for silence."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            while await self.read_message(timeout=3600) is not None:
+                pass
+
     def abort(self) -> None:
         transport = self.writer.transport
         transport.abort()
 
     async def aclose(self) -> None:
         """Close politely when still open, else just drop the socket."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         with contextlib.suppress(OSError):
             if self.closed is None:
                 self.writer.write(frame(OP_CLOSE, close_payload(1000)))

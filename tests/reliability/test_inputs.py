@@ -37,13 +37,15 @@ from tests.reliability.raw import (
     http_exchange,
     upgrade_request,
 )
-from tests.reliability.suite import record, scale
+from tests.reliability.suite import record, scale, seconds
 from tests.test_fuzz import check_decode, json_like_texts
 from wsroom import ConnectionManager, Limits, MessageProtocol, ProtocolError, is_valid_room_name
 
 MiB = 1 << 20
 KiB = 1 << 10
 
+# The global 60 s per test holds at CI scale; the soak scale takes minutes.
+long_at_soak = pytest.mark.timeout(scale(ci=60, soak=1800))
 needs_peak_rss = pytest.mark.skipif(
     not PeakRss.available(), reason="measures peak RSS through /proc/self/clear_refs (Linux)"
 )
@@ -434,6 +436,7 @@ async def test_hostile_corpus_over_a_real_socket(adapter: str) -> None:
     assert crashes(logs) == []
 
 
+@long_at_soak
 @settings(
     max_examples=scale(ci=300, soak=10_000),
     deadline=None,
@@ -446,9 +449,9 @@ def test_decoder_accepts_or_refuses_with_a_documented_code(text: str) -> None:
     check_decode(MessageProtocol(), text)
 
 
-def _timings(payload: str, repeat: int = 7) -> tuple[float, float, float, str]:
-    """Fastest and slowest of ``repeat`` decodes of ``payload``, the fastest bare parse
-    (the codec's ``loads``, no checks) and how the decode ended."""
+def _timings(payload: str, repeat: int = 7) -> dict[str, Any]:
+    """Fastest and slowest of ``repeat`` decodes of ``payload``, and of bare parses (the
+    codec's ``loads``, no checks), and how the decode ended."""
     protocol = MessageProtocol()
     decodes, parses = [], []
     outcome = ""
@@ -464,7 +467,13 @@ def _timings(payload: str, repeat: int = 7) -> tuple[float, float, float, str]:
         with contextlib.suppress(ProtocolError):
             protocol.loads(payload)
         parses.append(time.perf_counter() - start)
-    return min(decodes), max(decodes), min(parses), outcome
+    return {
+        "fastest": min(decodes),
+        "slowest": max(decodes),
+        "parse": min(parses),
+        "slowest parse": max(parses),
+        "outcome": outcome,
+    }
 
 
 def _max_size(prefix: str, unit: str, suffix: str, size: int = 64 * KiB) -> str:
@@ -496,18 +505,27 @@ WORST_CASES = {
 }
 
 
+@long_at_soak
 def test_worst_case_parse_time_and_validation_cost() -> None:
     """E23: decoding a max-size (64 KiB) hostile payload stays cheap; the p99 cost of
     validating ordinary frames is recorded."""
     for name, (payload, expected) in WORST_CASES.items():
         assert len(payload.encode()) <= 64 * KiB, name
-        fastest, worst, parse, outcome = _timings(payload)
-        record("E23", "worst-case parse time", round(worst * 1000, 3), "ms", payload=name)
-        record("E23", "bare JSON parse time", round(parse * 1000, 3), "ms", payload=name)
-        assert outcome == expected, (name, outcome)
-        assert worst < 0.25, f"{name}: {worst:.3f} s"
-        # wsroom's checks (the depth walk above all) must not multiply what parsing costs:
-        # compared on the fastest runs, which scheduling noise cannot inflate.
+        timing = _timings(payload)
+        fastest, parse = timing["fastest"], timing["parse"]
+        for figure, key in [
+            ("decode time (parse and checks), slowest", "slowest"),
+            ("decode time (parse and checks), fastest", "fastest"),
+            ("bare JSON parse time, slowest", "slowest parse"),
+            ("bare JSON parse time, fastest", "parse"),
+        ]:
+            record("E23", figure, round(timing[key] * 1000, 3), "ms", payload=name)
+        assert timing["outcome"] == expected, (name, timing["outcome"])
+        # Asserted on the fastest of the runs, which a busy machine or a garbage collection
+        # cannot inflate (the slowest, recorded above, can: 0.4 s on a loaded 2-core box,
+        # where creating 20,000 objects sets off full collections, in json.loads too).
+        assert fastest < 0.1, f"{name}: {fastest:.3f} s"
+        # wsroom's checks (the depth walk above all) must not multiply what parsing costs.
         assert fastest <= 10 * parse + 0.001, f"{name}: decode {fastest:.4f} s, parse {parse:.4f} s"
     # Ordinary traffic: chat messages, joins, pings, from a few bytes to a few KiB.
     rng = random.Random(23)
@@ -726,6 +744,7 @@ class Bystander:
         await self.client.close()
 
 
+@long_at_soak
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 async def test_fuzzed_frames_over_real_sockets(adapter: str) -> None:
     """E23: seeded random frames (hostile JSON, mutated bytes, binary, control frames,
@@ -946,6 +965,7 @@ async def _answers(ws: RawWebSocket, count: int) -> list[dict[str, Any]]:
     return [strict_json(await ws.recv_text()) for _ in range(count)]
 
 
+@long_at_soak
 async def test_one_connection_joins_10000_rooms() -> None:
     """E28: one client asks for 10,000 rooms: it gets 128 (max_rooms_per_connection), every
     other join is refused with ``forbidden`` and costs nothing that stays."""
@@ -995,15 +1015,32 @@ async def test_one_connection_joins_10000_rooms() -> None:
         await ws.aclose()
 
 
+@long_at_soak
 async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
     """E28: clients create distinct rooms up to ``Limits.max_rooms`` (set small); the next
     new room is refused with ``forbidden`` while existing rooms stay joinable; once everyone
-    leaves (half by ``leave``, half by disconnecting) every room is gone within 1 s and
-    wsroom's memory is back where it started."""
+    leaves (half by ``leave``, half by disconnecting) every room is gone and wsroom's memory
+    is back where it started. A room is gone by the time its last member gets ``left``."""
     per_client = 100
     max_rooms = scale(ci=2_000, soak=100_000)
     manager = ConnectionManager(limits=Limits(rate=None, max_rooms=max_rooms))
     async with serving("websockets", manager) as url:
+        # One room, two members: it lives until the last one leaves, not a moment longer.
+        members = [await RawWebSocket.open(url) for _ in range(2)]
+        for member in members:
+            await member.recv_text()
+            await member.send(frame(OP_TEXT, b'{"type":"join","room":"probe"}'))
+            assert (await _answers(member, 1))[0]["type"] == "joined"
+        await members[0].send(frame(OP_TEXT, b'{"type":"leave","room":"probe"}'))
+        assert (await _answers(members[0], 1))[0]["type"] == "left"
+        assert manager.rooms() == ["probe"]
+        last_leave = time.monotonic()
+        await members[1].send(frame(OP_TEXT, b'{"type":"leave","room":"probe"}'))
+        assert (await _answers(members[1], 1))[0]["type"] == "left"
+        assert manager.rooms() == [], "the room outlived its last member's 'left'"
+        single = time.monotonic() - last_leave
+        for member in members:
+            await member.aclose()
         tracemalloc.start()
         try:
             base, _ = _wsroom_usage(tracemalloc.take_snapshot())
@@ -1017,6 +1054,7 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
                 )
                 answers = await _answers(ws, per_client)
                 assert {a["type"] for a in answers} == {"joined"}, answers[:2]
+                ws.keep_alive()  # answers keepalive pings: a soak-scale fill takes minutes
                 clients.append(ws)
             full, full_blocks = _wsroom_usage(tracemalloc.take_snapshot())
             late = await RawWebSocket.open(url)
@@ -1062,13 +1100,16 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
         "B",
         setup=f"{per_client} rooms per connection",
     )
-    record("E28", "collection time after the last leave", round(collected * 1000, 1), "ms")
-    record("E28", "leave phase", round((left_at - started) * 1000, 1), "ms")
+    record("E28", "room gone when its last member gets 'left'", round(single * 1000, 2), "ms")
+    record("E28", "leave phase (sending)", round((left_at - started) * 1000, 1), "ms")
+    record("E28", "every room collected after the leave phase", round(collected * 1000, 1), "ms")
     record("E28", "wsroom memory left after everyone left", left_bytes - base, "B")
     record("E28", "wsroom allocations live at max rooms", full_blocks)
     record("E28", "wsroom allocations live after everyone left", left_blocks)
     assert manager.statistics().rooms == 0
-    assert collected < 1.0, f"rooms collected {collected:.3f} s after the last leave"
+    # The server works through every leave and disconnect queued meanwhile (2,000 rooms at
+    # CI scale, 100,000 at soak scale): a backlog, not a delay in collecting rooms.
+    assert collected < seconds(ci=1.0, soak=30.0), f"collected {collected:.3f} s after"
     # What stays is the capacity of a few hash tables (CPython never shrinks them; bounded
     # by max_rooms, and reused) and the connections still closing: no per-room object.
     assert left_blocks < 0.05 * full_blocks, f"{left_blocks} of {full_blocks} allocations"
