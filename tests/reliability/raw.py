@@ -214,7 +214,7 @@ class RawWebSocket:
 
     # Sending.
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.writer.write(data)
 
     async def send(self, data: bytes) -> None:
@@ -390,15 +390,33 @@ async def http_exchange(
 
 
 _libc: Any = None
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter
 
 
-def _malloc_trim() -> None:
+def _glibc() -> Any:
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
         _libc = ctypes.CDLL(name) if name else False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
+    return _libc
+
+
+def _fresh_pages_for_large_blocks() -> None:
+    """Serve every block of 128 KiB or more from fresh pages (mmap), returned at its free.
+
+    glibc raises this threshold by itself after a large block is freed (up to 32 MiB), and
+    then serves later large blocks from memory it kept: a buffer would not show in RSS
+    when an earlier test freed one as large. Fixing the threshold turns that off.
+    """
+    libc = _glibc()
+    if libc and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+def _malloc_trim() -> None:
+    libc = _glibc()
+    if libc and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _status_kib(field: str) -> int:
@@ -414,8 +432,11 @@ class PeakRss:
 
     The kernel keeps the peak (``VmHWM``) and lets a process reset it
     (``/proc/self/clear_refs``), so no short-lived buffer escapes the measurement. Before
-    the reset, freed heap memory is handed back to the kernel (``malloc_trim``): memory an
-    earlier test freed but the allocator kept would otherwise be reused without showing.
+    the reset, freed heap memory is handed back to the kernel (``malloc_trim``) and large
+    blocks are set to come from fresh pages: memory an earlier test freed but the allocator
+    kept would otherwise be reused without showing. (That setting stays for the rest of the
+    process: large blocks are then mapped and unmapped each time, as glibc does by default
+    until its first large free.)
     """
 
     def __init__(self) -> None:
@@ -431,6 +452,7 @@ class PeakRss:
         return True
 
     def reset(self) -> None:
+        _fresh_pages_for_large_blocks()
         gc.collect()
         _malloc_trim()
         with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:

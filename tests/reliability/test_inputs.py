@@ -149,7 +149,8 @@ def _oversized_frames(case: str, limit: int) -> tuple[list[bytes], int]:
     ("adapter", "case"), by_adapter(OVERSIZED, {"text", "binary", "fragmented"})
 )
 async def test_oversized_messages_close_1009(adapter: str, case: str) -> None:
-    """E21: close 1009 within 0.5 s (plan: 100 ms), peak RSS growth <= 2 x the limit."""
+    """E21: close 1009 within 0.5 s (plan: 100 ms); peak RSS growth <= 2 x the limit for
+    fragments, and below the limit for a frame whose header announces its oversize."""
     manager = ConnectionManager(limits=Limits(max_frame_size=E21_LIMIT, rate=None))
     frames, crossing = _oversized_frames(case, E21_LIMIT)
     rss = PeakRss()
@@ -163,8 +164,12 @@ async def test_oversized_messages_close_1009(adapter: str, case: str) -> None:
             for index, data in enumerate(frames):
                 if index == crossing:
                     crossed_at[0] = time.monotonic()
-                ws.write(data)
-                await ws.writer.drain()
+                # 64 KiB at a time: what the socket does not take at once is copied into
+                # the transport's buffer, in this process too.
+                view = memoryview(data)
+                for start in range(0, len(view), FRAGMENT):
+                    ws.write(view[start : start + FRAGMENT])
+                    await ws.writer.drain()
 
         sender = asyncio.create_task(send())
         try:
@@ -182,7 +187,14 @@ async def test_oversized_messages_close_1009(adapter: str, case: str) -> None:
         assert closed.code == 1009, closed
         await wait_for(lambda: not manager.connections)
         await still_serving(url)
-    within(growth, rss_bound(E21_LIMIT), "peak RSS growth (bytes)")
+    if case == "fragmented":
+        # Fragments below the limit are legitimately held until the message crosses it.
+        within(growth, rss_bound(E21_LIMIT), "peak RSS growth (bytes)")
+    else:
+        # The header announces the size: a server that enforces the limit while reading
+        # refuses the frame there, and never holds it (which alone is 2 x the limit under
+        # uvicorn: the bytes, then the decoded text).
+        within(growth, E21_LIMIT, "peak RSS growth for a frame refused at its header (bytes)")
     within(took, 0.5, "time to close (s)")
 
 
@@ -449,24 +461,25 @@ def test_decoder_accepts_or_refuses_with_a_documented_code(text: str) -> None:
     check_decode(MessageProtocol(), text)
 
 
-def _timings(payload: str, repeat: int = 7) -> dict[str, Any]:
-    """Fastest and slowest of ``repeat`` decodes of ``payload``, and of bare parses (the
-    codec's ``loads``, no checks), and how the decode ended."""
+def _timings(payload: str, repeat: int = 9) -> dict[str, Any]:
+    """Least and most CPU time (this thread's: another process taking the core does not
+    count) of ``repeat`` decodes of ``payload`` and of as many bare parses (the codec's
+    ``loads``, no checks), and how the decode ended."""
     protocol = MessageProtocol()
     decodes, parses = [], []
     outcome = ""
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.thread_time()
         try:
             protocol.decode(payload)
             outcome = "accepted"
         except ProtocolError as exc:
             outcome = exc.code
-        decodes.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        decodes.append(time.thread_time() - start)
+        start = time.thread_time()
         with contextlib.suppress(ProtocolError):
             protocol.loads(payload)
-        parses.append(time.perf_counter() - start)
+        parses.append(time.thread_time() - start)
     return {
         "fastest": min(decodes),
         "slowest": max(decodes),
@@ -521,9 +534,9 @@ def test_worst_case_parse_time_and_validation_cost() -> None:
         ]:
             record("E23", figure, round(timing[key] * 1000, 3), "ms", payload=name)
         assert timing["outcome"] == expected, (name, timing["outcome"])
-        # Asserted on the fastest of the runs, which a busy machine or a garbage collection
-        # cannot inflate (the slowest, recorded above, can: 0.4 s on a loaded 2-core box,
-        # where creating 20,000 objects sets off full collections, in json.loads too).
+        # Asserted on the fastest of the runs, which a garbage collection cannot inflate
+        # (the slowest, recorded above, can: creating 20,000 objects sets off full
+        # collections, in json.loads too; tens of ms in a large process).
         assert fastest < 0.1, f"{name}: {fastest:.3f} s"
         # wsroom's checks (the depth walk above all) must not multiply what parsing costs.
         assert fastest <= 10 * parse + 0.001, f"{name}: decode {fastest:.4f} s, parse {parse:.4f} s"
@@ -548,9 +561,9 @@ def test_worst_case_parse_time_and_validation_cost() -> None:
     protocol = MessageProtocol()
     costs = []
     for text in frames:
-        start = time.perf_counter_ns()
+        start = time.thread_time_ns()
         protocol.decode(text)
-        costs.append(time.perf_counter_ns() - start)
+        costs.append(time.thread_time_ns() - start)
     costs.sort()
     p50 = costs[len(costs) // 2] / 1000
     p99 = costs[len(costs) * 99 // 100] / 1000
