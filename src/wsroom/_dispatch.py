@@ -275,7 +275,11 @@ class Dispatcher:
         try:
             state = registry.reserve(name, self._make_room_or_refuse)
         except _NoSuchRoom:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"there is no room {name!r}") from None
+            # The same answer as a refused join: a different one would tell a client which
+            # private rooms exist.
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"you may not join the room {name!r}"
+            ) from None
         try:
             # One join at a time per room on this node: whether this connection is its
             # user's first here is then known before the waits below, and stays true.

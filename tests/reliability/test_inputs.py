@@ -60,14 +60,6 @@ def within(value: float, bound: float, what: str) -> None:
         raise BoundExceeded(f"{what}: {value:.4g} > {bound:.4g}")
 
 
-UVICORN_READS_WHOLE = (
-    "the test servers run uvicorn with its default ws_max_size (16 MiB): wsroom's "
-    "max_frame_size is not passed to it, so uvicorn reads (and inflates) a message whole "
-    "before wsroom sees it and closes with 1009; the Starlette adapter is being changed to "
-    "pass the limit"
-)
-
-
 # What reading costs on its own, whatever the message: one socket read (256 KiB in asyncio)
 # and the frame in hand. CPython's zlib also holds its output twice at the end of a bounded
 # decompress() (the blocks, then their join), so an inflater stopped at the limit has
@@ -80,19 +72,13 @@ def rss_bound(limit: int) -> int:
     return 2 * limit + READ_SLACK
 
 
-def by_adapter(cases: list[str], starlette_fails: set[str]) -> list[Any]:
-    """(adapter, case) parameters; the Starlette ones known to exceed a bound today are
-    strict xfails that only a :class:`BoundExceeded` satisfies."""
-    params = []
-    for adapter in sorted(ADAPTERS):
-        for case in cases:
-            marks = []
-            if adapter == "starlette" and case in starlette_fails:
-                marks.append(
-                    pytest.mark.xfail(strict=True, raises=BoundExceeded, reason=UVICORN_READS_WHOLE)
-                )
-            params.append(pytest.param(adapter, case, marks=marks, id=f"{adapter}-{case}"))
-    return params
+def by_adapter(cases: list[str]) -> list[Any]:
+    """(adapter, case) parameters."""
+    return [
+        pytest.param(adapter, case, id=f"{adapter}-{case}")
+        for adapter in sorted(ADAPTERS)
+        for case in cases
+    ]
 
 
 @asynccontextmanager
@@ -145,13 +131,11 @@ def _oversized_frames(case: str, limit: int) -> tuple[list[bytes], int]:
 
 
 @needs_peak_rss
-@pytest.mark.parametrize(
-    ("adapter", "case"), by_adapter(OVERSIZED, {"text", "binary", "fragmented"})
-)
+@pytest.mark.parametrize(("adapter", "case"), by_adapter(OVERSIZED))
 async def test_oversized_messages_close_1009(adapter: str, case: str) -> None:
     """E21: close 1009 within 0.5 s (plan: 100 ms); peak RSS growth <= 2 x the limit for
     fragments, and below the limit for a frame whose header announces its oversize."""
-    manager = ConnectionManager(limits=Limits(max_frame_size=E21_LIMIT, rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(max_frame_size=E21_LIMIT))
     frames, crossing = _oversized_frames(case, E21_LIMIT)
     rss = PeakRss()
     async with ADAPTERS[adapter](manager) as url:
@@ -210,11 +194,11 @@ RSS_RESOLUTION = 1 * MiB
 
 
 @needs_peak_rss
-@pytest.mark.parametrize(("adapter", "case"), by_adapter(list(BOMBS), {"64MiB-zeros-vs-1MiB"}))
+@pytest.mark.parametrize(("adapter", "case"), by_adapter(list(BOMBS)))
 async def test_decompression_bomb_closes_1009(adapter: str, case: str) -> None:
     """E22: close 1009 within 0.5 s; peak RSS growth <= 2 x the limit (where measurable)."""
     inflated, limit = BOMBS[case]
-    manager = ConnectionManager(limits=Limits(max_frame_size=limit, rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(max_frame_size=limit))
     rss = PeakRss()
     async with ADAPTERS[adapter](manager) as url:
         ws = await RawWebSocket.open(url, deflate=True)
@@ -415,7 +399,7 @@ async def test_hostile_corpus_over_a_real_socket(adapter: str) -> None:
     """E23: every corpus input is accepted or refused with its documented error code (or,
     for invalid UTF-8, closed with 1007 by the transport); nothing crashes; the bystander in
     the room gets exactly the accepted messages, re-encoded as valid UTF-8 and strict JSON."""
-    manager = ConnectionManager(limits=Limits(max_frame_size=256 * KiB, rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(max_frame_size=256 * KiB))
     with LogCapture() as logs:
         async with serving(adapter, manager, logs) as url:
             bystander = await Client.connect(url)
@@ -766,7 +750,7 @@ async def test_fuzzed_frames_over_real_sockets(adapter: str) -> None:
     or 1009, and a bystander in the same room loses nothing."""
     target = scale(ci=5_000, soak=100_000)
     rng = random.Random(f"E23-{adapter}")
-    manager = ConnectionManager(limits=Limits(rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits())
     sent = violations = connections = markers = batches = 0
     started = time.monotonic()
     with LogCapture() as logs:
@@ -936,7 +920,7 @@ async def test_room_names_over_a_socket_and_rooms_stay_apart(adapter: str) -> No
     """E27: over a real socket, every rejected name gets the same error; the names the rule
     allows (and names that look like another's prefix or namespace) are separate rooms: none
     receives another's traffic."""
-    manager = ConnectionManager(limits=Limits(rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits())
     async with serving(adapter, manager) as url:
         prober = await Client.connect(url)
         for name in REJECTED:
@@ -983,7 +967,7 @@ async def test_one_connection_joins_10000_rooms() -> None:
     """E28: one client asks for 10,000 rooms: it gets 128 (max_rooms_per_connection), every
     other join is refused with ``forbidden`` and costs nothing that stays."""
     attempts = 10_000
-    manager = ConnectionManager(limits=Limits(rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits())
     limit = manager.limits.max_rooms_per_connection
     async with serving("websockets", manager) as url:
         ws = await RawWebSocket.open(url)
@@ -1036,7 +1020,7 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
     is back where it started. A room is gone by the time its last member gets ``left``."""
     per_client = 100
     max_rooms = scale(ci=2_000, soak=100_000)
-    manager = ConnectionManager(limits=Limits(rate=None, max_rooms=max_rooms))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(max_rooms=max_rooms))
     async with serving("websockets", manager) as url:
         # One room, two members: it lives until the last one leaves, not a moment longer.
         members = [await RawWebSocket.open(url) for _ in range(2)]
@@ -1131,13 +1115,6 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
 
 # Found while flooding (E23, F33): a server-initiated close to a client that keeps sending.
 
-STOPS_READING = (
-    "wsroom stops reading a connection once it decided to close it (ConnectionManager.serve "
-    "and SyncAdapter.handler loop 'while not conn.closed'); websockets then pauses reading "
-    "when 16 unread frames are queued, never sees the client's close frame, and the TCP "
-    "connection stays open until Limits.close_timeout aborts it"
-)
-
 
 @asynccontextmanager
 async def sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
@@ -1159,18 +1136,7 @@ async def sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterat
         await asyncio.to_thread(thread.join, TIMEOUT)
 
 
-@pytest.mark.parametrize(
-    "adapter",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, raises=BoundExceeded, reason=STOPS_READING)],
-        )
-        if name != "starlette"
-        else name
-        for name in sorted(ADAPTERS)
-    ],
-)
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 async def test_close_completes_while_the_client_keeps_sending(adapter: str) -> None:
     """A client closed by the server (here for rate-limit abuse) that had sent 40 more
     frames answers the close frame at once: the server must then close the TCP connection

@@ -279,15 +279,6 @@ async def test_private_room_refusals_leak_nothing(adapter: str) -> None:
             await client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a join of a room the application does not serve (room_class returns None) is "
-        "answered 'there is no room X', a join its can_join refuses 'you may not join the "
-        "room X': the code is the same (forbidden) but the message tells a client which "
-        "private rooms exist (src/wsroom/_dispatch.py, Dispatcher.join)"
-    ),
-)
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 async def test_refusals_do_not_tell_which_private_rooms_exist(adapter: str) -> None:
     """F31: "no such room" and "not allowed" must be the same answer, room name aside."""
