@@ -66,6 +66,7 @@ __all__ = [
     "keepalive_options",
     "open_non_reader",
     "percentile",
+    "pin_send_buffer",
     "server_has_socket",
     "sync_server",
     "uvicorn_server",
@@ -872,6 +873,29 @@ def server_has_socket(server_port: int, client_port: int) -> bool:
         if len(remote) == 2 and local[1] == server_port and remote[1] == client_port:
             return True
     return False
+
+
+def pin_send_buffer(server_port: int, client_port: int, size: int) -> int:
+    """Pin ``SO_SNDBUF`` of this process's server side of the connection from
+    ``client_port`` (the kernel doubles it and stops autotuning it); the value now set.
+
+    On loopback the kernel grows a socket's send buffer to ``tcp_wmem``'s maximum (4 MiB
+    here), which a slow reader takes minutes to fill at a few KiB/s: pinning it small brings
+    a test to the regime where the server's own queue fills, in seconds.
+    """
+    import psutil
+
+    for conn in psutil.Process().net_connections("tcp"):
+        local, remote = tuple(conn.laddr), tuple(conn.raddr)
+        if len(remote) == 2 and local[1] == server_port and remote[1] == client_port:
+            sock = socket.socket(fileno=os.dup(conn.fd))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                value: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                return value
+            finally:
+                sock.close()
+    raise LookupError(f"no server socket from port {client_port} to {server_port}")
 
 
 class LoopLag:

@@ -13,24 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import pytest
 
-from tests.helpers import TIMEOUT, wait_for
+from tests.helpers import TIMEOUT, Client, wait_for
 from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url
 from tests.reliability.peers import (
     SERVERS,
     ErrorWatch,
     LoopLag,
+    SlowReader,
     Swarm,
     open_non_reader,
+    percentile,
+    pin_send_buffer,
     server_has_socket,
 )
 from tests.reliability.suite import record, scale, seconds
@@ -310,3 +314,223 @@ async def test_b6_non_reader_among_fast_clients(adapter: str) -> None:
             # The plan's 1.2x, with a margin for a shared 2-core machine, plus whatever
             # the machine stalled the server's or the clients' loop for.
             assert p99[f"stuck-{size}"] <= max(3 * baseline, baseline + 250) + stalled_ms, p99
+
+
+class QueueWatch:
+    """Polls a connection's queue every 5 ms while publishing: its high-water mark (frames
+    and bytes) and when it first dropped a frame or was closed."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.started = time.monotonic()
+        self.max_frames = 0
+        self.max_bytes = 0
+        self.first_drop: float | None = None
+        self.closed_at: float | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        conn = self.conn
+        while True:
+            self.max_frames = max(self.max_frames, conn.queued_frames)
+            self.max_bytes = max(self.max_bytes, conn.queued_bytes)
+            now = time.monotonic() - self.started
+            if self.first_drop is None and conn.dropped_frames:
+                self.first_drop = now
+            if conn.closed:
+                self.closed_at = now
+                return
+            await asyncio.sleep(0.005)
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def _read_room(client: Client, room: str, ids: list[int]) -> None:
+    """Append the id of every message of ``room`` the client gets."""
+    while True:
+        frame = await client.recv(timeout=60)
+        if frame["type"] == "message" and frame["room"] == room:
+            ids.append(frame["id"])
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "close"])
+@pytest.mark.parametrize("adapter", ["websockets", "starlette"])
+async def test_b7_slow_but_reading_client(
+    adapter: str, policy: Literal["drop_oldest", "close"]
+) -> None:
+    """B7: a client that reads 10 KiB/s among five fast ones, 1 KiB messages published
+    faster than that. With ``drop_oldest`` it stays connected and gets a strictly
+    increasing subsequence of the ids, its gaps exactly the frames dropped, its queue
+    never above the limits; with ``close`` it is evicted with 1013. The fast clients get
+    every message in order either way."""
+    room = "b7"
+    limits = Limits(
+        max_queue=64,
+        max_queue_bytes=64 * 1024,
+        overflow=policy,
+        rate=None,
+    )
+    rate = scale(ci=100, soak=50)
+    count = int(rate * seconds(ci=2.0, soak=60.0))
+    payload = "x" * 1000
+    manager = ConnectionManager(limits=limits)
+    async with SERVERS[adapter](manager) as url:
+        fast = [await Client.connect(url) for _ in range(5)]
+        for client in fast:
+            await client.join(room)
+        fast_ids = {client.welcome["connection"] for client in fast}
+        slow = await SlowReader.connect(url, [room], rate=10 * 1024)
+        await wait_for(lambda: len(manager.connections_in(room)) == 6)
+        slow_conn = next(c for c in manager.connections_in(room) if c.id not in fast_ids)
+        # The kernel would take megabytes before the server's queue sees any backlog.
+        pin_send_buffer(_port(url), slow.client.local_port, 16 * 1024)
+        slow.start()
+        received: list[list[int]] = [[] for _ in fast]
+        readers = [
+            asyncio.create_task(_read_room(client, room, ids))
+            for client, ids in zip(fast, received, strict=True)
+        ]
+        with ErrorWatch() as watch:
+            queue = QueueWatch(slow_conn)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            last = 0
+            for index in range(count):
+                delay = start + index / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                last = await manager.broadcast(room, payload)
+            queue.stop()
+            await wait_for(lambda: all(ids and ids[-1] == last for ids in received), timeout=20)
+            if policy == "drop_oldest":
+                assert not slow_conn.closed
+                slow.full_speed()
+                await wait_for(
+                    lambda: bool(slow.messages) and slow.messages[-1][1] == last, timeout=20
+                )
+            else:
+                slow.full_speed()
+                ended = await slow.wait_ended(TIMEOUT)
+            await slow.stop()
+            for task in readers:
+                task.cancel()
+
+        for ids in received:
+            assert ids == list(range(ids[0], last + 1)), "a fast client missed a message"
+        assert watch.unexpected() == []
+        context = {"adapter": adapter, "policy": policy, "rate": rate}
+        if policy == "drop_oldest":
+            ids = [message_id for _, message_id in slow.messages]
+            first = ids[0]
+            assert all(b > a for a, b in itertools.pairwise(ids)), "not increasing"
+            gaps = [b - a - 1 for a, b in itertools.pairwise(ids) if b - a > 1]
+            dropped = slow_conn.dropped_frames
+            assert dropped > 0 and gaps, "nothing was dropped: the reader kept up"
+            # Every message is either received or counted as dropped; the gaps are the drops.
+            assert len(ids) + dropped == last - first + 1
+            assert sum(gaps) == dropped
+            assert manager.statistics().dropped_frames == dropped
+            assert queue.max_frames <= limits.max_queue
+            assert queue.max_bytes <= limits.max_queue_bytes
+            assert queue.first_drop is not None
+            record("B7", "frames dropped", dropped, "", **context)
+            record("B7", "gaps seen by the client", len(gaps), "", **context)
+            record("B7", "time to first drop", round(queue.first_drop, 3), "s", **context)
+            print(f"\n{adapter} {policy}: first drop {queue.first_drop:.2f} s, {dropped} dropped")
+        else:
+            assert slow_conn.close_code == 1013
+            assert slow_conn.rooms == frozenset()
+            assert manager.statistics().evictions == 1
+            assert queue.closed_at is not None
+            assert queue.max_bytes <= limits.max_queue_bytes
+            record("B7", "time to eviction", round(queue.closed_at, 3), "s", **context)
+            record("B7", "what the evicted reader saw", str(ended), "", **context)
+            print(f"\n{adapter} {policy}: evicted at {queue.closed_at:.2f} s, saw {ended}")
+        record("B7", "queue high-water mark", queue.max_bytes, "B", **context)
+        record("B7", "queue high-water mark (frames)", queue.max_frames, "", **context)
+        for client in fast:
+            await client.close()
+
+
+async def test_b8_threading_broadcast_does_not_wait_for_a_stuck_peer() -> None:
+    """B8: the threading adapter with 50 measuring clients and one non-reader, 20 msg/s.
+
+    ``Room.broadcast()`` returns within 50 ms (p99) whatever the stuck peer does, no thread
+    waits on it (the thread count stays what ``websockets`` needs per connection, none more
+    while it is stuck), and it is evicted as in B6, its threads gone with its socket.
+    """
+    room = "b8"
+    manager = ConnectionManager(limits=Limits(write_timeout=1.0, rate=None))
+    clients = scale(ci=50, soak=50)
+    async with SERVERS["websockets_sync"](manager) as url:
+        threads_before = threading.active_count()
+        async with Swarm([url], clients, room) as swarm:
+            await _b8_run(manager, url, swarm, threads_before)
+
+
+async def _b8_run(manager: ConnectionManager, url: str, swarm: Swarm, threads_before: int) -> None:
+    room, clients, rate, limits = swarm.room, swarm.clients, 20, manager.limits
+    duration = seconds(ci=3.0, soak=60.0)
+    payload = "x" * 16 * 1024
+    threads_fast = threading.active_count()
+    stuck = await open_non_reader(url, [room])
+    await wait_for(lambda: len(manager.connections_in(room)) == clients + 1)
+    stuck_conn = next(c for c in manager.connections if c.id not in swarm.connection_ids)
+    # The kernel would take megabytes before the server sees the peer stuck (see B7).
+    pin_send_buffer(_port(url), stuck.local_port, 16 * 1024)
+    threads_all = threading.active_count()
+    per_connection = (threads_all - threads_before) / (clients + 1)
+    room_instance = manager.room(room)
+    assert room_instance is not None
+
+    durations: list[float] = []
+    threads_while_stuck = 0
+    evicted_at: float | None = None
+    with ErrorWatch() as watch:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        seq = 0
+        while loop.time() - start < duration:
+            seq += 1
+            delay = start + (seq - 1) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            data = {"seq": seq, "t": time.time_ns(), "phase": "b8", "pad": payload}
+            began = time.perf_counter()
+            await room_instance.broadcast(data)
+            durations.append((time.perf_counter() - began) * 1000)
+            if not stuck_conn.closed:
+                threads_while_stuck = max(threads_while_stuck, threading.active_count())
+            elif evicted_at is None:
+                evicted_at = loop.time() - start
+        result = await swarm.collect(seq)
+        # Its socket is shut down: the threads websockets ran for it end.
+        await wait_for(lambda: threading.active_count() <= threads_all - 2, timeout=TIMEOUT)
+        stuck.close()
+    assert watch.unexpected() == []
+
+    p99 = percentile(durations, 99)
+    print(
+        f"\nbroadcast p99 {p99:.2f} ms (max {max(durations):.2f}), threads {threads_before} -> "
+        f"{threads_fast} -> {threads_all} (stuck: {threads_while_stuck}), evicted at {evicted_at}"
+    )
+    context = {"adapter": "websockets_sync", "clients": clients}
+    record("B8", "Room.broadcast call p99", round(p99, 3), "ms", **context)
+    record("B8", "Room.broadcast call max", round(max(durations), 3), "ms", **context)
+    record(
+        "B8", "threads per connection (websockets' own)", round(per_connection, 2), "", **context
+    )
+    added = threads_while_stuck - threads_all
+    record("B8", "threads added while the peer is stuck", added, "", **context)
+    assert evicted_at is not None, "the stuck peer was not evicted"
+    record("B8", "eviction time", round(evicted_at, 3), "s", **context)
+    assert stuck_conn.close_code == 1013 and stuck_conn.rooms == frozenset()
+    assert manager.statistics().evictions == 1
+    assert evicted_at <= limits.write_timeout + 1.0 + 1.0
+    assert p99 <= 50.0
+    # websockets runs a handler, a reader and a keepalive thread per connection; wsroom
+    # adds none, and none while a peer is stuck.
+    assert per_connection <= 3.0 + 0.1
+    assert threads_while_stuck <= threads_all
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["closed"] == [], result
