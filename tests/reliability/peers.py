@@ -221,8 +221,7 @@ class RawClient:
         self.response = response
         """The HTTP response to the upgrade request, headers only."""
         self.parser = FrameParser()
-        self.parser.feed(leftover)
-        self._frames: list[Frame] = []
+        self._frames: list[Frame] = self.parser.feed(leftover)
         self._message: list[Frame] = []
 
     @classmethod
