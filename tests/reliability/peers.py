@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from wsroom import ConnectionManager
+    from wsroom import ConnectionManager, Limits
 
 __all__ = [
     "OP_BINARY",
@@ -57,6 +57,7 @@ __all__ = [
     "Frame",
     "FrameParser",
     "LoopLag",
+    "Nodes",
     "Proxy",
     "RawClient",
     "SlowReader",
@@ -64,6 +65,7 @@ __all__ = [
     "asyncio_server",
     "client_frame",
     "keepalive_options",
+    "nodes",
     "open_non_reader",
     "percentile",
     "pin_send_buffer",
@@ -726,14 +728,19 @@ class Swarm:
         decoded: dict[str, Any] = json.loads(line)
         return decoded
 
-    async def collect(self, last_seq: int, timeout: float = 30.0) -> dict[str, Any]:
+    async def collect(
+        self, last_seq: int, timeout: float = 30.0, *, until_closed: bool = False
+    ) -> dict[str, Any]:
         """Wait until every open client has seen ``last_seq`` (or ``timeout``); the results:
-        ``lost``, ``duplicates``, ``order_violations`` (totals), ``closed`` (clients the
+        ``lost``, ``duplicates``, ``order_violations`` (totals over every client, closed or
+        not: a closed client lost what it did not get before), ``closed`` (clients the
         server closed, with their codes), ``latency_ms`` (by phase: n, p50, p95, p99, max),
         ``loop_lag_ms`` (how late the swarm's own event loop ran at worst since the last
-        collect: the machine's share of a latency spike)."""
+        collect: the machine's share of a latency spike). With ``until_closed``, wait
+        instead until the server closed every client (or ``timeout``)."""
         assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(f"collect {last_seq} {timeout}\n".encode())
+        mode = "closed" if until_closed else "seen"
+        self.process.stdin.write(f"collect {last_seq} {timeout} {mode}\n".encode())
         await self.process.stdin.drain()
         return await self._line(timeout + 30.0)
 
@@ -832,9 +839,11 @@ async def _swarm_main(urls: list[str], count: int, room: str, path: str) -> None
     while line := (await stdin.readline()).decode().split():
         if line[0] == "exit":
             break
-        last, timeout = int(line[1]), float(line[2])
+        last, timeout, until_closed = int(line[1]), float(line[2]), line[3] == "closed"
 
-        def done(last: int = last) -> bool:
+        def done(last: int = last, until_closed: bool = until_closed) -> bool:
+            if until_closed:
+                return all(m.close_code is not None for m in members)
             return all(m.last >= last or m.close_code is not None for m in members)
 
         with contextlib.suppress(TimeoutError):
@@ -843,7 +852,7 @@ async def _swarm_main(urls: list[str], count: int, room: str, path: str) -> None
         expected = set(range(1, last + 1))
         result = {
             "clients": len(members),
-            "lost": sum(len(expected - m.seen) for m in members if m.close_code is None),
+            "lost": sum(len(expected - m.seen) for m in members),
             "duplicates": sum(m.duplicates for m in members),
             "order_violations": sum(m.disorder for m in members),
             "closed": [m.close_code for m in members if m.close_code is not None],
@@ -1070,6 +1079,51 @@ async def uvicorn_server(manager: ConnectionManager, **config: Any) -> AsyncIter
                 await asyncio.sleep(0.005)
         for listener in server.servers:
             await listener.wait_closed()
+
+
+@dataclass
+class Nodes:
+    """The server(s) under test: the node a test's special client connects to (and whose
+    state it checks), its URL, the URLs clients spread over, the manager that publishes,
+    and the Redis (URL and key prefix) the nodes share, if any."""
+
+    manager: ConnectionManager
+    url: str
+    urls: list[str]
+    publisher: ConnectionManager
+    redis_url: str | None = None
+    prefix: str | None = None
+
+
+@asynccontextmanager
+async def nodes(adapter: str, limits: Limits) -> AsyncIterator[Nodes]:
+    """One server of ``adapter`` with a manager of these ``limits``, or, for
+    ``websockets+redis``, two asyncio nodes sharing rooms through the shared Redis (under
+    a fresh key prefix, deleted after): the publisher on the second, the node under test
+    first."""
+    from wsroom import ConnectionManager
+
+    manager = ConnectionManager(limits=limits)
+    if adapter != "websockets+redis":
+        async with SERVERS[adapter](manager) as url:
+            yield Nodes(manager, url, [url], manager)
+        return
+    import pytest
+
+    from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url
+    from wsroom.backplane.redis import RedisBackplane
+
+    redis_url = shared_redis_url()
+    if redis_url is None:
+        pytest.skip("no Redis server (scripts/test.sh starts one)")
+    prefix = fresh_prefix()
+    manager = ConnectionManager(limits=limits, backplane=RedisBackplane(redis_url, prefix=prefix))
+    other = ConnectionManager(limits=limits, backplane=RedisBackplane(redis_url, prefix=prefix))
+    try:
+        async with SERVERS["websockets"](manager) as url_a, SERVERS["websockets"](other) as url_b:
+            yield Nodes(manager, url_a, [url_a, url_b], other, redis_url, prefix)
+    finally:
+        await delete_prefix(redis_url, prefix)
 
 
 OptionsServerFactory = Callable[..., AbstractAsyncContextManager[str]]

@@ -16,22 +16,20 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import psutil
 import pytest
 
 from tests.helpers import TIMEOUT, Client, wait_for
-from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url
 from tests.reliability.peers import (
     SERVERS,
     ErrorWatch,
     LoopLag,
     SlowReader,
     Swarm,
+    nodes,
     open_non_reader,
     percentile,
     pin_send_buffer,
@@ -101,42 +99,6 @@ class RssSampler:
     @property
     def growth(self) -> int:
         return self.peak - self.baseline
-
-
-@dataclass
-class Nodes:
-    """The server(s) under test: the node the non-reader connects to, its URL, the URLs
-    the fast clients spread over, and the manager that publishes."""
-
-    manager: ConnectionManager
-    url: str
-    urls: list[str]
-    publisher: ConnectionManager
-
-
-@asynccontextmanager
-async def nodes(adapter: str, limits: Limits) -> AsyncIterator[Nodes]:
-    """One server of ``adapter``, or, for ``websockets+redis``, two asyncio nodes sharing
-    rooms through the shared Redis: the publisher on the second, the non-reader on the
-    first, the fast clients on both."""
-    manager = ConnectionManager(limits=limits)
-    if adapter != "websockets+redis":
-        async with SERVERS[adapter](manager) as url:
-            yield Nodes(manager, url, [url], manager)
-        return
-    from wsroom.backplane.redis import RedisBackplane
-
-    redis_url = shared_redis_url()
-    if redis_url is None:
-        pytest.skip("no Redis server (scripts/test.sh starts one)")
-    prefix = fresh_prefix()
-    manager = ConnectionManager(limits=limits, backplane=RedisBackplane(redis_url, prefix=prefix))
-    other = ConnectionManager(limits=limits, backplane=RedisBackplane(redis_url, prefix=prefix))
-    try:
-        async with SERVERS["websockets"](manager) as url_a, SERVERS["websockets"](other) as url_b:
-            yield Nodes(manager, url_a, [url_a, url_b], other)
-    finally:
-        await delete_prefix(redis_url, prefix)
 
 
 class StallWatch:
@@ -462,58 +424,53 @@ async def test_b8_threading_broadcast_does_not_wait_for_a_stuck_peer() -> None:
     """
     room = "b8"
     manager = ConnectionManager(limits=Limits(write_timeout=1.0, rate=None))
-    clients = scale(ci=50, soak=50)
+    clients, rate = scale(ci=50, soak=50), 20
+    count = int(rate * seconds(ci=3.0, soak=60.0))
+    payload = "x" * 16 * 1024
     async with SERVERS["websockets_sync"](manager) as url:
         threads_before = threading.active_count()
         async with Swarm([url], clients, room) as swarm:
-            await _b8_run(manager, url, swarm, threads_before)
+            stuck = await open_non_reader(url, [room])
+            await wait_for(lambda: len(manager.connections_in(room)) == clients + 1)
+            stuck_conn = next(c for c in manager.connections if c.id not in swarm.connection_ids)
+            # The kernel would take megabytes before the server sees it stuck (see B7).
+            pin_send_buffer(_port(url), stuck.local_port, 16 * 1024)
+            threads_all = threading.active_count()
+            room_instance = manager.room(room)
+            assert room_instance is not None
 
+            durations: list[float] = []
+            threads_while_stuck = 0
+            evicted_at: float | None = None
+            async with LoopLag() as lag:
+                with ErrorWatch() as watch:
+                    loop = asyncio.get_running_loop()
+                    start = loop.time()
+                    for seq in range(1, count + 1):
+                        delay = start + (seq - 1) / rate - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        data = {"seq": seq, "t": time.time_ns(), "phase": "b8", "pad": payload}
+                        began = time.perf_counter()
+                        await room_instance.broadcast(data)
+                        durations.append((time.perf_counter() - began) * 1000)
+                        if not stuck_conn.closed:
+                            threads_while_stuck = max(threads_while_stuck, threading.active_count())
+                        elif evicted_at is None:
+                            evicted_at = loop.time() - start
+                    result = await swarm.collect(count)
+                    # Its socket is shut down: the threads websockets ran for it end.
+                    await wait_for(
+                        lambda: threading.active_count() <= threads_all - 2, timeout=TIMEOUT
+                    )
+                    stuck.close()
 
-async def _b8_run(manager: ConnectionManager, url: str, swarm: Swarm, threads_before: int) -> None:
-    room, clients, rate, limits = swarm.room, swarm.clients, 20, manager.limits
-    duration = seconds(ci=3.0, soak=60.0)
-    payload = "x" * 16 * 1024
-    threads_fast = threading.active_count()
-    stuck = await open_non_reader(url, [room])
-    await wait_for(lambda: len(manager.connections_in(room)) == clients + 1)
-    stuck_conn = next(c for c in manager.connections if c.id not in swarm.connection_ids)
-    # The kernel would take megabytes before the server sees the peer stuck (see B7).
-    pin_send_buffer(_port(url), stuck.local_port, 16 * 1024)
-    threads_all = threading.active_count()
     per_connection = (threads_all - threads_before) / (clients + 1)
-    room_instance = manager.room(room)
-    assert room_instance is not None
-
-    durations: list[float] = []
-    threads_while_stuck = 0
-    evicted_at: float | None = None
-    with ErrorWatch() as watch:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        seq = 0
-        while loop.time() - start < duration:
-            seq += 1
-            delay = start + (seq - 1) / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            data = {"seq": seq, "t": time.time_ns(), "phase": "b8", "pad": payload}
-            began = time.perf_counter()
-            await room_instance.broadcast(data)
-            durations.append((time.perf_counter() - began) * 1000)
-            if not stuck_conn.closed:
-                threads_while_stuck = max(threads_while_stuck, threading.active_count())
-            elif evicted_at is None:
-                evicted_at = loop.time() - start
-        result = await swarm.collect(seq)
-        # Its socket is shut down: the threads websockets ran for it end.
-        await wait_for(lambda: threading.active_count() <= threads_all - 2, timeout=TIMEOUT)
-        stuck.close()
-    assert watch.unexpected() == []
-
     p99 = percentile(durations, 99)
     print(
         f"\nbroadcast p99 {p99:.2f} ms (max {max(durations):.2f}), threads {threads_before} -> "
-        f"{threads_fast} -> {threads_all} (stuck: {threads_while_stuck}), evicted at {evicted_at}"
+        f"{threads_all} (stuck: {threads_while_stuck}), evicted at {evicted_at}, "
+        f"loop lag max {lag.worst:.0f} ms"
     )
     context = {"adapter": "websockets_sync", "clients": clients}
     record("B8", "Room.broadcast call p99", round(p99, 3), "ms", **context)
@@ -523,14 +480,18 @@ async def _b8_run(manager: ConnectionManager, url: str, swarm: Swarm, threads_be
     )
     added = threads_while_stuck - threads_all
     record("B8", "threads added while the peer is stuck", added, "", **context)
+    record("B8", "server loop lag max", round(lag.worst, 1), "ms", **context)
     assert evicted_at is not None, "the stuck peer was not evicted"
     record("B8", "eviction time", round(evicted_at, 3), "s", **context)
     assert stuck_conn.close_code == 1013 and stuck_conn.rooms == frozenset()
     assert manager.statistics().evictions == 1
-    assert evicted_at <= limits.write_timeout + 1.0 + 1.0
-    assert p99 <= 50.0
+    assert evicted_at <= manager.limits.write_timeout + 1.0 + 1.0 + lag.worst / 1000
+    # 50 ms, plus whatever the machine stalled the whole process for (the broadcast itself
+    # never suspends: a stall of its own would show here, not in the loop's lag).
+    assert p99 <= 50.0 + lag.worst
     # websockets runs a handler, a reader and a keepalive thread per connection; wsroom
     # adds none, and none while a peer is stuck.
     assert per_connection <= 3.0 + 0.1
     assert threads_while_stuck <= threads_all
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["closed"] == [], result
+    assert watch.unexpected() == []
