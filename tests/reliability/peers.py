@@ -15,10 +15,15 @@ Everything here talks to real servers over real loopback sockets:
 * :class:`Swarm`: many measuring clients in a process of their own (so that they neither
   share the server's CPU core nor count in its memory), reporting loss, duplicates, order
   violations and latency percentiles.
-* :class:`ErrorWatch`: catches every ERROR log record, every exception the event loop's
-  handler sees and every exception a thread dies of.
+* Server probes: :func:`server_has_socket` (is the server's side of a connection still an
+  open file descriptor), :func:`pin_send_buffer` (a small ``SO_SNDBUF`` on the server's
+  side, so a slow reader's backlog reaches wsroom's queue in seconds), :class:`LoopLag`
+  (the event loop's lateness) and :class:`ErrorWatch` (every ERROR log record, every
+  exception the event loop's handler sees and every exception a thread dies of).
 * :data:`SERVERS`: each adapter's server with the transport's own options (keepalive
-  pings, uvicorn's ``ws`` implementation...), which ``tests.helpers.ADAPTERS`` do not take.
+  pings, ``close_timeout``, uvicorn's ``ws`` implementation...), which
+  ``tests.helpers.ADAPTERS`` do not take, and :func:`nodes` (one server, or two asyncio
+  nodes sharing rooms through Redis).
 
 Run as ``python -m tests.reliability.peers swarm ...`` it is the swarm's child process.
 """

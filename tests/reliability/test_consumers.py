@@ -35,10 +35,13 @@ from tests.reliability.peers import (
     pin_send_buffer,
     server_has_socket,
 )
-from tests.reliability.suite import record, scale, seconds
+from tests.reliability.suite import SOAK, record, scale, seconds
 from wsroom import Connection, ConnectionManager, Limits
 
 MiB = 1024 * 1024
+
+# The soak scale's phases run for minutes: beyond the suite's 60 s per test.
+pytestmark = [pytest.mark.timeout(1800)] if SOAK else []
 
 # Adapters that cut a stuck client's TCP connection; an ASGI application cannot.
 CUTS_TCP = {"websockets", "websockets_sync", "websockets+redis"}

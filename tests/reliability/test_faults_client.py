@@ -47,6 +47,9 @@ from wsroom.testing import TestClient
 
 MiB = 1024 * 1024
 
+# The soak scale's phases run for minutes: beyond the suite's 60 s per test.
+pytestmark = [pytest.mark.timeout(1800)] if SOAK else []
+
 
 def _gone(manager: ConnectionManager, connection_id: str, room: str) -> Callable[[], bool]:
     """Whether the connection left the room and the manager."""

@@ -32,10 +32,13 @@ from tests.reliability.peers import (
     open_non_reader,
     pin_send_buffer,
 )
-from tests.reliability.suite import record, scale
+from tests.reliability.suite import SOAK, record, scale
 from wsroom import ConnectionManager, Limits
 
 MiB = 1024 * 1024
+
+# The soak scale's phases run for minutes: beyond the suite's 60 s per test.
+pytestmark = [pytest.mark.timeout(1800)] if SOAK else []
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
