@@ -33,6 +33,7 @@ with ``websockets``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -164,6 +165,7 @@ class FramingTransport(_FramingWriter):
         super().__init__(shared)
         self.ws = ws
         self._drain_task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def _write_queued(self, conn: Connection) -> None:
         if self._drain_task is not None:
@@ -173,6 +175,7 @@ class FramingTransport(_FramingWriter):
             return
         ws = self.ws
         if ws.protocol.state is not State.OPEN:
+            self._end_closing()
             return
         try:
             chunks = self._frames.data_to_send(ws.protocol, frames)
@@ -194,6 +197,20 @@ class FramingTransport(_FramingWriter):
             return
         if ws.paused:
             self._drain_task = self._loop.create_task(self._wait_writable(conn))
+
+    def _end_closing(self) -> None:
+        """The connection is closing (the peer sent a close frame, say): what is queued
+        can no longer be sent. ``websockets`` aborts a closing handshake that outlasts its
+        ``close_timeout`` only when a send or ``close()`` waits for it, and the frames
+        written here bypass both: without this ``close()``, a peer that sends a close frame
+        and never ends its TCP connection would keep it, and its rooms, as long as it likes.
+        """
+        if self._closer is None:
+            self._closer = self._loop.create_task(self._close_quietly())
+
+    async def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
 
     async def _wait_writable(self, conn: Connection) -> None:
         try:
@@ -247,6 +264,7 @@ class FramingSyncTransport(_FramingWriter):
         """Clear while a write waits for the mutex or for the socket."""
         self._flushed.set()
         self._fd = -1
+        self._closer: asyncio.Future[None] | None = None
 
     def _write_queued(self, conn: Connection) -> None:
         if self._pending is not None:
@@ -263,8 +281,21 @@ class FramingSyncTransport(_FramingWriter):
         frames = conn.take_outgoing()
         if not frames or ws.protocol.state is not State.OPEN:
             self._unlock()
+            if frames:
+                self._end_closing()
             return
         self._send(memoryview(b"".join(self._frames.data_to_send(ws.protocol, frames))))
+
+    def _end_closing(self) -> None:
+        """The connection is closing: end it within ``websockets``' ``close_timeout``, as
+        :meth:`FramingTransport._end_closing` does (``close()`` waits for the peer in a
+        worker thread, then shuts the socket down)."""
+        if self._closer is None:
+            self._closer = self._loop.run_in_executor(None, self._close_quietly)
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
 
     def _send(self, data: memoryview) -> None:
         try:
