@@ -424,7 +424,7 @@ async def test_a_manager_that_was_shut_down_stays_down() -> None:
 
 @pytest.mark.parametrize("queued", [0, 3])
 async def test_joined_replay_fits_half_the_queue_whatever_is_queued(queued: int) -> None:
-    limits = Limits(max_queue_bytes=20_000, max_frame_size=4_000, rate=None)
+    limits = Limits.without_rate_limits(max_queue_bytes=20_000, max_frame_size=4_000)
     manager = ConnectionManager(limits=limits)
     async with TestClient(manager, user="poster") as poster:
         await poster.join("r")

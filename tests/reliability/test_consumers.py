@@ -153,7 +153,7 @@ async def test_b6_non_reader_among_fast_clients(adapter: str) -> None:
     counted, and the server's memory grows by at most about one queue.
     """
     room = "b6"
-    limits = Limits(write_timeout=2.0, rate=None)
+    limits = Limits.without_rate_limits(write_timeout=2.0)
     fast_count = scale(ci=99, soak=99)
     # Rates below the saturation of the slowest adapter on a 2-core machine, so that the
     # latency compared is the servers', not a queue's (the plan's 100 and 1,000 msg/s
@@ -330,12 +330,7 @@ async def test_b7_slow_but_reading_client(
     never above the limits; with ``close`` it is evicted with 1013. The fast clients get
     every message in order either way."""
     room = "b7"
-    limits = Limits(
-        max_queue=64,
-        max_queue_bytes=64 * 1024,
-        overflow=policy,
-        rate=None,
-    )
+    limits = Limits.without_rate_limits(max_queue=64, max_queue_bytes=64 * 1024, overflow=policy)
     rate = scale(ci=100, soak=50)
     count = int(rate * seconds(ci=2.0, soak=60.0))
     payload = "x" * 1000
@@ -426,7 +421,7 @@ async def test_b8_threading_broadcast_does_not_wait_for_a_stuck_peer() -> None:
     while it is stuck), and it is evicted as in B6, its threads gone with its socket.
     """
     room = "b8"
-    manager = ConnectionManager(limits=Limits(write_timeout=1.0, rate=None))
+    manager = ConnectionManager(limits=Limits.without_rate_limits(write_timeout=1.0))
     clients, rate = scale(ci=50, soak=50), 20
     count = int(rate * seconds(ci=3.0, soak=60.0))
     payload = "x" * 16 * 1024

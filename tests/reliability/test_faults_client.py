@@ -81,7 +81,7 @@ async def test_c14_client_killed_mid_send_and_mid_receive(adapter: str) -> None:
     A witness in the room gets every message throughout; no exception escapes (log, loop
     handler, threads)."""
     room = "c14"
-    limits = Limits(max_queue_bytes=16 * MiB, max_frame_size=2 * MiB, rate=None)
+    limits = Limits.without_rate_limits(max_queue_bytes=16 * MiB, max_frame_size=2 * MiB)
     manager = ConnectionManager(limits=limits)
     close_timeout = 2.0
     options = {} if adapter == "starlette" else {"close_timeout": close_timeout}
@@ -271,19 +271,10 @@ async def test_c15_half_open_detected_by_the_heartbeat() -> None:
     assert watch.unexpected() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the websockets adapters leave websockets' close_timeout at its 10 s default: a "
-        "connection websockets fails on a keepalive timeout stays in its rooms until then, "
-        "whatever Limits.close_timeout says (fix: AdapterBase._options passes "
-        "close_timeout=manager.limits.close_timeout to websockets)"
-    ),
-)
 async def test_c15_keepalive_failure_bounded_by_limits_close_timeout() -> None:
     """C15 with the ``websockets`` servers' defaults: after the keepalive fails, the
-    closing handshake websockets starts should take at most ``Limits.close_timeout``, as
-    wsroom's own closes do; it takes websockets' ``close_timeout`` (10 s)."""
+    closing handshake websockets starts takes at most ``Limits.close_timeout``, as wsroom's
+    own closes do, not websockets' own ``close_timeout`` (10 s)."""
     limits = Limits(close_timeout=1.0)
     bound = 1.0 + 1.0 + limits.close_timeout + 1.0
     await asyncio.gather(
@@ -394,7 +385,7 @@ async def test_c16_concurrent_join_leave_publish(adapter: str) -> None:
 
     count = scale(ci=200, soak=1000)
     rooms = [f"race-{index}" for index in range(8)]
-    manager = ConnectionManager(authenticate=user_from_query, limits=Limits(rate=None))
+    manager = ConnectionManager(authenticate=user_from_query, limits=Limits.without_rate_limits())
     rng = random.Random(1616)
     with ErrorWatch() as watch:
         async with SERVERS[adapter](manager) as url:
@@ -464,7 +455,7 @@ class RoomsMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.manager = ConnectionManager(limits=Limits(rate=None))
+        self.manager = ConnectionManager(limits=Limits.without_rate_limits())
         self.clients: dict[int, TestClient] = {}
         self.user: dict[int, str] = {}
         self.members: dict[str, list[int]] = {room: [] for room in ROOMS}
@@ -661,7 +652,7 @@ async def test_c17_application_callback_failure_isolation(start_server: ServerFa
     adapter = adapter_name(start_server)
     room = "c17"
     FragileRoom.release = asyncio.Event()
-    manager = ConnectionManager(FragileRoom, limits=Limits(rate=None))
+    manager = ConnectionManager(FragileRoom, limits=Limits.without_rate_limits())
     samples = scale(ci=30, soak=300)
     with ErrorWatch() as watch:
         async with start_server(manager) as url:

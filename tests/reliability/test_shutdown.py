@@ -87,7 +87,7 @@ async def test_d18_graceful_shutdown_with_queued_messages(adapter: str) -> None:
     room = "d18"
     count, queued_each, stuck_count, timeout = scale(ci=200, soak=1000), 50, 5, 1.5
     pad = "x" * 4000  # 200 KB each: more than the buffers of the stuck clients
-    async with nodes(adapter, Limits(rate=None)) as cluster:
+    async with nodes(adapter, Limits.without_rate_limits()) as cluster:
         manager = cluster.manager
         async with Swarm(cluster.urls, count, room) as swarm:
             stuck = [await open_non_reader(cluster.url, [room]) for _ in range(stuck_count)]
@@ -294,7 +294,7 @@ async def test_d19_final_message_then_close(adapter: str, options: dict[str, Any
     through a proxy adding 0.5 ms and 10 ms each way (1 ms and 20 ms round trips): the
     client gets the message whole and the close code, never 1006. Under uvicorn, with each
     of its WebSocket implementations installed (wsproto is not, here)."""
-    limits = Limits(max_queue_bytes=8 * MiB, rate=None)
+    limits = Limits.without_rate_limits(max_queue_bytes=8 * MiB)
     matrix: dict[str, str] = {}
     for rtt in (0.001, 0.020):
         manager = ConnectionManager(limits=limits)

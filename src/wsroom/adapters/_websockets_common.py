@@ -113,6 +113,9 @@ class AdapterBase:
             "process_request": checks,
             "select_subprotocol": self.select_subprotocol,
             "max_size": self.manager.limits.max_frame_size,
+            # A close websockets starts itself (a keepalive timeout, a protocol error)
+            # must end as soon as wsroom's own closes do, not after websockets' 10 s.
+            "close_timeout": self.manager.limits.close_timeout,
         }
         options.update(overrides)
         return options
