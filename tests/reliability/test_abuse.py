@@ -287,3 +287,58 @@ async def test_an_oversized_frame_closes_at_once_on_every_transport(
         elapsed = time.monotonic() - started
     assert ws.close_code == 1009
     assert elapsed < 1.5
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "threading"])
+async def test_the_websockets_adapters_close_a_slow_handshake_at_open_timeout(
+    transport: str,
+) -> None:
+    # E25 (a) and (b) on the websockets adapters: websockets' open_timeout (10 s by
+    # default; 1 s here) bounds a handshake sent a byte at a time, and a real client still
+    # connects at once next to 20 such drippers.
+    from wsroom.adapters import websockets as asyncio_adapter, websockets_sync
+
+    manager = ConnectionManager()
+    if transport == "asyncio":
+        async with asyncio_adapter.serve(manager, "127.0.0.1", 0, open_timeout=1) as server:
+            port = server.sockets[0].getsockname()[1]
+            closed_after, legit = await drip_while_connecting(port)
+    else:
+        await manager.start()
+        with websockets_sync.serve(manager, "127.0.0.1", 0, open_timeout=1) as sync_server:
+            serving = asyncio.create_task(asyncio.to_thread(sync_server.serve_forever))
+            port = sync_server.socket.getsockname()[1]
+            try:
+                closed_after, legit = await drip_while_connecting(port)
+            finally:
+                await asyncio.to_thread(sync_server.shutdown)
+                await serving
+    worst = max(t for t in closed_after if t is not None)
+    record(
+        "E25",
+        "websockets adapter: dripper closed after",
+        round(worst, 2),
+        "s",
+        adapter=transport,
+        open_timeout=1,
+    )
+    record(
+        "E25",
+        "websockets adapter: connect under 20 drippers",
+        round(legit, 3),
+        "s",
+        adapter=transport,
+    )
+    assert all(t is not None and t < 3.0 for t in closed_after), closed_after
+    assert legit < 1.0
+
+
+async def drip_while_connecting(port: int) -> tuple[list[float | None], float]:
+    from tests.reliability.test_asgi_server import drip
+
+    waiting = asyncio.gather(*(asyncio.to_thread(drip, port, 0.2, 6.0) for _ in range(20)))
+    started = time.monotonic()
+    client = await Client.connect(f"ws://127.0.0.1:{port}", "/ws")
+    legit = time.monotonic() - started
+    await client.close()
+    return list(await waiting), legit
