@@ -383,6 +383,16 @@ class SequenceLog:
         else:
             state.duplicates += 1
 
+    def missing(self, stream: str) -> list[int]:
+        """``stream``'s sequence numbers never received: the gaps, and those after the last
+        one seen up to what :meth:`expect` said was sent."""
+        state = self._streams.get(stream)
+        expected = self._expected_last.get(stream, 0)
+        if state is None or state.last is None:
+            first = state.first if state is not None and state.first is not None else 1
+            return list(range(first, expected + 1))
+        return sorted(state.missing) + list(range(state.last + 1, expected + 1))
+
     def take_latencies(self) -> list[float]:
         """The latencies observed so far, which are then forgotten (for per-bucket
         percentiles in long runs)."""
@@ -406,18 +416,13 @@ class SequenceLog:
 
     def report(self, latencies: Sequence[float] | None = None) -> DeliveryReport:
         """The totals over every stream; ``latencies`` replaces the ones kept."""
-        lost = duplicates = late = received = 0
-        for name, state in self._streams.items():
-            lost += len(state.missing)
+        duplicates = late = received = 0
+        for state in self._streams.values():
             duplicates += state.duplicates
             late += state.late
             received += state.received
-            expected = self._expected_last.get(name)
-            if expected is not None and state.last is not None and expected > state.last:
-                lost += expected - state.last
-        for name, expected in self._expected_last.items():
-            if name not in self._streams:
-                lost += expected
+        names = set(self._streams) | set(self._expected_last)
+        lost = sum(len(self.missing(name)) for name in names)
         values = self.latencies if latencies is None else latencies
         return DeliveryReport(
             received=received,

@@ -6,13 +6,13 @@ with::
     WSROOM_RELIABILITY=soak pytest tests/reliability/test_soak.py
 
 2,000 clients on 3 nodes for 1 h per adapter (asyncio and Starlette), Redis killed and
-restarted at half time: a little over 2 h in all.
+restarted at half time: a little over 2 h in all. ``WSROOM_SOAK_SECONDS=600`` makes each
+run 10 minutes instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -26,13 +26,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import websockets
 
 from tests.redis_support import fresh_prefix, private_redis
 from tests.reliability.load_server import LoadServer, load_server
 from tests.reliability.probes import (
     MeasuringClient,
-    SequenceLog,
     close_all,
     percentile,
     sockets_to,
@@ -43,13 +41,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CLIENTS = scale(ci=200, soak=2000)
 NODES = scale(ci=2, soak=3)
-DURATION = seconds(ci=15, soak=3600)
-WARMUP = seconds(ci=3, soak=600)  # RSS, descriptors and tasks are judged after it
+# WSROOM_SOAK_SECONDS shortens (or lengthens) the long run, e.g. to try it.
+DURATION = seconds(ci=15, soak=float(os.environ.get("WSROOM_SOAK_SECONDS", 3600)))
+WARMUP = DURATION / 6 if SOAK else 3.0  # RSS is judged after it (10 min of the hour)
 RATE = 50.0  # messages per second, all rooms together
 CHURNERS = scale(ci=10, soak=20)  # clients that connect, publish and leave in a loop
 CHURN_RATE = scale(ci=10, soak=5)  # their connections per second, all together
 SAMPLE_EVERY = seconds(ci=1, soak=10)
-BUCKET = seconds(ci=5, soak=300)  # latency p99 per bucket
+BUCKET = min(300.0, DURATION / 6) if SOAK else 5.0  # latency p99 per bucket (5 min)
 ROOM_SIZE = 10
 BIG = "x" * 2000  # every fifth message carries 2 KB
 OUTAGE = 5.0  # seconds Redis stays down at half time (soak scale only)
@@ -66,13 +65,25 @@ class Sample:
 
 @dataclass
 class Traffic:
-    published: int = 0  # room messages acknowledged
-    refused: int = 0  # publishes answered with an error (Redis down)
-    directs: int = 0  # direct messages acknowledged
+    """What the clients did, with the time of each acknowledgement."""
+
+    acked: dict[str, list[float]] = field(default_factory=dict)
+    """Per publisher, when each of its messages (sequence number ``i`` at index ``i - 1``)
+    was acknowledged (``time.monotonic()``)."""
+    rooms_of: dict[str, str] = field(default_factory=dict)  # publisher -> its room
+    refused: int = 0  # publishes, joins and directs answered with an error (Redis down)
+    directs: list[float] = field(default_factory=list)  # acknowledgement times
     churn_cycles: int = 0
-    churn_published: list[tuple[str, str]] = field(default_factory=list)  # (room, churner)
     p99_ms: list[float] = field(default_factory=list)  # per bucket
     samples: list[Sample] = field(default_factory=list)
+
+    def ack(self, publisher: str, room: str) -> None:
+        self.acked.setdefault(publisher, []).append(time.monotonic())
+        self.rooms_of[publisher] = room
+
+    @property
+    def published(self) -> int:
+        return sum(len(times) for times in self.acked.values())
 
 
 async def sample(servers: Sequence[LoadServer], redis_port: int, started: float) -> Sample:
@@ -104,16 +115,55 @@ def slope_per_hour(samples: Sequence[Sample]) -> float:
     return slope * 3600 / my
 
 
+@dataclass
+class Losses:
+    silent: int = 0  # messages a member never got, acknowledged outside the restart
+    in_restart: int = 0  # messages a member never got, acknowledged around the restart
+    duplicates: int = 0
+    order_violations: int = 0
+
+
+def losses(
+    stable: Sequence[MeasuringClient],
+    rooms_by_member: dict[str, str],
+    traffic: Traffic,
+    window: tuple[float, float] | None,
+) -> Losses:
+    """Every stable member must have every acknowledged message of every publisher of its
+    room, in order and once; a message acknowledged from 1 s before Redis died to 10 s
+    after it was back may be lost (Redis pub/sub delivers at most once, and the members
+    are told by a ``gap``)."""
+    result = Losses()
+    for client in stable:
+        room = rooms_by_member[client.name]
+        report = client.log.report()
+        result.duplicates += report.duplicates
+        result.order_violations += report.order_violations
+        for publisher, times in traffic.acked.items():
+            if traffic.rooms_of[publisher] != room:
+                continue
+            stream = f"{room}/{publisher}"
+            client.log.expect(stream, len(times))
+            for seq in client.log.missing(stream):
+                at = times[seq - 1]
+                if window is not None and window[0] - 1 <= at <= window[1] + 10:
+                    result.in_restart += 1
+                else:
+                    result.silent += 1
+    return result
+
+
 @pytest.mark.parametrize("adapter", ["websockets", "starlette"] if SOAK else ["websockets"])
-@pytest.mark.timeout(DURATION + WARMUP + 600)
+@pytest.mark.timeout(DURATION + 600)
 async def test_g35_soak(adapter: str) -> None:
     """Clients in rooms of 10 on several nodes, mixed traffic (room messages of two sizes,
     direct messages), churn with RSTs; at soak scale Redis restarts at half time. No loss
-    outside the restart, flat descriptors and tasks, RSS flat, no unhandled exception."""
+    outside the restart, flat descriptors and tasks, flat RSS, no unhandled exception."""
     rng = random.Random(35)
     stable_count = CLIENTS - CHURNERS
     rooms = [f"soak-{index}" for index in range(stable_count // ROOM_SIZE)]
     traffic = Traffic()
+    window: tuple[float, float] | None = None
     async with AsyncExitStack() as stack:
         redis = stack.enter_context(private_redis())
         redis_port = urlsplit(redis.url).port or 6379
@@ -125,35 +175,32 @@ async def test_g35_soak(adapter: str) -> None:
             for index in range(NODES)
         ]
         stable = await connect_stable(servers, stable_count)
-        await asyncio.gather(
-            *(client.join(rooms[index // ROOM_SIZE]) for index, client in enumerate(stable))
+        rooms_by_member = {c.name: rooms[i // ROOM_SIZE] for i, c in enumerate(stable)}
+        retries = sum(
+            await asyncio.gather(*(join_retrying(c, rooms_by_member[c.name]) for c in stable))
         )
-        await settle(servers, stable_count)
+        assert await settle(servers, stable_count)
         started = time.monotonic()
         quiet = await sample(servers, redis_port, started)  # before any traffic or churn
         stop = started + DURATION
-        restart_window: tuple[float, float] | None = None
 
         async def restart_redis() -> None:
-            nonlocal restart_window
+            nonlocal window
             await asyncio.sleep(DURATION / 2)
             down = time.monotonic()
             redis.kill()
             await asyncio.sleep(OUTAGE)
             await asyncio.to_thread(redis.start)
-            restart_window = (down, time.monotonic())
+            window = (down, time.monotonic())
 
         tasks = [
-            asyncio.create_task(publish_loop(stable, rooms, traffic, stop, rng)),
-            asyncio.create_task(churn_loop(servers, rooms, traffic, stop, rng)),
-            asyncio.create_task(sample_loop(servers, redis_port, stable, traffic, started, stop)),
+            publish_loop(stable, rooms_by_member, traffic, stop, rng),
+            churn_loop(servers, rooms, traffic, stop, rng),
+            sample_loop(servers, redis_port, stable, traffic, started, stop),
         ]
-        if SOAK:
-            tasks.append(asyncio.create_task(restart_redis()))
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *([restart_redis()] if SOAK else []))
         # Everything published is delivered, then the churners' traces are gone.
-        expected = expectations(stable, rooms, traffic)
-        delivered = await until_delivered(stable, expected, 15)
+        delivered = await until_delivered(stable, rooms_by_member, traffic, window, 15)
         settled = await settle(servers, stable_count)
         end = await sample(servers, redis_port, started)
         stats = [await server.stats() for server in servers]
@@ -161,44 +208,33 @@ async def test_g35_soak(adapter: str) -> None:
         await close_all(stable)
     judged = [s for s in traffic.samples if s.at >= WARMUP] or traffic.samples[-1:]
     base = judged[0]  # RSS is judged from the end of the warm-up on
+    lost = losses(stable, rooms_by_member, traffic, window)
+    directs = sum(client.frames["direct"] for client in stable)
+    directs_in_window = sum(
+        1 for at in traffic.directs if window and window[0] - 1 <= at <= window[1] + 10
+    )
     print(
         f"G35 {adapter}: {traffic.published} published ({traffic.refused} refused), "
-        f"{traffic.directs} directs, {traffic.churn_cycles} churn cycles; "
-        f"p99 per bucket {[round(p, 1) for p in traffic.p99_ms]}; quiet {quiet}, "
+        f"{directs}/{len(traffic.directs)} directs, {traffic.churn_cycles} churn cycles; "
+        f"{lost}; p99 per bucket {[round(p, 1) for p in traffic.p99_ms]}; quiet {quiet}, "
         f"after warm-up {base}, end {end}"
     )
-    # Loss: members that were told of a gap (the Redis restart) are judged on nothing
-    # else; every other member must have every message of every publisher of its room.
-    told = [client for client in stable if client.room_log.gaps_signalled]
-    untold = [client for client in stable if not client.room_log.gaps_signalled]
-    for client in stable:
-        for stream, last in expected[client.name].items():
-            client.log.expect(stream, last)
-    report = SequenceLog.merge(client.log for client in untold)
-    ids = SequenceLog.merge(client.room_log for client in untold)
-    told_report = SequenceLog.merge(client.log for client in told)
-    directs = sum(client.frames["direct"] for client in stable)
     context = {"adapter": adapter, "clients": CLIENTS, "nodes": NODES, "seconds": DURATION}
     record("G35", "messages published", traffic.published, "", **context)
+    record("G35", "joins retried at start (Redis busy)", retries, "", **context)
+    record("G35", "lost outside the Redis restart", lost.silent, "", **context)
+    record("G35", "lost around the Redis restart", lost.in_restart, "", **context)
     record(
         "G35",
-        "lost + duplicated + out of order (members not told of a gap)",
-        report.lost + report.duplicates + report.order_violations,
+        "duplicated / out of order",
+        f"{lost.duplicates} / {lost.order_violations}",
         "",
         **context,
-    )
-    record(
-        "G35",
-        "lost by members told of a gap (Redis restart)",
-        told_report.lost,
-        "",
-        **context,
-        members=len(told),
     )
     record(
         "G35",
         "direct messages delivered / acknowledged",
-        f"{directs} / {traffic.directs}",
+        f"{directs} / {len(traffic.directs)}",
         "",
         **context,
     )
@@ -229,10 +265,9 @@ async def test_g35_soak(adapter: str) -> None:
         **context,
     )
     record("G35", "unhandled exceptions logged", sum(s["errors"] for s in stats), "", **context)
-    assert delivered, report
-    assert report.clean, report
-    assert ids.clean, ids
-    assert directs == traffic.directs, (directs, traffic.directs)
+    assert delivered, lost
+    assert lost.silent == 0 and lost.duplicates == 0 and lost.order_violations == 0, lost
+    assert len(traffic.directs) - directs_in_window <= directs <= len(traffic.directs)
     assert settled, end
     # Flat: the churners come and go (a descriptor and a few tasks each); once they are
     # gone, the nodes hold what they held before any traffic.
@@ -242,14 +277,28 @@ async def test_g35_soak(adapter: str) -> None:
         assert s.fds - quiet.fds <= CHURNERS + 2, (quiet, s)
         assert s.tasks - quiet.tasks <= 4 * CHURNERS + 2, (quiet, s)
     if SOAK:
+        assert window is not None
+    if DURATION >= 1800:
         assert slope_per_hour(judged) < 0.01, judged
-    else:  # 15 s says nothing about a slope; a runaway would still show
+    else:  # a short run says nothing about a slope per hour; a runaway would still show
         assert end.rss < 1.2 * base.rss, (base, end)
     assert all(s["errors"] == 0 for s in stats), [s["error_samples"] for s in stats]
     for text in stderr:
         assert "Traceback" not in text and "never retrieved" not in text, text[-3000:]
-    if SOAK:
-        assert restart_window is not None
+
+
+async def join_retrying(client: MeasuringClient, room: str, attempts: int = 20) -> int:
+    """Join ``room``; when the server answers "temporarily unavailable" (its Redis did not
+    answer in time: thousands of joins at once on a busy machine), try again, as the
+    error says. How many retries it took."""
+    for retry in range(attempts):
+        answer = await client.request({"type": "join", "room": room})
+        if answer["type"] == "joined":
+            client.room_log.start_at(room, answer["offset"] + 1)
+            return retry
+        assert answer.get("code") == "internal_error", answer
+        await asyncio.sleep(0.2 * (retry + 1))
+    raise AssertionError(f"{client.name} could not join {room}")
 
 
 async def connect_stable(servers: Sequence[LoadServer], count: int) -> list[MeasuringClient]:
@@ -265,7 +314,7 @@ async def connect_stable(servers: Sequence[LoadServer], count: int) -> list[Meas
 
 async def publish_loop(
     stable: list[MeasuringClient],
-    rooms: list[str],
+    rooms_by_member: dict[str, str],
     traffic: Traffic,
     stop: float,
     rng: random.Random,
@@ -278,6 +327,7 @@ async def publish_loop(
 
     async def one(index: int, number: int) -> None:
         client = stable[index]
+        room = rooms_by_member[client.name]
         try:
             if number % 10 == 9:
                 target = stable[rng.randrange(len(stable))].name
@@ -285,16 +335,13 @@ async def publish_loop(
                     {"type": "direct", "to": target, "data": {"n": number}}
                 )
                 if answer["type"] == "ack":
-                    traffic.directs += 1
+                    traffic.directs.append(time.monotonic())
                 else:
                     traffic.refused += 1
                 return
-            answer = (
-                await client.publish(rooms[index // ROOM_SIZE], pad=BIG if number % 5 == 4 else "")
-                or {}
-            )
+            answer = await client.publish(room, pad=BIG if number % 5 == 4 else "") or {}
             if answer.get("type") == "ack":
-                traffic.published += 1
+                traffic.ack(client.name, room)
             else:
                 traffic.refused += 1
         finally:
@@ -324,32 +371,38 @@ async def churn_loop(
     leave, close (one in four with an RST); ``CHURN_RATE`` connections per second."""
     period = CHURNERS / CHURN_RATE
 
+    async def cycle(name: str, server: LoadServer, room: str) -> None:
+        client = await MeasuringClient.connect(server.url, name, user=name)
+        try:
+            joined = await client.request({"type": "join", "room": room})
+            if joined["type"] != "joined":
+                traffic.refused += 1  # Redis down: the join cannot read the room
+                return
+            answer = await client.publish(room)
+            if answer is not None and answer["type"] == "ack":
+                traffic.ack(name, room)
+            else:
+                traffic.refused += 1
+            await client.leave(room)
+        finally:
+            if rng.random() < 0.25:
+                client.abort()
+                await client.stop()
+            else:
+                await client.close()
+        traffic.churn_cycles += 1
+
     async def worker(index: int) -> None:
-        cycle = 0
         begin = time.monotonic() + period * index / CHURNERS
+        number = 0
         while True:
-            await asyncio.sleep(max(0.0, begin + cycle * period - time.monotonic()))
+            await asyncio.sleep(max(0.0, begin + number * period - time.monotonic()))
             if time.monotonic() >= stop:
                 return
-            cycle += 1
-            name = f"churn{index}-{cycle}"
+            number += 1
             server = servers[rng.randrange(len(servers))]
             room = rooms[rng.randrange(len(rooms))]
-            with contextlib.suppress(ConnectionError, OSError, websockets.WebSocketException):
-                client = await MeasuringClient.connect(server.url, name, user=name)
-                try:
-                    await client.join(room)
-                    answer = await client.publish(room)
-                    if answer is not None and answer["type"] == "ack":
-                        traffic.churn_published.append((room, name))
-                    await client.leave(room)
-                finally:
-                    if rng.random() < 0.25:
-                        client.abort()
-                        await client.stop()
-                    else:
-                        await client.close()
-                traffic.churn_cycles += 1
+            await cycle(f"churn{index}-{number}", server, room)
 
     await asyncio.gather(*(worker(index) for index in range(CHURNERS)))
 
@@ -367,40 +420,32 @@ async def sample_loop(
     next_bucket = started + BUCKET
     while time.monotonic() < stop:
         await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, stop - time.monotonic())))
-        with contextlib.suppress(RuntimeError):  # a node busy past the command timeout
-            traffic.samples.append(await sample(servers, redis_port, started))
+        traffic.samples.append(await sample(servers, redis_port, started))
         if time.monotonic() >= next_bucket:
             next_bucket += BUCKET
             latencies = [value for client in stable for value in client.log.take_latencies()]
             traffic.p99_ms.append(1000 * percentile(latencies, 0.99))
 
 
-def expectations(
-    stable: list[MeasuringClient], rooms: list[str], traffic: Traffic
-) -> dict[str, dict[str, int]]:
-    """For each stable client, the last sequence number of each publisher of its room."""
-    by_room: dict[str, dict[str, int]] = {room: {} for room in rooms}
-    for index, client in enumerate(stable):
-        if client.published:
-            by_room[rooms[index // ROOM_SIZE]][f"{rooms[index // ROOM_SIZE]}/{client.name}"] = (
-                client.published
-            )
-    for room, churner in traffic.churn_published:
-        by_room[room][f"{room}/{churner}"] = 1
-    return {client.name: by_room[rooms[index // ROOM_SIZE]] for index, client in enumerate(stable)}
-
-
 async def until_delivered(
-    stable: list[MeasuringClient], expected: dict[str, dict[str, int]], timeout: float
+    stable: list[MeasuringClient],
+    rooms_by_member: dict[str, str],
+    traffic: Traffic,
+    window: tuple[float, float] | None,
+    timeout: float,
 ) -> bool:
+    """Wait until every stable member has each publisher's last message of its room
+    (when that one is not a message the restart may have lost)."""
+    wanted = [
+        (client, f"{room}/{publisher}", len(times))
+        for client in stable
+        for publisher, times in traffic.acked.items()
+        if traffic.rooms_of[publisher] == (room := rooms_by_member[client.name])
+        and not (window is not None and window[0] - 1 <= times[-1] <= window[1] + 10)
+    ]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(
-            (client.log.last(stream) or 0) >= last
-            for client in stable
-            if not client.room_log.gaps_signalled
-            for stream, last in expected[client.name].items()
-        ):
+        if all((client.log.last(stream) or 0) >= last for client, stream, last in wanted):
             return True
         await asyncio.sleep(0.05)
     return False
