@@ -14,9 +14,11 @@ JSON line on its standard output:
     what the process holds, seen from inside: ``connections``, ``rooms``, ``memberships``,
     ``users``, ``queued_bytes``, ``messages_published``, ``evictions`` (wsroom's own
     counters; a raw server has ``connections`` only), ``tasks`` (asyncio tasks of the main
-    loop), ``threads`` (Python threads) and ``errors`` (log records at ERROR or above and
-    event-loop exception reports, "Task exception was never retrieved" included) with the
-    first few in ``error_samples``;
+    loop, a 10 ms event-loop lag ticker included), ``threads`` (Python threads),
+    ``loop_lag_p99_ms`` and ``loop_lag_max_ms`` (how late the ticker ran since the
+    previous ``stats``), and ``errors`` (log records at ERROR or above and event-loop
+    exception reports, "Task exception was never retrieved" included) with the first few
+    in ``error_samples``;
 ``{"op": "publish", "room": R, "count": K, "rate": F, "pad": P}``
     publish ``K`` messages to room ``R`` from the server, message ``i`` due ``i / F``
     seconds after the start (back to back when late), each carrying its due time, its
@@ -58,7 +60,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from tests.reliability.probes import HeapTracker, ProcessSnapshot, percentile, process_snapshot
+from tests.reliability.probes import (
+    HeapTracker,
+    LoopLag,
+    ProcessSnapshot,
+    percentile,
+    process_snapshot,
+)
 
 ADAPTERS = (
     "websockets",
@@ -112,6 +120,7 @@ class Node:
         self.raw_lock = threading.Lock()
         self.sequences: dict[str, int] = {}
         self.stop = asyncio.Event()
+        self.lag: LoopLag | None = None
 
     # Raw handlers: hold the connection, echo what the client sends (``echo`` times).
 
@@ -157,7 +166,10 @@ class Node:
     # Commands.
 
     def stats(self) -> dict[str, Any]:
+        lags = self.lag.take() if self.lag is not None else []
         answer: dict[str, Any] = {
+            "loop_lag_p99_ms": 1000 * percentile(lags, 0.99) if lags else 0.0,
+            "loop_lag_max_ms": 1000 * max(lags, default=0.0),
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
             "errors": self.errors.count,
@@ -279,6 +291,11 @@ async def control(node: Node) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        await serve_node(args, stack)
+
+
+async def serve_node(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> None:
     errors = ErrorCounter()
     logging.getLogger().addHandler(errors)
     loop = asyncio.get_running_loop()
@@ -292,6 +309,7 @@ async def run(args: argparse.Namespace) -> None:
     loop.set_exception_handler(on_loop_exception)
     node = Node(args.adapter, args.name, errors, args.echo)
     controller = asyncio.create_task(control(node))
+    node.lag = await stack.enter_async_context(LoopLag())
     sock = listening_socket()
     adapter = args.adapter
     if not adapter.startswith("raw_"):

@@ -258,6 +258,11 @@ class LoopLag:
             await asyncio.sleep(self.interval)
             self.lags.append(max(0.0, loop.time() - asked - self.interval))
 
+    def take(self) -> list[float]:
+        """The lateness of each tick so far, which is then forgotten (per-phase figures)."""
+        taken, self.lags = self.lags, []
+        return taken
+
     def p99_ms(self) -> float:
         """The 99th percentile of the lateness, in milliseconds."""
         return 1000 * percentile(self.lags, 0.99)

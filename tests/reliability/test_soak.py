@@ -61,6 +61,7 @@ class Sample:
     fds: int  # all nodes, without their Redis pool connections
     tasks: int  # all nodes
     connections: int  # all nodes
+    loop_lag_p99_ms: float  # the worst node's, since the previous sample
 
 
 @dataclass
@@ -98,6 +99,7 @@ async def sample(servers: Sequence[LoadServer], redis_port: int, started: float)
         ),
         tasks=sum(s["tasks"] for s in stats),
         connections=sum(s["connections"] for s in stats),
+        loop_lag_p99_ms=round(max(s["loop_lag_p99_ms"] for s in stats), 1),
     )
 
 
@@ -249,6 +251,14 @@ async def test_g35_soak(adapter: str) -> None:
     )
     record(
         "G35", "RSS slope after warm-up", round(100 * slope_per_hour(judged), 2), "%/h", **context
+    )
+    record(
+        "G35",
+        "server event-loop lag p99, worst sample",
+        max(s.loop_lag_p99_ms for s in traffic.samples),
+        "ms",
+        **context,
+        sample_s=SAMPLE_EVERY,
     )
     record(
         "G35",
