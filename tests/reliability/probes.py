@@ -3,11 +3,14 @@
 Server probes:
 
 * :func:`process_snapshot`: RSS, open file descriptors, threads and CPU time of a process
-  (this one or another, by PID), through psutil;
+  (this one or another, by PID), through psutil; :func:`sockets_to` counts its TCP
+  connections to a port (a Redis client's pool, say);
+* :func:`machine_snapshot`: how busy the whole machine is (other processes included), to
+  tell a slow server from a starved test;
 * :func:`task_count` and :func:`thread_count`: asyncio tasks of the running loop and Python
   threads of this process;
-* :class:`HeapTracker`: a ``tracemalloc`` diff between a baseline and now, after a full
-  garbage collection, optionally restricted to allocations made under some source files;
+* :class:`HeapTracker`: the growth of the ``tracemalloc``-traced heap since a baseline,
+  after a full garbage collection;
 * :class:`LoopLag`: a ticker that records how late the event loop wakes it up.
 
 Client-side measurement:
@@ -17,7 +20,9 @@ Client-side measurement:
 * :class:`MeasuringClient`: a ``websockets`` client speaking the wsroom protocol that feeds
   a :class:`SequenceLog` from every ``message`` it receives. Messages carry, in ``data``, the
   time they were published (``"t"``, :func:`time.time` seconds, as the fan-out benchmark's
-  messages do), the publisher's own sequence number (``"i"``) and its name (``"src"``).
+  messages do), the publisher's own sequence number (``"i"``) and its name (``"src"``):
+  :func:`message_data` builds them. :func:`connect_many` and :func:`close_all` handle many
+  clients at once, :func:`reset_abruptly` ends one with an RST.
 
 Every figure is reported with :func:`percentile` and :class:`DeliveryReport`.
 """
