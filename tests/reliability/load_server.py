@@ -515,6 +515,21 @@ async def load_server(
             await _stop(process)
 
 
+@asynccontextmanager
+async def load_servers(adapter: str, count: int, **options: Any) -> AsyncIterator[list[LoadServer]]:
+    """``count`` load servers named ``node0``, ``node1``... started at once (``options`` as
+    for :func:`load_server`: give them one Redis and one prefix to make a cluster)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(index: int) -> LoadServer:
+            server = load_server(adapter, name=f"node{index}", **options)
+            return await stack.enter_async_context(server)
+
+        async with asyncio.TaskGroup() as group:
+            started = [group.create_task(start(index)) for index in range(count)]
+        yield [task.result() for task in started]
+
+
 async def _stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(OSError, RuntimeError):

@@ -29,7 +29,7 @@ from tests.redis_support import (
     private_redis,
     shared_redis_url,
 )
-from tests.reliability.load_server import BASELINE, LoadServer, load_server
+from tests.reliability.load_server import BASELINE, LoadServer, load_server, load_servers
 from tests.reliability.probes import (
     DeliveryReport,
     HeapTracker,
@@ -85,19 +85,15 @@ async def cluster(
     test's own (its CPU is then the cluster's alone)."""
     async with AsyncExitStack() as stack:
         redis = stack.enter_context(private_redis()) if nodes > 1 else None
-        prefix = fresh_prefix()
-        servers = [
-            await stack.enter_async_context(
-                load_server(
-                    adapter,
-                    redis_url=redis.url if redis else None,
-                    prefix=prefix,
-                    name=f"node{index}",
-                    anonymous=anonymous,
-                )
+        servers = await stack.enter_async_context(
+            load_servers(
+                adapter,
+                nodes,
+                redis_url=redis.url if redis else None,
+                prefix=fresh_prefix(),
+                anonymous=anonymous,
             )
-            for index in range(nodes)
-        ]
+        )
         yield servers, redis
 
 
