@@ -297,16 +297,10 @@ async def run(args: argparse.Namespace) -> None:
 
 async def serve_node(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> None:
     errors = ErrorCounter()
+    # Warnings and errors go to standard error as usual; errors are also counted (the
+    # event loop's exception reports are ERROR records of the "asyncio" logger).
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger().addHandler(errors)
-    loop = asyncio.get_running_loop()
-
-    def on_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        errors.count += 1
-        if len(errors.samples) < 5:
-            errors.samples.append(str(context.get("message"))[:500])
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(on_loop_exception)
     node = Node(args.adapter, args.name, errors, args.echo)
     controller = asyncio.create_task(control(node))
     node.lag = await stack.enter_async_context(LoopLag())
