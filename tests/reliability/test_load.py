@@ -255,7 +255,7 @@ async def test_a1_idle_connection_footprint(adapter: str) -> None:
     # server holds 2N (1,000 at CI scale). The threading server holds 4 descriptors per
     # connection: 2,000 of them at soak scale stay under the machine's 20,000.
     n = scale(ci=500, soak=2000 if adapter == "websockets_sync" else 5000)
-    idle = seconds(ci=1, soak=30)
+    idle = seconds(ci=0.5, soak=30)
     raw_name = BASELINE[adapter]
     async with load_server(raw_name, echo=ECHOED) as server:
         raw = await footprint(server, n, 0, wsroom=False)
@@ -820,7 +820,7 @@ async def test_a4_churn_leaves_nothing_behind(start_server: ServerFactory, backp
     nothing: no connection, room or member, no task, thread, descriptor or heap left over,
     no Redis subscription for a room or user."""
     workers = 16
-    duration = seconds(ci=1.5, soak=60)
+    duration = seconds(ci=1, soak=60)
     adapter = adapter_name(start_server)
     url_redis = shared_redis_url() if backplane == "redis" else None
     if backplane == "redis" and url_redis is None:
@@ -941,7 +941,7 @@ async def test_a5_cross_process_delivery(adapter: str) -> None:
     nodes = 3
     per_node = scale(ci=10, soak=100)
     total_rate = 100.0
-    duration = seconds(ci=2, soak=60)
+    duration = seconds(ci=1.5, soak=60)
     async with cluster(adapter, nodes, anonymous=True) as (servers, redis):
         assert redis is not None and redis.process is not None
         members = await connect_spread(servers, nodes * per_node, by_stream=True)

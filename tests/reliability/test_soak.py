@@ -1,6 +1,6 @@
 """Hygiene and long runs: the soak (G35) and a warnings-clean run (G36).
 
-At CI scale the soak is short (200 clients, 12 s, 2 nodes over Redis); the long one runs
+At CI scale the soak is short (200 clients, 10 s, 2 nodes over Redis); the long one runs
 with::
 
     WSROOM_RELIABILITY=soak pytest tests/reliability/test_soak.py
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = scale(ci=200, soak=2000)
 NODES = scale(ci=2, soak=3)
 # WSROOM_SOAK_SECONDS shortens (or lengthens) the long run, e.g. to try it.
-DURATION = seconds(ci=12, soak=float(os.environ.get("WSROOM_SOAK_SECONDS", 3600)))
+DURATION = seconds(ci=10, soak=float(os.environ.get("WSROOM_SOAK_SECONDS", 3600)))
 WARMUP = DURATION / 6 if SOAK else 3.0  # RSS is judged after it (10 min of the hour)
 RATE = 50.0  # messages per second, all rooms together
 CHURNERS = scale(ci=10, soak=20)  # clients that connect, publish and leave in a loop
