@@ -319,7 +319,7 @@ async def serve_node(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
         node.manager = ConnectionManager(
             authenticate=None if args.anonymous else user_from_query,
             backplane=backplane,
-            limits=Limits(rate=None),
+            limits=Limits.without_rate_limits(),
         )
     try:
         if adapter == "websockets":

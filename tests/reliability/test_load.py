@@ -829,7 +829,7 @@ async def test_a4_churn_leaves_nothing_behind(start_server: ServerFactory, backp
     manager = ConnectionManager(
         ChurnRoom,
         authenticate=user_from_query,
-        limits=Limits(rate=None),
+        limits=Limits.without_rate_limits(),
         backplane=RedisBackplane(url_redis, prefix=prefix) if url_redis else None,
     )
     try:
