@@ -254,10 +254,20 @@ def listening_socket() -> socket.socket:
 async def serve_uvicorn(app: Any, sock: socket.socket, node: Node) -> None:
     import uvicorn
 
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "lifespan": "off",
+        "access_log": False,
+        "timeout_graceful_shutdown": 2,
+    }
+    server: uvicorn.Server
+    if node.manager is None:  # the bare transport, for the baselines
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+    else:  # wsroom, the supported way
+        from wsroom.adapters import uvicorn as wsroom_uvicorn
+
+        config = wsroom_uvicorn.config(app, node.manager, **options)
+        server = wsroom_uvicorn.Server(config, node.manager)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
         await asyncio.sleep(0.01)

@@ -192,17 +192,17 @@ async def _node_main(options: argparse.Namespace) -> int:
                 announce(server.sockets[0].getsockname()[1])
                 await stop.wait()
         else:
-            import uvicorn
             from starlette.applications import Starlette
             from starlette.routing import WebSocketRoute
 
+            from wsroom.adapters import uvicorn as wsroom_uvicorn
             from wsroom.adapters.starlette import endpoint
 
             app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
-            config = uvicorn.Config(
-                app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+            config = wsroom_uvicorn.config(
+                app, manager, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
             )
-            uvicorn_server = uvicorn.Server(config)
+            uvicorn_server = wsroom_uvicorn.Server(config, manager)
             listener = socket.socket()
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(("127.0.0.1", options.port))

@@ -1049,12 +1049,12 @@ async def sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterat
 @asynccontextmanager
 async def uvicorn_server(manager: ConnectionManager, **config: Any) -> AsyncIterator[str]:
     """The Starlette adapter under uvicorn on the test's loop, as ``tests.helpers`` runs
-    it; ``config`` goes to ``uvicorn.Config`` (``ws="websockets-sansio"``,
-    ``ws_ping_interval``, ``ws_max_size``...)."""
-    import uvicorn
+    it (``wsroom.adapters.uvicorn.Server``); ``config`` goes to ``uvicorn.Config``
+    (``ws="websockets-sansio"``, ``ws_ping_interval``, ``ws_max_size``...)."""
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
+    from wsroom.adapters import uvicorn as wsroom_uvicorn
     from wsroom.adapters.starlette import endpoint
 
     app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
@@ -1066,8 +1066,8 @@ async def uvicorn_server(manager: ConnectionManager, **config: Any) -> AsyncIter
         "timeout_graceful_shutdown": 2,
     }
     settings.update(config)
-    uv_config = uvicorn.Config(app, **settings)
-    server = uvicorn.Server(uv_config)
+    uv_config = wsroom_uvicorn.config(app, manager, **settings)
+    server = wsroom_uvicorn.Server(uv_config, manager)
     uv_config.load()
     server.lifespan = uv_config.lifespan_class(uv_config)
     await server.startup()

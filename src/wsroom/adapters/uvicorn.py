@@ -37,6 +37,7 @@ import contextlib
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -251,28 +252,39 @@ def _with_header_deadline(protocol_class: type[Any], timeout: float) -> type[Any
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             loop = asyncio.get_running_loop()
-            self._wsroom_timer = loop.call_later(timeout, self._wsroom_too_slow, transport)
+            # A weak reference: the timer must not keep a protocol alive that the
+            # connection no longer uses (it is replaced at the WebSocket upgrade).
+            self._wsroom_timer: asyncio.TimerHandle | None = loop.call_later(
+                timeout, _too_slow, weakref.ref(self), transport, timeout
+            )
+
+        def handle_websocket_upgrade(self, *args: Any, **kwargs: Any) -> Any:
+            self._wsroom_stop_timer()
+            return super().handle_websocket_upgrade(*args, **kwargs)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._wsroom_stop_timer()
+            super().connection_lost(exc)
+
+        def _wsroom_stop_timer(self) -> None:
             timer = getattr(self, "_wsroom_timer", None)
             if timer is not None:
                 timer.cancel()
-            super().connection_lost(exc)
-
-        def _wsroom_too_slow(self, transport: Any) -> None:
-            # Upgraded to a WebSocket, or a request under way: the head arrived in time.
-            if (
-                transport.is_closing()
-                or getattr(transport, "get_protocol", lambda: self)() is not self
-            ):
-                return
-            if getattr(self, "cycle", None) is not None:
-                return
-            logger.info("closed a client that did not send its request head in %.0f s", timeout)
-            transport.close()
+                self._wsroom_timer = None
 
     HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"WSRoom{protocol_class.__name__}"
     return HeaderDeadline
+
+
+def _too_slow(protocol: weakref.ref[Any], transport: Any, timeout: float) -> None:
+    current = protocol()
+    # Gone, upgraded to a WebSocket, or a request under way: the head arrived in time.
+    if current is None or transport.is_closing() or transport.get_protocol() is not current:
+        return
+    if getattr(current, "cycle", None) is not None:
+        return
+    logger.info("closed a client that did not send its request head in %.0f s", timeout)
+    transport.close()
 
 
 def _with_abort(protocol_class: type[Any]) -> type[Any]:
