@@ -638,6 +638,11 @@ class MeasuringClient:
         return answer
 
     @property
+    def closed(self) -> bool:
+        """Whether the connection ended (its reader is done)."""
+        return self._reader.done()
+
+    @property
     def close_code(self) -> int | None:
         """The close code the server sent, once closed."""
         rcvd = self.ws.protocol.close_rcvd

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import subprocess
@@ -26,12 +27,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import websockets
 
 from tests.redis_support import fresh_prefix, private_redis
 from tests.reliability.load_server import LoadServer, load_servers
 from tests.reliability.probes import (
+    LoopLag,
     MeasuringClient,
     close_all,
+    machine_snapshot,
     percentile,
     sockets_to,
 )
@@ -62,6 +66,8 @@ class Sample:
     tasks: int  # all nodes
     connections: int  # all nodes
     loop_lag_p99_ms: float  # the worst node's, since the previous sample
+    machine_busy: float  # % of all cores, every process, since the previous sample
+    client_lag_max_ms: float  # this process's event loop (the clients'), since then
 
 
 @dataclass
@@ -75,6 +81,9 @@ class Traffic:
     refused: int = 0  # publishes, joins and directs answered with an error (Redis down)
     directs: list[float] = field(default_factory=list)  # acknowledgement times
     churn_cycles: int = 0
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    """Client operations that got no answer in time or whose connection the server closed
+    (``time.monotonic()``, what happened)."""
     p99_ms: list[float] = field(default_factory=list)  # per bucket
     samples: list[Sample] = field(default_factory=list)
 
@@ -87,7 +96,37 @@ class Traffic:
         return sum(len(times) for times in self.acked.values())
 
 
-async def sample(servers: Sequence[LoadServer], redis_port: int, started: float) -> Sample:
+class Sampler:
+    """What :func:`sample` compares with: the previous machine snapshot, and a loop-lag
+    ticker in this process (a starved client looks like a slow server otherwise)."""
+
+    def __init__(self, servers: Sequence[LoadServer], redis_port: int, lag: LoopLag) -> None:
+        self.servers = servers
+        self.redis_port = redis_port
+        self.lag = lag
+        self.machine = machine_snapshot()
+        self.started = time.monotonic()
+
+    async def sample(self) -> Sample:
+        machine = machine_snapshot()
+        busy, self.machine = machine.busy_percent_since(self.machine), machine
+        return await sample(
+            self.servers,
+            self.redis_port,
+            self.started,
+            machine_busy=0 if math.isnan(busy) else round(busy),
+            client_lag_max_ms=round(1000 * max(self.lag.take(), default=0.0), 1),
+        )
+
+
+async def sample(
+    servers: Sequence[LoadServer],
+    redis_port: int,
+    started: float,
+    *,
+    machine_busy: float = 0.0,
+    client_lag_max_ms: float = 0.0,
+) -> Sample:
     stats = [await server.stats() for server in servers]
     snapshots = [server.snapshot() for server in servers]
     return Sample(
@@ -100,6 +139,8 @@ async def sample(servers: Sequence[LoadServer], redis_port: int, started: float)
         tasks=sum(s["tasks"] for s in stats),
         connections=sum(s["connections"] for s in stats),
         loop_lag_p99_ms=round(max(s["loop_lag_p99_ms"] for s in stats), 1),
+        machine_busy=machine_busy,
+        client_lag_max_ms=client_lag_max_ms,
     )
 
 
@@ -179,8 +220,10 @@ async def test_g35_soak(adapter: str) -> None:
             await asyncio.gather(*(join_retrying(c, rooms_by_member[c.name]) for c in stable))
         )
         assert await settle(servers, stable_count)
-        started = time.monotonic()
-        quiet = await sample(servers, redis_port, started)  # before any traffic or churn
+        lag = await stack.enter_async_context(LoopLag())
+        sampler = Sampler(servers, redis_port, lag)
+        started = sampler.started
+        quiet = await sampler.sample()  # before any traffic or churn
         stop = started + DURATION
 
         async def restart_redis() -> None:
@@ -195,13 +238,17 @@ async def test_g35_soak(adapter: str) -> None:
         tasks = [
             publish_loop(stable, rooms_by_member, traffic, stop, rng),
             churn_loop(servers, rooms, traffic, stop, rng),
-            sample_loop(servers, redis_port, stable, traffic, started, stop),
+            sample_loop(sampler, stable, traffic, stop),
         ]
         await asyncio.gather(*tasks, *([restart_redis()] if SOAK else []))
         # Everything published is delivered, then the churners' traces are gone.
+        for client in stable:
+            if client.closed:  # no stable client may lose its connection
+                what = f"{client.name} closed by the server ({client.close_code})"
+                traffic.failures.append((time.monotonic(), what))
         delivered = await until_delivered(stable, rooms_by_member, traffic, window, 15)
         settled = await settle(servers, stable_count)
-        end = await sample(servers, redis_port, started)
+        end = await sampler.sample()
         stats = [await server.stats() for server in servers]
         stderr = [server.stderr() for server in servers]
         await close_all(stable)
@@ -275,6 +322,25 @@ async def test_g35_soak(adapter: str) -> None:
         **context,
     )
     record("G35", "unhandled exceptions logged", sum(s["errors"] for s in stats), "", **context)
+    failures = [
+        (round(at - started, 1), what)
+        for at, what in traffic.failures
+        if not (window is not None and window[0] - 1 <= at <= window[1] + 10)
+    ]
+    record(
+        "G35", "client operations failed outside the Redis restart", len(failures), "", **context
+    )
+    record(
+        "G35",
+        "machine CPU, worst sample / this process's loop lag, worst",
+        f"{max(s.machine_busy for s in traffic.samples)}% / "
+        f"{max(s.client_lag_max_ms for s in traffic.samples)} ms",
+        "",
+        **context,
+    )
+    # A handshake or request unanswered for 10 s: the samples around it tell a starved
+    # machine or test process (machine_busy, client_lag_max_ms) from a stalled node.
+    assert not failures, (failures[:5], around(traffic.samples, failures[0][0]))
     assert delivered, lost
     assert lost.silent == 0 and lost.duplicates == 0 and lost.order_violations == 0, lost
     assert len(traffic.directs) - directs_in_window <= directs <= len(traffic.directs)
@@ -295,6 +361,11 @@ async def test_g35_soak(adapter: str) -> None:
     assert all(s["errors"] == 0 for s in stats), [s["error_samples"] for s in stats]
     for text in stderr:
         assert "Traceback" not in text and "never retrieved" not in text, text[-3000:]
+
+
+def around(samples: Sequence[Sample], at: float, span: float = 15.0) -> list[Sample]:
+    """The samples within ``span`` seconds of ``at`` (seconds since the start)."""
+    return [s for s in samples if abs(s.at - at) <= span]
 
 
 async def join_retrying(client: MeasuringClient, room: str, attempts: int = 20) -> int:
@@ -339,23 +410,26 @@ async def publish_loop(
         client = stable[index]
         room = rooms_by_member[client.name]
         try:
-            if number % 10 == 9:
-                target = stable[rng.randrange(len(stable))].name
-                answer = await client.request(
-                    {"type": "direct", "to": target, "data": {"n": number}}
-                )
-                if answer["type"] == "ack":
-                    traffic.directs.append(time.monotonic())
-                else:
-                    traffic.refused += 1
-                return
-            answer = await client.publish(room, pad=BIG if number % 5 == 4 else "") or {}
-            if answer.get("type") == "ack":
-                traffic.ack(client.name, room)
-            else:
-                traffic.refused += 1
+            await publish_one(client, room, number)
+        except (ConnectionError, TimeoutError) as exc:
+            traffic.failures.append((time.monotonic(), f"{client.name} publish: {exc!r}"))
         finally:
             busy.discard(index)
+
+    async def publish_one(client: MeasuringClient, room: str, number: int) -> None:
+        if number % 10 == 9:
+            target = stable[rng.randrange(len(stable))].name
+            answer = await client.request({"type": "direct", "to": target, "data": {"n": number}})
+            if answer["type"] == "ack":
+                traffic.directs.append(time.monotonic())
+            else:
+                traffic.refused += 1
+            return
+        answer = await client.publish(room, pad=BIG if number % 5 == 4 else "") or {}
+        if answer.get("type") == "ack":
+            traffic.ack(client.name, room)
+        else:
+            traffic.refused += 1
 
     number = 0
     while time.monotonic() < stop:
@@ -412,25 +486,24 @@ async def churn_loop(
             number += 1
             server = servers[rng.randrange(len(servers))]
             room = rooms[rng.randrange(len(rooms))]
-            await cycle(f"churn{index}-{number}", server, room)
+            try:
+                await cycle(f"churn{index}-{number}", server, room)
+            except (OSError, TimeoutError, ConnectionError, websockets.WebSocketException) as exc:
+                traffic.failures.append((time.monotonic(), f"churn{index}-{number}: {exc!r}"))
 
     await asyncio.gather(*(worker(index) for index in range(CHURNERS)))
 
 
 async def sample_loop(
-    servers: Sequence[LoadServer],
-    redis_port: int,
-    stable: list[MeasuringClient],
-    traffic: Traffic,
-    started: float,
-    stop: float,
+    sampler: Sampler, stable: list[MeasuringClient], traffic: Traffic, stop: float
 ) -> None:
-    """Every ``SAMPLE_EVERY`` seconds the nodes' RSS, descriptors and tasks; every
-    ``BUCKET`` seconds the stable clients' latency p99 over the bucket."""
-    next_bucket = started + BUCKET
+    """Every ``SAMPLE_EVERY`` seconds the nodes' RSS, descriptors, tasks and loop lag, the
+    machine's load and this process's loop lag; every ``BUCKET`` seconds the stable
+    clients' latency p99 over the bucket."""
+    next_bucket = sampler.started + BUCKET
     while time.monotonic() < stop:
         await asyncio.sleep(min(SAMPLE_EVERY, max(0.0, stop - time.monotonic())))
-        traffic.samples.append(await sample(servers, redis_port, started))
+        traffic.samples.append(await sampler.sample())
         if time.monotonic() >= next_bucket:
             next_bucket += BUCKET
             latencies = [value for client in stable for value in client.log.take_latencies()]
