@@ -1025,19 +1025,6 @@ async def test_a5_cross_process_delivery(adapter: str) -> None:
     assert all(s["errors"] == 0 for s in stats), stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "wsroom.adapters.websockets.serve(manager, sock=...) leaves Nagle's algorithm on "
-        "when the socket comes from socket.create_server() (proto 0): asyncio disables it "
-        "only for connections accepted from a socket whose proto is IPPROTO_TCP. A frame "
-        "written right after another then waits for the client's delayed ACK: with 2 nodes "
-        "over Redis a publisher's ack came 44 ms after its own copy (2 ms with Nagle off). "
-        "Fix in adapters/websockets.py: set TCP_NODELAY on each connection's socket "
-        "(ws.transport.get_extra_info('socket'), AF_INET/AF_INET6), as websockets' sync "
-        "server does."
-    ),
-)
 async def test_a5_a_prebound_socket_sends_frames_without_delay() -> None:
     """Connections served from a socket the application bound itself (a common way to
     share a port between processes) write each frame at once, like those of a socket

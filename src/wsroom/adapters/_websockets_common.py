@@ -165,6 +165,19 @@ def reset_on_close(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
+def send_at_once(sock: socket.socket | None) -> None:
+    """Turn Nagle's algorithm off on a client's TCP socket.
+
+    asyncio does it only for connections accepted from a listening socket it knows to be
+    TCP; one an application made with ``socket.create_server()`` (protocol 0) leaves it on,
+    and a frame written right after another then waits for the client's delayed ACK (40 ms).
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def shut_down(sock: socket.socket | None) -> None:
     """Cut ``sock`` now, with a reset: this unblocks every thread reading or writing it."""
     if sock is None:

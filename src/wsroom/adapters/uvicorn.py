@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..manager import ConnectionManager
-from ._websockets_common import reset_on_close
+from ._websockets_common import reset_on_close, send_at_once
 
 __all__ = ["QUIET_CLIENT_ERRORS", "QuietClientErrors", "Server", "config", "run"]
 
@@ -296,6 +296,7 @@ def _with_abort(protocol_class: type[Any]) -> type[Any]:
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
+            send_at_once(transport.get_extra_info("socket"))
             self._wsroom_key = _key(
                 transport.get_extra_info("peername"), transport.get_extra_info("sockname")
             )

@@ -34,7 +34,7 @@ from ..exceptions import HandshakeRejected
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from . import _websockets_fastpath as fastpath
-from ._websockets_common import AdapterBase, policy_violation
+from ._websockets_common import AdapterBase, policy_violation, send_at_once
 from ._writer import WriterTaskTransport
 
 __all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "serve"]
@@ -135,6 +135,8 @@ class WebsocketsAdapter(AdapterBase):
             await ws.close(*policy_violation(admitted))
             return
         handshake, user = admitted
+        if ws.transport is not None:
+            send_at_once(ws.transport.get_extra_info("socket"))
 
         async def receive() -> str | bytes | None:
             try:
