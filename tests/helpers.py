@@ -25,25 +25,30 @@ ServerFactory = Callable[[ConnectionManager], AbstractAsyncContextManager[str]]
 
 
 @asynccontextmanager
-async def websockets_asyncio_server(manager: ConnectionManager) -> AsyncIterator[str]:
+async def websockets_asyncio_server(
+    manager: ConnectionManager, **options: Any
+) -> AsyncIterator[str]:
+    """``wsroom.adapters.websockets.serve`` on 127.0.0.1; ``options`` go to ``websockets``
+    (``ping_interval``, ``close_timeout``, ``max_size``...) or are ``shutdown_timeout``."""
     from wsroom.adapters.websockets import serve
 
-    async with serve(manager, "127.0.0.1", 0) as server:
+    async with serve(manager, "127.0.0.1", 0, **options) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
 
 
 @asynccontextmanager
-async def websockets_sync_server(manager: ConnectionManager) -> AsyncIterator[str]:
+async def websockets_sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
     """The threading adapter. The manager runs on the test's event loop, as it would next
-    to an asyncio application; the server's threads reach it across threads."""
+    to an asyncio application; the server's threads reach it across threads. ``options``
+    go to ``websockets.sync.server.serve`` through ``SyncAdapter.options``."""
     from websockets.sync.server import serve as sync_serve
 
     from wsroom.adapters.websockets_sync import SyncAdapter
 
     await manager.start()
     adapter = SyncAdapter(manager)
-    server = sync_serve(adapter.handler, "127.0.0.1", 0, **adapter.options())
+    server = sync_serve(adapter.handler, "127.0.0.1", 0, **adapter.options(**options))
     thread = threading.Thread(target=server.serve_forever, name="sync-server", daemon=True)
     thread.start()
     try:
@@ -55,9 +60,10 @@ async def websockets_sync_server(manager: ConnectionManager) -> AsyncIterator[st
 
 
 @asynccontextmanager
-async def starlette_server(manager: ConnectionManager) -> AsyncIterator[str]:
+async def starlette_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
     """The Starlette adapter as a route endpoint, under uvicorn as
-    ``wsroom.adapters.uvicorn`` runs it, on the test's loop."""
+    ``wsroom.adapters.uvicorn`` runs it, on the test's loop; ``options`` go to
+    ``uvicorn.Config`` (``ws="websockets-sansio"``, ``ws_ping_interval``...)."""
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
@@ -65,7 +71,7 @@ async def starlette_server(manager: ConnectionManager) -> AsyncIterator[str]:
     from wsroom.adapters.starlette import endpoint
 
     app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
-    async with uvicorn_server(manager, app) as server:
+    async with uvicorn_server(manager, app, **options) as server:
         assert isinstance(server, wsroom_uvicorn.Server)
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}"

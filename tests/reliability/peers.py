@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tests.helpers import starlette_server, websockets_asyncio_server, websockets_sync_server
+
 if TYPE_CHECKING:
     from wsroom import ConnectionManager, Limits
 
@@ -1010,80 +1012,10 @@ class ErrorWatch:
         return found
 
 
-# Servers with the transport's own options.
-
-
-@asynccontextmanager
-async def asyncio_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
-    """``wsroom.adapters.websockets.serve`` on 127.0.0.1; ``options`` go to ``websockets``
-    (``ping_interval``, ``ping_timeout``, ``close_timeout``, ``max_size``...) or are
-    ``shutdown_timeout``."""
-    from wsroom.adapters.websockets import serve
-
-    async with serve(manager, "127.0.0.1", 0, **options) as server:
-        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-
-@asynccontextmanager
-async def sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
-    """The threading adapter with the manager on the test's loop (as ``tests.helpers``
-    runs it); ``options`` go to ``websockets.sync.server.serve`` through
-    ``SyncAdapter.options``."""
-    from websockets.sync.server import serve as sync_serve
-
-    from wsroom.adapters.websockets_sync import SyncAdapter
-
-    await manager.start()
-    adapter = SyncAdapter(manager)
-    server = sync_serve(adapter.handler, "127.0.0.1", 0, **adapter.options(**options))
-    thread = threading.Thread(target=server.serve_forever, name="sync-server", daemon=True)
-    thread.start()
-    try:
-        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
-    finally:
-        await manager.shutdown()
-        await asyncio.to_thread(server.shutdown)
-        await asyncio.to_thread(thread.join, 10.0)
-
-
-@asynccontextmanager
-async def uvicorn_server(manager: ConnectionManager, **config: Any) -> AsyncIterator[str]:
-    """The Starlette adapter under uvicorn on the test's loop, as ``tests.helpers`` runs
-    it (``wsroom.adapters.uvicorn.Server``); ``config`` goes to ``uvicorn.Config``
-    (``ws="websockets-sansio"``, ``ws_ping_interval``, ``ws_max_size``...)."""
-    from starlette.applications import Starlette
-    from starlette.routing import WebSocketRoute
-
-    from wsroom.adapters import uvicorn as wsroom_uvicorn
-    from wsroom.adapters.starlette import endpoint
-
-    app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "log_level": "warning",
-        "lifespan": "off",
-        "timeout_graceful_shutdown": 2,
-    }
-    settings.update(config)
-    uv_config = wsroom_uvicorn.config(app, manager, **settings)
-    server = wsroom_uvicorn.Server(uv_config, manager)
-    uv_config.load()
-    server.lifespan = uv_config.lifespan_class(uv_config)
-    await server.startup()
-    try:
-        yield f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        await manager.shutdown()
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
-        async with asyncio.timeout(10):
-            while server.server_state.tasks:  # noqa: ASYNC110 - uvicorn has no event for it
-                await asyncio.sleep(0.005)
-        for listener in server.servers:
-            await listener.wait_closed()
+# The servers of tests/helpers.py, which take the transport's own options.
+asyncio_server = websockets_asyncio_server
+sync_server = websockets_sync_server
+uvicorn_server = starlette_server
 
 
 @dataclass

@@ -12,7 +12,6 @@ import json
 import logging
 import random
 import struct
-import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.helpers import ADAPTERS, TIMEOUT, Client, check_error, check_frame, wait_for
+from tests.helpers import (
+    ADAPTERS,
+    TIMEOUT,
+    Client,
+    check_error,
+    check_frame,
+    wait_for,
+    websockets_sync_server,
+)
 from tests.reliability.raw import (
     OP_BINARY,
     OP_CONT,
@@ -1116,26 +1123,6 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
 # Found while flooding (E23, F33): a server-initiated close to a client that keeps sending.
 
 
-@asynccontextmanager
-async def sync_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
-    """tests/helpers.websockets_sync_server, with ``options`` for websockets' ``serve``."""
-    from websockets.sync.server import serve as sync_serve
-
-    from wsroom.adapters.websockets_sync import SyncAdapter
-
-    await manager.start()
-    adapter = SyncAdapter(manager)
-    server = sync_serve(adapter.handler, "127.0.0.1", 0, **adapter.options(**options))
-    thread = threading.Thread(target=server.serve_forever, name="sync-server", daemon=True)
-    thread.start()
-    try:
-        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
-    finally:
-        await manager.shutdown()
-        await asyncio.to_thread(server.shutdown)
-        await asyncio.to_thread(thread.join, TIMEOUT)
-
-
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 async def test_close_completes_while_the_client_keeps_sending(adapter: str) -> None:
     """A client closed by the server (here for rate-limit abuse) that had sent 40 more
@@ -1146,7 +1133,7 @@ async def test_close_completes_while_the_client_keeps_sending(adapter: str) -> N
     # The threading server's thread stays blocked on the paused connection until websockets'
     # own close_timeout (10 s by default): 2 s here, to keep the test short.
     server = (
-        sync_server(manager, close_timeout=2.0)
+        websockets_sync_server(manager, close_timeout=2.0)
         if adapter == "websockets_sync"
         else serving(adapter, manager)
     )
