@@ -264,8 +264,9 @@ async def test_a_client_closed_for_rate_abuse_is_gone_within_about_a_second(
         adapter=adapter_name(start_server),
         client="reading" if reads else "not reading",
     )
-    # A client that reads gets the close frame; one that does not is cut after a second.
-    assert code == (1008 if reads else 1006)
+    # A client that reads gets the close frame; one that does not is cut after a second
+    # (unless the close frame reached it before it stopped reading).
+    assert code == 1008 if reads else code in (1006, 1008)
     assert gone_after < 2.5  # 1 s of grace, plus a loaded 2-core machine
 
 

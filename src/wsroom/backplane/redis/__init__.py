@@ -348,6 +348,8 @@ class RedisBackplane(Backplane):
                     await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
                 self._link.set_available(True)
+                if not first:
+                    await self._link.drop_idle()
                 self._requested = set(channels)
                 self._confirmed.clear()
                 if self._dirty is not None:

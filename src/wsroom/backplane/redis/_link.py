@@ -73,6 +73,20 @@ class Link:
             except Exception as exc:  # closing a client of a dead server may fail: it is gone
                 logger.debug("closing the Redis client failed: %s", exc)
 
+    async def drop_idle(self) -> None:
+        """Close the pooled connections no command is using.
+
+        After an outage they are sockets to a server that went away (left in CLOSE_WAIT
+        until a command picks them up); the pool opens fresh ones as commands need them.
+        """
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.connection_pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # a socket of a dead server may fail to close: it is gone
+            logger.debug("closing idle Redis connections failed: %s", exc)
+
     async def call(self, awaitable: Awaitable[T], *, probe: bool = False) -> T:
         """One Redis operation, bounded in time; failures become BackplaneError.
 
