@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
@@ -954,6 +955,13 @@ async def test_room_names_over_a_socket_and_rooms_stay_apart(adapter: str) -> No
 # E28. Room and membership exhaustion (websockets asyncio, in-memory backplane).
 
 
+def _snapshot() -> tracemalloc.Snapshot:
+    """A snapshot without the garbage cycles waiting for a collection (the rooms and
+    frames of earlier tests in the same process included)."""
+    gc.collect()
+    return tracemalloc.take_snapshot()
+
+
 def _wsroom_usage(snapshot: tracemalloc.Snapshot) -> tuple[int, int]:
     """Bytes and live allocations made by wsroom's own code (rooms, memberships)."""
     wsroom = snapshot.filter_traces([tracemalloc.Filter(True, "*/wsroom/*")])
@@ -981,12 +989,12 @@ async def test_one_connection_joins_10000_rooms() -> None:
         await ws.recv_text()
         tracemalloc.start()
         try:
-            base = _wsroom_bytes(tracemalloc.take_snapshot())
+            base = _wsroom_bytes(_snapshot())
             await ws.send(
                 b"".join(frame(OP_TEXT, b'{"type":"join","room":"r%d"}' % i) for i in range(limit))
             )
             joined = await _answers(ws, limit)
-            at_cap = _wsroom_bytes(tracemalloc.take_snapshot())
+            at_cap = _wsroom_bytes(_snapshot())
             refused: list[dict[str, Any]] = []
             for start in range(limit, attempts, 500):
                 stop = min(start + 500, attempts)
@@ -997,7 +1005,7 @@ async def test_one_connection_joins_10000_rooms() -> None:
                     )
                 )
                 refused.extend(await _answers(ws, stop - start))
-            after = _wsroom_bytes(tracemalloc.take_snapshot())
+            after = _wsroom_bytes(_snapshot())
         finally:
             tracemalloc.stop()
         assert [a["type"] for a in joined] == ["joined"] * limit
@@ -1047,7 +1055,7 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
             await member.aclose()
         tracemalloc.start()
         try:
-            base, _ = _wsroom_usage(tracemalloc.take_snapshot())
+            base, _ = _wsroom_usage(_snapshot())
             clients = []
             for first in range(0, max_rooms, per_client):
                 ws = await RawWebSocket.open(url)
@@ -1060,7 +1068,7 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
                 assert {a["type"] for a in answers} == {"joined"}, answers[:2]
                 ws.keep_alive()  # answers keepalive pings: a soak-scale fill takes minutes
                 clients.append(ws)
-            full, full_blocks = _wsroom_usage(tracemalloc.take_snapshot())
+            full, full_blocks = _wsroom_usage(_snapshot())
             late = await RawWebSocket.open(url)
             await late.recv_text()
             await late.send(
@@ -1092,7 +1100,7 @@ async def test_max_rooms_then_every_room_collected_on_the_last_leave() -> None:
                 if not index % 2:
                     await ws.aclose()
             await wait_for(lambda: not manager.connections)
-            left_bytes, left_blocks = _wsroom_usage(tracemalloc.take_snapshot())
+            left_bytes, left_blocks = _wsroom_usage(_snapshot())
         finally:
             tracemalloc.stop()
     per_room = (full - base) / max_rooms
