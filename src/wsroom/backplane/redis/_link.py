@@ -73,6 +73,21 @@ class Link:
             except Exception as exc:  # closing a client of a dead server may fail: it is gone
                 logger.debug("closing the Redis client failed: %s", exc)
 
+    async def drop_idle(self) -> None:
+        """Close the pooled connections not in use; they reconnect when next used.
+
+        Called once Redis answers again after an outage or a restart: the connections the
+        pool held then are dead, and each keeps its socket (in CLOSE_WAIT, or closed by a
+        reset) until the pool hands it out again, which at low traffic may never happen.
+        """
+        client = self._client
+        if client is None:
+            return
+        try:
+            await client.connection_pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # closing a dead connection may fail: it is gone anyway
+            logger.debug("closing the idle Redis connections failed: %s", exc)
+
     async def call(self, awaitable: Awaitable[T], *, probe: bool = False) -> T:
         """One Redis operation, bounded in time; failures become BackplaneError.
 
