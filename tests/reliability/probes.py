@@ -4,7 +4,8 @@ Server probes:
 
 * :func:`process_snapshot`: RSS, open file descriptors, threads and CPU time of a process
   (this one or another, by PID), through psutil; :func:`sockets_to` counts its TCP
-  connections to a port (a Redis client's pool, say);
+  connections to a port (a Redis client's pool, say), :func:`dead_sockets` those it
+  keeps open for connections that are over;
 * :func:`machine_snapshot`: how busy the whole machine is (other processes included), to
   tell a slow server from a starved test;
 * :func:`task_count` and :func:`thread_count`: asyncio tasks of the running loop and Python
@@ -61,6 +62,7 @@ __all__ = [
     "SequenceLog",
     "close_all",
     "connect_many",
+    "dead_sockets",
     "machine_snapshot",
     "message_data",
     "percentile",
@@ -158,6 +160,21 @@ def sockets_to(port: int, pid: int | None = None) -> int:
         for conn in process.net_connections(kind="tcp")
         if getattr(conn.raddr, "port", None) == port  # raddr is () when not connected
     )
+
+
+def dead_sockets(pid: int | None = None) -> int:
+    """Sockets process ``pid`` (default: this one) holds open for a connection that is
+    over: in ``CLOSE_WAIT`` (the peer closed it), or closed by a reset and so gone from
+    the kernel's connection tables while the descriptor stays open."""
+    process = psutil.Process(pid if pid is not None else os.getpid())
+    fd_dir = f"/proc/{process.pid}/fd"
+    sockets = 0
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            sockets += os.readlink(f"{fd_dir}/{fd}").startswith("socket:")
+    listed = process.net_connections(kind="all")
+    waiting = sum(1 for conn in listed if conn.status == psutil.CONN_CLOSE_WAIT)
+    return max(0, sockets - len(listed)) + waiting
 
 
 def task_count() -> int:

@@ -20,26 +20,33 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import websockets
 
+from tests.helpers import user_from_query, websockets_asyncio_server
 from tests.redis_support import fresh_prefix, private_redis
 from tests.reliability.load_server import LoadServer, load_servers
 from tests.reliability.probes import (
     LoopLag,
     MeasuringClient,
     close_all,
+    connect_many,
+    dead_sockets,
     machine_snapshot,
     percentile,
     sockets_to,
 )
 from tests.reliability.suite import SOAK, record, scale, seconds
+from wsroom import ConnectionManager, Limits
+from wsroom.backplane.redis import RedisBackplane
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,6 +256,7 @@ async def test_g35_soak(adapter: str) -> None:
         delivered = await until_delivered(stable, rooms_by_member, traffic, window, 15)
         settled = await settle(servers, stable_count)
         end = await sampler.sample()
+        sockets = [socket_states(server.pid, redis_port) for server in servers]
         stats = [await server.stats() for server in servers]
         stderr = [server.stderr() for server in servers]
         await close_all(stable)
@@ -263,7 +271,7 @@ async def test_g35_soak(adapter: str) -> None:
         f"G35 {adapter}: {traffic.published} published ({traffic.refused} refused), "
         f"{directs}/{len(traffic.directs)} directs, {traffic.churn_cycles} churn cycles; "
         f"{lost}; p99 per bucket {[round(p, 1) for p in traffic.p99_ms]}; quiet {quiet}, "
-        f"after warm-up {base}, end {end}"
+        f"after warm-up {base}, end {end}; nodes' descriptors at the end {sockets}"
     )
     context = {"adapter": adapter, "clients": CLIENTS, "nodes": NODES, "seconds": DURATION}
     record("G35", "messages published", traffic.published, "", **context)
@@ -347,7 +355,7 @@ async def test_g35_soak(adapter: str) -> None:
     assert settled, end
     # Flat: the churners come and go (a descriptor and a few tasks each); once they are
     # gone, the nodes hold what they held before any traffic.
-    assert abs(end.fds - quiet.fds) <= 2, (quiet, end)
+    assert abs(end.fds - quiet.fds) <= 2, (quiet, end, sockets)
     assert abs(end.tasks - quiet.tasks) <= 2, (quiet, end)
     for s in traffic.samples:
         assert s.fds - quiet.fds <= CHURNERS + 2, (quiet, s)
@@ -361,6 +369,27 @@ async def test_g35_soak(adapter: str) -> None:
     assert all(s["errors"] == 0 for s in stats), [s["error_samples"] for s in stats]
     for text in stderr:
         assert "Traceback" not in text and "never retrieved" not in text, text[-3000:]
+
+
+def socket_states(pid: int, redis_port: int) -> dict[str, int]:
+    """A node's descriptors by kind, and its TCP sockets by state and peer (for the
+    message of a failed descriptor check)."""
+    process = psutil.Process(pid)
+    kinds = Counter(_fd_kind(pid, fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    states: Counter[str] = Counter()
+    for conn in process.net_connections(kind="tcp"):
+        port = getattr(conn.raddr, "port", None)  # raddr is () when not connected
+        peer = "-" if port is None else "redis" if port == redis_port else "peer"
+        states[f"tcp {conn.status} {peer}"] += 1
+    return {**kinds, **states}
+
+
+def _fd_kind(pid: int, fd: str) -> str:
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return "gone"
+    return target.split(":")[0] if ":[" in target else "file"
 
 
 def around(samples: Sequence[Sample], at: float, span: float = 15.0) -> list[Sample]:
@@ -543,6 +572,46 @@ async def settle(servers: Sequence[LoadServer], stable: int) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+@pytest.mark.timeout(60)
+async def test_g35_no_dead_redis_connection_is_kept_after_a_restart() -> None:
+    """Found by the soak: after Redis restarts, a node keeps no socket of the connections
+    that died with it (the pool's idle ones included) once it sees Redis back."""
+    with private_redis() as redis:
+        backplane = RedisBackplane(redis.url, prefix=fresh_prefix(), heartbeat=0.3, node_ttl=2)
+        manager = ConnectionManager(
+            authenticate=user_from_query, limits=Limits(rate=None), backplane=backplane
+        )
+        async with websockets_asyncio_server(manager) as url:
+            clients = await connect_many(url, 200, prefix="u")
+            # Joins at once: the command pool opens tens of connections.
+            await asyncio.gather(*(c.join(f"g{i % 20}") for i, c in enumerate(clients)))
+            assert dead_sockets() == 0
+            redis.kill()
+            await until(lambda: not backplane.available, 10)
+            await asyncio.to_thread(redis.start)
+            await until(lambda: backplane.available, 10)
+            # Light traffic after the restart: a few pooled connections are used again.
+            for index in range(10):
+                answer = await clients[index].publish(f"g{index}", timeout=5)
+                assert answer is not None and answer["type"] == "ack", answer
+            settled = await until(lambda: dead_sockets() == 0, 5)
+            dead = dead_sockets()
+            for client in clients:
+                client.abort()
+    record("G35", "dead sockets kept after a Redis restart", dead, "")
+    assert settled, f"{dead} sockets of dead connections still open"
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it holds (``True``) or ``timeout`` passes (``False``)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 # G36: warnings clean.

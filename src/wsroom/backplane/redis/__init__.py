@@ -348,12 +348,12 @@ class RedisBackplane(Backplane):
                     await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
                 self._link.set_available(True)
-                if not first:
-                    await self._link.drop_idle()
                 self._requested = set(channels)
                 self._confirmed.clear()
                 if self._dirty is not None:
                     self._dirty.set()
+                if not first:  # the subscription was lost: Redis may have restarted
+                    await self._link.drop_idle()
                 delay = 0.05
                 await self._read(pubsub, connected, repair=not first)
             except asyncio.CancelledError:
@@ -442,7 +442,10 @@ class RedisBackplane(Backplane):
                     )
                 self._link.set_available(True)
                 if added or not healthy:
-                    # Reaped while silent, or Redis restarted empty: say again who is here.
+                    # Redis restarted or was out of reach: the idle pooled connections
+                    # died with it. Reaped while silent, or Redis restarted empty: say
+                    # again who is here.
+                    await self._link.drop_idle()
                     await self._resync_presence()
                 healthy = True
                 cutoff = _now_ms() - self.node_ttl * 1000
