@@ -581,7 +581,7 @@ async def test_g35_no_dead_redis_connection_is_kept_after_a_restart() -> None:
     with private_redis() as redis:
         backplane = RedisBackplane(redis.url, prefix=fresh_prefix(), heartbeat=0.3, node_ttl=2)
         manager = ConnectionManager(
-            authenticate=user_from_query, limits=Limits(rate=None), backplane=backplane
+            authenticate=user_from_query, limits=Limits.without_rate_limits(), backplane=backplane
         )
         async with websockets_asyncio_server(manager) as url:
             clients = await connect_many(url, 200, prefix="u")
