@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ..manager import ConnectionManager
 from ._websockets_common import reset_on_close, send_at_once
 
-__all__ = ["QUIET_CLIENT_ERRORS", "QuietClientErrors", "Server", "config", "run"]
+__all__ = ["QUIET_CLIENT_ERRORS", "QuietClientErrors", "Server", "abort", "config", "run", "wait"]
 
 logger = logging.getLogger("wsroom.transport")
 
