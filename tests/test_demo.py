@@ -12,6 +12,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+import wsroom.browser
 from tests.helpers import TIMEOUT, Client
 from wsroom.demo import demo_server
 
@@ -21,11 +22,12 @@ async def _http_get(port: int, path: str) -> tuple[int, bytes]:
     return status, body
 
 
-async def _http_get_with_headers(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+async def _http_get_with_headers(
+    port: int, path: str, extra: str = ""
+) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    )
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
+    writer.write(head.encode())
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
@@ -46,9 +48,21 @@ async def check_page_and_doors(port: int) -> None:
     assert status == 200 and b"wsroom.v1" in body
     policy = headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
-    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    # The page's own module and /wsroom.js, nothing else.
+    assert "script-src 'self' 'sha256-" in policy and "unsafe-inline" not in policy
     assert headers["x-frame-options"] == "DENY"
     assert headers["x-content-type-options"] == "nosniff"
+    status, headers, body = await _http_get_with_headers(port, "/wsroom.js")
+    assert status == 200 and body == wsroom.browser.script()
+    assert headers["content-type"] == "text/javascript; charset=utf-8"
+    assert headers["x-content-type-options"] == "nosniff"
+    etag = headers["etag"]
+    status, headers, body = await _http_get_with_headers(
+        port, "/wsroom.js", f"If-None-Match: {etag}\r\n"
+    )
+    assert (status, body, headers["etag"]) == (304, b"", etag)
+    status, headers, _ = await _http_get_with_headers(port, "/favicon.svg")
+    assert status == 200 and headers["content-type"].startswith("image/svg+xml")
     status, headers, _ = await _http_get_with_headers(port, "/ws")
     assert status == 426
     assert headers["upgrade"].lower() == "websocket"

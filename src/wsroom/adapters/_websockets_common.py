@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from .. import browser
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
@@ -35,6 +37,27 @@ def handshake_of(connection: Any, request: Request | None) -> Handshake:
     remote = connection.remote_address
     address = (str(remote[0]), int(remote[1])) if remote else None
     return Handshake.from_target(request.path, request.headers.raw_items(), address)
+
+
+def client_script(
+    path: str = browser.SCRIPT_PATH,
+) -> Callable[[Any, Request], Response | None]:
+    """A ``process_request`` that serves ``wsroom.js`` at ``path`` (with its ``ETag``, and a
+    304 for a current copy) and lets every other request through::
+
+        serve(manager, host, port, process_request=client_script())
+
+    Requests for ``path`` with a query string are served too; the script is the same.
+    """
+
+    def process_request(connection: Any, request: Request) -> Response | None:
+        if request.path.partition("?")[0] != path:
+            return None
+        answer = browser.script_response(request.headers.get("If-None-Match"))
+        status = HTTPStatus(answer.status)
+        return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
+
+    return process_request
 
 
 def refusal(connection: Any, exc: HandshakeRejected) -> Response:

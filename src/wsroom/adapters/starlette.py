@@ -44,12 +44,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "wsroom.adapters.starlette needs Starlette: pip install 'wsroom[starlette]'"
     ) from exc
 
+from .. import browser
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ._writer import WriterTaskTransport
 
-__all__ = ["StarletteTransport", "endpoint", "routes", "serve"]
+__all__ = ["StarletteTransport", "client_route", "endpoint", "routes", "serve"]
 
 _client_gone: Any
 try:
@@ -177,6 +178,28 @@ def routes(path: str, manager: ConnectionManager) -> list[BaseRoute]:
         WebSocketRoute(path, endpoint(manager)),
         Route(path, _upgrade_required, methods=["GET", "HEAD"]),
     ]
+
+
+def client_route(path: str = browser.SCRIPT_PATH) -> Route:
+    """A route serving ``wsroom.js`` at ``path`` (``GET`` and ``HEAD``, with its ``ETag`` and a
+    304 for a current copy)::
+
+        app = Starlette(routes=[client_route(), *routes("/ws", manager)])
+    """
+
+    async def wsroom_js(request: Request) -> Response:
+        answer = browser.script_response(
+            request.headers.get("if-none-match"), head=request.method == "HEAD"
+        )
+        headers = dict(answer.headers)
+        # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
+        length = headers.pop("Content-Length", None)
+        response = Response(answer.body, status_code=answer.status, headers=headers)
+        if length is not None:
+            response.headers["content-length"] = length
+        return response
+
+    return Route(path, wsroom_js, methods=["GET", "HEAD"])
 
 
 async def _upgrade_required(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""The demo chat: a page at ``/`` and the WebSocket at ``/ws`` on one port.
+"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js`` and the WebSocket at
+``/ws``, on one port.
 
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
@@ -24,7 +25,7 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ..adapters.websockets import Server, serve
+from ..adapters.websockets import Server, client_script, serve
 from ..connection import Connection
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
@@ -97,10 +98,16 @@ def _page() -> bytes:
     return files(__package__).joinpath("index.html").read_bytes()
 
 
+def _favicon() -> bytes:
+    return files(__package__).joinpath("favicon.svg").read_bytes()
+
+
 def _inline_hashes(page: bytes, tag: bytes) -> str:
     """CSP sources allowing exactly the page's inline ``<tag>`` blocks, by their hash."""
     sources = []
-    for block in re.findall(rb"<" + tag + rb">(.*?)</" + tag + rb">", page, re.DOTALL):
+    for block in re.findall(rb"<" + tag + rb"(?:\s[^>]*)?>(.*?)</" + tag + rb">", page, re.DOTALL):
+        if not block:  # an external script (src=...) has no inline text to allow
+            continue
         digest = base64.b64encode(hashlib.sha256(block).digest()).decode()
         sources.append(f"'sha256-{digest}'")
     return " ".join(sources) or "'none'"
@@ -113,7 +120,8 @@ def security_headers(page: bytes) -> list[tuple[str, str]]:
     policy = "; ".join(
         (
             "default-src 'none'",
-            f"script-src {_inline_hashes(page, b'script')}",
+            # 'self' for /wsroom.js, which the page's inline module imports.
+            f"script-src 'self' {_inline_hashes(page, b'script')}",
             f"style-src {_inline_hashes(page, b'style')}",
             "connect-src 'self'",
             "img-src 'self' data:",
@@ -137,11 +145,19 @@ def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
         return None
     if path in ("/", "/index.html"):
         return HTTPStatus.OK, _page(), "text/html; charset=utf-8"
+    if path == "/favicon.svg":
+        return HTTPStatus.OK, _favicon(), "image/svg+xml"
     return HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8"
+
+
+_serve_script = client_script()
 
 
 def _serve_page(connection: Any, request: Request) -> Response | None:
     # websockets' process_request, for both its asyncio and its threading server.
+    script = _serve_script(connection, request)
+    if script is not None:
+        return script
     routed = _route(request.path)
     if routed is None:
         return None
@@ -209,7 +225,7 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
     from starlette.responses import Response as HTTPResponse
     from starlette.routing import Route
 
-    from ..adapters.starlette import routes
+    from ..adapters.starlette import client_route, routes
 
     manager = manager if manager is not None else create_manager()
 
@@ -226,6 +242,8 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
         routes=[
             Route("/", page),
             Route("/index.html", page),
+            Route("/favicon.svg", page),
+            client_route(),
             *routes("/ws", manager),
         ]
     )
