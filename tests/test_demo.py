@@ -26,8 +26,8 @@ async def _http_get_with_headers(
     port: int, path: str, extra: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
-    writer.write(head.encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
+    writer.write(request.encode())
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()

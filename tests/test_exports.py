@@ -20,6 +20,7 @@ PUBLIC_MODULES = [
     "wsroom.backplane.redis",
     "wsroom.threads",
     "wsroom.demo",
+    "wsroom.browser",
     "wsroom.exceptions",
     "wsroom.protocol",
     "wsroom.handshake",
