@@ -2,9 +2,10 @@
 # Run every check and test: ruff, mypy --strict, then pytest on Python 3.11 (with the
 # reliability suite) and on each other supported interpreter found (3.12, 3.13; without it),
 # then on the newest websockets release when it is not the one pyproject.toml's range gave
-# the first run. Installs what it needs into .venv*/ (and Chromium and nginx from Debian's
-# packages) and makes sure a Redis server is reachable (starting a private one on a free
-# port if none answers on 127.0.0.1:6379). Arguments go to pytest, e.g.
+# the first run. Installs what it needs into .venv*/ (Chromium, nginx and Node.js from
+# Debian's packages; wsroom.js's test tools from npm into tests/js/node_modules) and makes
+# sure a Redis server is reachable (starting a private one on a free port if none answers
+# on 127.0.0.1:6379). Arguments go to pytest, e.g.
 # `bash scripts/test.sh -k recovery`.
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
@@ -58,6 +59,15 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     apt_install chromium
 fi
+# wsroom.js is tested under Node.js (its test tools, ws and typescript, come from npm).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs
+    command -v npm >/dev/null 2>&1 || apt_install npm
+fi
+echo "== npm ci (tests/js: ws, typescript)"
+(cd "$ROOT/tests/js" && npm ci --no-audit --no-fund --loglevel=error)
+# With the tools installed, a JavaScript test that cannot run is a failure, not a skip.
+export WSROOM_REQUIRE_JS=1
 # The reliability suite measures what a reverse proxy in front of the server closes.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     apt_install nginx
@@ -76,8 +86,9 @@ status=0
 echo "== pytest ($("$VPY" -V)), with the reliability suite"
 "$VPY" -m pytest "$@" || status=$?
 # The reliability suite (tests/reliability) runs once, above: it measures servers under
-# load, which the interpreter does not change, and takes minutes.
-ONCE=(--ignore=tests/reliability)
+# load, which the interpreter does not change, and takes minutes. So do wsroom.js's own
+# tests under Node.js, which no Python interpreter changes either.
+ONCE=(--ignore=tests/reliability --ignore=tests/test_browser_client_node.py)
 
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
 for version in 3.12 3.13; do

@@ -181,3 +181,23 @@ def test_npm_pack_makes_a_package_of_exactly_the_client() -> None:
         "wsroom.d.ts",
         "wsroom.js",
     ]
+
+
+@pytest.mark.parametrize("served", SERVERS.values(), ids=SERVERS.keys())
+async def test_a_plain_get_of_the_websocket_path_tells_a_refusal_from_426(served: Served) -> None:
+    """A browser never sees the status of a refused upgrade; wsroom.js asks again without
+    the upgrade, and every adapter answers with the refusal the upgrade got."""
+
+    def authenticate(handshake: wsroom.Handshake) -> str | None:
+        token = handshake.query.get("token")
+        if token == "banned":
+            raise wsroom.HandshakeRejected(403, "Forbidden: banned")
+        return token
+
+    manager = ConnectionManager(Room, authenticate=authenticate)
+    async with served(manager, "/wsroom.js") as port:
+        status, headers, _ = await http(port, "/ws")
+        assert status == 401 and headers["www-authenticate"] == 'Bearer realm="wsroom"'
+        assert (await http(port, "/ws?token=banned"))[0] == 403
+        status, headers, _ = await http(port, "/ws?token=alice")
+        assert status == 426 and headers["upgrade"].lower() == "websocket"

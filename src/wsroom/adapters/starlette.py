@@ -173,10 +173,27 @@ def routes(path: str, manager: ConnectionManager) -> list[BaseRoute]:
     missing route::
 
         app = Starlette(routes=[*wsroom.adapters.starlette.routes("/ws", manager), ...])
+
+    The plain request goes through the handshake's checks first and gets their refusal
+    (401, 403, 429, 503) when they refuse it, as the websockets adapters answer too: a
+    browser, which never sees the status of a refused upgrade, can ask this way whether
+    reconnecting is worth it (wsroom.js does).
     """
+
+    async def upgrade_required(request: Request) -> Response:
+        try:
+            await manager.authorize(Handshake.from_asgi(request.scope))
+        except HandshakeRejected as exc:
+            return _refusal(exc)
+        return PlainTextResponse(
+            "Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client.\n",
+            status_code=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
     return [
         WebSocketRoute(path, endpoint(manager)),
-        Route(path, _upgrade_required, methods=["GET", "HEAD"]),
+        Route(path, upgrade_required, methods=["GET", "HEAD"]),
     ]
 
 
@@ -200,14 +217,6 @@ def client_route(path: str = browser.SCRIPT_PATH) -> Route:
         return response
 
     return Route(path, wsroom_js, methods=["GET", "HEAD"])
-
-
-async def _upgrade_required(request: Request) -> Response:
-    return PlainTextResponse(
-        "Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client.\n",
-        status_code=426,
-        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-    )
 
 
 async def serve(
@@ -243,15 +252,17 @@ async def serve(
         transport.stop_writing()
 
 
+def _refusal(exc: HandshakeRejected) -> Response:
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
+    return PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
+
+
 async def _refuse(websocket: WebSocket, exc: HandshakeRejected) -> None:
     with contextlib.suppress(*_CLOSED):
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            headers = dict(exc.headers)
-            if exc.status == 401:
-                headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
-            await websocket.send_denial_response(
-                PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
-            )
+            await websocket.send_denial_response(_refusal(exc))
         else:
             # Closing before accepting makes the ASGI server answer 403.
             await websocket.close(code=1008)
