@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,7 @@ async def test_each_adapter_serves_the_script_and_lets_the_rest_through(served: 
         assert headers["content-length"] == str(len(body))
         assert headers["cache-control"] == "no-cache"
         assert headers["x-content-type-options"] == "nosniff"
+        assert headers["access-control-allow-origin"] == "*"  # importable from any origin
         etag = headers["etag"]
         assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
 
@@ -122,7 +124,7 @@ async def test_starlette_answers_head_with_the_length_of_the_script() -> None:
 
 
 def test_script_response_matches_entity_tags_as_http_says() -> None:
-    etag = wsroom.browser.script_response().headers[2][1]
+    etag = dict(wsroom.browser.script_response().headers)["ETag"]
     assert wsroom.browser.script_response(f"W/{etag}").status == 304  # weak comparison
     assert wsroom.browser.script_response(f'"other", {etag}').status == 304
     assert wsroom.browser.script_response("*").status == 304
@@ -201,3 +203,15 @@ async def test_a_plain_get_of_the_websocket_path_tells_a_refusal_from_426(served
         assert (await http(port, "/ws?token=banned"))[0] == 403
         status, headers, _ = await http(port, "/ws?token=alice")
         assert status == 426 and headers["upgrade"].lower() == "websocket"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_the_docs_chat_page_is_the_example_that_runs() -> None:
+    page = (DOCS / "browser-client.md").read_text()
+    example = (DOCS.parent / "examples" / "browser_chat.html").read_text()
+    assert f"```html\n{example}```" in page
+    assert len(example.splitlines()) <= 60
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page):
+        assert (DOCS / target).exists(), target

@@ -77,6 +77,9 @@ def script_response(if_none_match: str | None = None, *, head: bool = False) -> 
         ("Cache-Control", "no-cache"),
         ("ETag", etag),
         ("X-Content-Type-Options", "nosniff"),
+        # A module script from another origin is fetched with CORS: a page on a front-end
+        # dev server can import it. It is public code and sent without credentials.
+        ("Access-Control-Allow-Origin", "*"),
     ]
     if if_none_match is not None and etag in _entity_tags(if_none_match):
         return ScriptResponse(304, headers, b"")
