@@ -108,7 +108,9 @@ class Emitter {
   _emit(event, ...args) {
     const set = this.#listeners.get(event);
     if (!set) return 0;
-    for (const listener of [...set]) {
+    // Counted before the calls: a `once` listener removes itself, yet it heard the event.
+    const listeners = [...set];
+    for (const listener of listeners) {
       try {
         listener(...args);
       } catch (error) {
@@ -116,7 +118,7 @@ class Emitter {
         reportListenerError(error);
       }
     }
-    return set.size;
+    return listeners.length;
   }
 }
 
