@@ -561,8 +561,12 @@ export class Client extends Emitter {
     switch (frame.type) {
       case "welcome":
         return this.#welcome(frame);
-      case "joined":
-        return this.#rooms.get(frame.room)?._joined(frame) ?? this.#strayJoin(frame);
+      case "joined": {
+        // A stray is an answer for a room we no longer have, and only that: a room we
+        // have handles its own answers (re-joins included), even ones to an older join.
+        const room = this.#rooms.get(frame.room);
+        return room ? room._joined(frame) : this.#strayJoin(frame);
+      }
       case "left":
         return this.#answer(frame);
       case "message":
