@@ -140,7 +140,7 @@ export class Client extends Emitter {
   #lastSent = 0;
   #pingInterval = 0;
   #nextRef = 1;
-  #pending = new Map(); // ref -> { frame, resolve, reject, timer, sent, room }
+  #pending = new Map(); // ref -> { frame, resolve, reject, timer, sent, room, where }
   #queue = []; // refs of requests waiting for a connection, in order
   #rooms = new Map();
   #processing = Promise.resolve();
@@ -263,13 +263,15 @@ export class Client extends Emitter {
     const ref = this.#nextRef++;
     frame = { ...frame, ref };
     return new Promise((resolve, reject) => {
-      const entry = { frame, resolve, reject, timer: null, sent: false, room };
+      // `where` names the room in errors: a Room's own frames, and a request() about one.
+      const where = room?.name ?? frame.room ?? null;
+      const entry = { frame, resolve, reject, timer: null, sent: false, room, where };
       if (this.#state !== "open") {
         if (this.#queue.length >= this.#options.maxQueue) {
           reject(
             new WsroomError("queue_full", `not connected, and ${this.#queue.length} frames already wait to be sent`, {
               ref,
-              room: room?.name,
+              room: where,
             }),
           );
           return;
@@ -294,7 +296,7 @@ export class Client extends Emitter {
     const queued = this.#queue.indexOf(ref);
     if (queued >= 0) this.#queue.splice(queued, 1); // never sent: it will not be, later
     const what = entry.sent ? "no answer from the server" : "not connected, the frame was not sent";
-    entry.reject(new WsroomError("timeout", `${what} within ${this.#options.timeout} ms`, { ref, room: entry.room?.name }));
+    entry.reject(new WsroomError("timeout", `${what} within ${this.#options.timeout} ms`, { ref, room: entry.where }));
   }
 
   #settle(ref) {
@@ -455,7 +457,7 @@ export class Client extends Emitter {
       entry.reject(
         new WsroomError("disconnected", "the connection closed before the server answered; the frame may or may not have been served", {
           ref,
-          room: entry.room?.name,
+          room: entry.where,
           closeCode: info.code,
         }),
       );
@@ -653,7 +655,7 @@ export class Client extends Emitter {
         entry.resolve({ type: "left", room: entry.frame.room, ref: frame.ref });
         return;
       }
-      entry.reject(new WsroomError(frame.code, message, { ...details, room: entry.room?.name ?? entry.frame.room }));
+      entry.reject(new WsroomError(frame.code, message, { ...details, room: entry.where }));
       return;
     }
     this.#emitError(new WsroomError(frame.code, message, details));
