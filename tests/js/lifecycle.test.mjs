@@ -3,6 +3,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
@@ -171,6 +172,55 @@ describe("a Node process using wsroom.js", () => {
     assert.equal(code, 0, stderr);
     assert.equal(stdout, "closed\n");
     assert.equal(stderr, "");
+  });
+});
+
+describe("a server that accepts TCP but never answers the upgrade", () => {
+  let server;
+  let port;
+  const sockets = new Set();
+  before(async () => {
+    server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    port = server.address().port;
+  });
+  after(async () => {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  test("close() and reconnect() during the handshake do not crash Node", T, async () => {
+    // Node's `ws` emits an 'error' when a socket still in its handshake is closed: with no
+    // listener left on it, that is an uncaught exception.
+    const script = `${IMPORTS}
+      let created;
+      class Watched extends WebSocket {
+        constructor(...args) {
+          super(...args);
+          created?.();
+        }
+      }
+      const handshake = () => new Promise((resolve) => (created = resolve)).then(() => Promise.resolve());
+      const url = "ws://127.0.0.1:${port}/ws";
+      const closing = connect(url, { WebSocket: Watched });
+      await handshake();
+      closing.close();
+      const reconnecting = connect(url, { WebSocket: Watched });
+      await handshake();
+      const next = handshake();
+      reconnecting.reconnect();
+      await next;
+      reconnecting.close();
+      await new Promise((resolve) => setImmediate(resolve));
+      console.log("survived");
+    `;
+    const { code, stdout, stderr } = await runNode(script);
+    assert.equal(stderr, "");
+    assert.equal(code, 0);
+    assert.equal(stdout, "survived\n");
   });
 });
 

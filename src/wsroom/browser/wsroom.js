@@ -847,7 +847,10 @@ export class Room extends Emitter {
 }
 
 function detach(ws) {
-  ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  // Not null: Node's `ws` emits an 'error' when a socket still in its handshake is closed,
+  // and an 'error' nobody listens to is an uncaught exception that ends the process.
+  ws.onerror = () => {};
 }
 
 function statusFromError(message) {
