@@ -9,7 +9,7 @@ import { pathToFileURL } from "node:url";
 import path from "node:path";
 
 import { WsroomError } from "../../src/wsroom/browser/wsroom.js";
-import { ROOT, WAIT, deadline, freePort, harness, nextState, record, startServer, unique } from "./helpers.mjs";
+import { ROOT, WAIT, deadline, freePort, harness, nextState, record, startServer, unique, until } from "./helpers.mjs";
 
 const T = { timeout: 15000 };
 
@@ -221,6 +221,20 @@ describe("a server that accepts TCP but never answers the upgrade", () => {
     assert.equal(stderr, "");
     assert.equal(code, 0);
     assert.equal(stdout, "survived\n");
+  });
+
+  test("an upgrade that never completes is given up after `timeout`, and retried", T, async (t) => {
+    const h = harness(t);
+    const client = h.client(`ws://127.0.0.1:${port}/ws`, { timeout: 200, minDelay: 20 });
+    const started = performance.now();
+    const info = await nextState(client, "reconnecting", 3000);
+    const waited = performance.now() - started;
+    assert.ok(waited >= 190, `gave up after ${waited} ms`);
+    assert.equal(info.code, 1006);
+    assert.equal(info.attempt, 1);
+    await until(client, "state", () => client.wire.sockets.length === 2, "a second attempt");
+    client.close();
+    assert.equal(client.state, "closed");
   });
 });
 

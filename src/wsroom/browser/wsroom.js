@@ -136,6 +136,7 @@ export class Client extends Emitter {
   #state = "connecting";
   #attempt = 0;
   #retryTimer = null;
+  #welcomeTimer = null;
   #pingTimer = null;
   #lastSent = 0;
   #pingInterval = 0;
@@ -365,6 +366,22 @@ export class Client extends Emitter {
     this.#ws = ws;
     let opened = false;
     let failure = null;
+    // A server or proxy that accepts the connection but never completes the upgrade, or
+    // never says welcome, would keep us waiting for good: give up after `timeout`, retry.
+    clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = setTimeout(() => {
+      if (ws !== this.#ws) return;
+      this.#ws = null;
+      detach(ws);
+      try {
+        ws.close();
+      } catch {
+        /* already closing */
+      }
+      const info = { code: 1006, reason: "no welcome from the server", wasClean: false };
+      if (opened) this.#drop(info, false);
+      else this.#scheduleRetry(info);
+    }, this.#options.timeout);
     ws.onopen = () => {
       opened = true;
       this.protocol = ws.protocol || null;
@@ -378,6 +395,7 @@ export class Client extends Emitter {
     ws.onclose = (event) => {
       if (ws !== this.#ws) return;
       this.#ws = null;
+      clearTimeout(this.#welcomeTimer);
       const info = { code: event.code, reason: event.reason ?? "", wasClean: !!event.wasClean };
       if (opened) this.#drop(info, false);
       else this.#handshakeFailed(info, failure);
@@ -501,8 +519,9 @@ export class Client extends Emitter {
     const wasClosed = this.#state === "closed";
     this.#state = "closed";
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#welcomeTimer);
     clearInterval(this.#pingTimer);
-    this.#retryTimer = this.#pingTimer = null;
+    this.#retryTimer = this.#welcomeTimer = this.#pingTimer = null;
     if (this.#onOnline) globalThis.removeEventListener?.("online", this.#onOnline);
     const reason = info.error ?? this.#closedError();
     for (const ref of [...this.#pending.keys()]) this.#settle(ref).reject(reason);
@@ -593,6 +612,8 @@ export class Client extends Emitter {
   }
 
   #welcome(frame) {
+    clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = null;
     this.user = frame.user ?? null;
     this.connectionId = frame.connection ?? null;
     this.heartbeat = typeof frame.heartbeat === "number" && frame.heartbeat > 0 ? frame.heartbeat : null;
