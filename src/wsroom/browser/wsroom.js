@@ -199,7 +199,9 @@ export class Client extends Emitter {
   join(name, { data } = {}) {
     if (this.#state === "closed") return Promise.reject(this.#closedError());
     const existing = this.#rooms.get(name);
-    if (existing) return existing._ready;
+    // A room being left is on its way out: a new Room joins after the leave, which the
+    // server serves first. Its `left` then finishes the old Room only.
+    if (existing && existing.state !== "leaving") return existing._ready;
     const room = new Room(this, name, data);
     this.#rooms.set(name, room);
     if (this.#state === "open") this._sendJoin(room);
