@@ -849,7 +849,11 @@ export class Room extends Emitter {
 
   _left() {
     if (this.state === "left") return;
+    const first = !this._everJoined;
     this.#finish();
+    // Left before its first join was answered (and it never will be): the join() promise
+    // must not wait for good.
+    if (first) this.#rejectReady(new WsroomError("not_joined", `the room ${JSON.stringify(this.name)} was left before it was joined`, { room: this.name }));
     this._emit("left", { room: this.name, error: null });
   }
 
