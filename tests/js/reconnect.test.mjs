@@ -11,6 +11,7 @@ import {
   WAIT,
   deadline,
   deletePrefix,
+  freePort,
   harness,
   nextEvent,
   nextState,
@@ -270,5 +271,56 @@ describe("leaving", () => {
       [kept],
     );
     assert.ok(!alice.wire.sockets[last].frames.some((f) => f.type === "leave"));
+  });
+});
+
+describe("corner cases", () => {
+  test("a server shutting down (1001) is reconnected to", T, async (t) => {
+    const h = harness(t);
+    const server = await h.server();
+    const client = await h.open(server.url, { params: { name: "alice" } });
+    const room = await client.join(unique("restart"));
+    const down = nextState(client, "reconnecting");
+    await server.stop();
+    const info = await down;
+    assert.equal(info.code, 1001);
+    assert.equal(info.wasClean, true);
+    const back = nextState(client, "open", 15000);
+    await h.server({ port: server.port });
+    await back;
+    assert.equal((await room.send("back")).id, 1);
+  });
+
+  test("leave() before a first join was answered, while disconnected: the join settles", T, async (t) => {
+    const h = harness(t);
+    const port = await freePort();
+    const client = h.client(`ws://127.0.0.1:${port}/ws`);
+    const joining = client.join("lobby");
+    const room = client.room("lobby");
+    assert.equal(room.state, "joining");
+    await room.leave();
+    assert.equal(room.state, "left");
+    const error = await deadline(joining.catch((e) => e), 1000, "the join to settle");
+    assert.ok(error instanceof WsroomError);
+    assert.equal(error.code, "not_joined");
+    assert.equal(error.room, "lobby");
+  });
+
+  test("join() while the room is being left joins it again", T, async (t) => {
+    const h = harness(t);
+    const server = await h.server();
+    const name = unique("again");
+    const client = await h.open(server.url, { params: { name: "alice" } });
+    const first = await client.join(name);
+    const leaving = first.leave();
+    assert.equal(first.state, "leaving");
+    const second = await client.join(name);
+    await leaving;
+    assert.equal(first.state, "left");
+    assert.notEqual(second, first);
+    assert.equal(second.state, "joined");
+    assert.equal(client.room(name), second);
+    // The server has the client in the room.
+    assert.equal((await second.send("still in")).id, 1);
   });
 });
