@@ -125,3 +125,26 @@ test("without batches, frames of one read still wait for the code that awaits jo
     [1, 2],
   );
 });
+
+test("a gap frame moves the room's offset and epoch: the new epoch's ids are not duplicates", T, async (t) => {
+  const server = await fakeServer(t, "wsroom.v1", (ws, frame) => {
+    ws.send(JSON.stringify({ ...joined(frame, [message(frame.room, 5, "five")]), offset: 5 }));
+    // Redis lost the room: its ids restart from 1 in a new epoch.
+    ws.send(JSON.stringify({ type: "gap", room: frame.room, epoch: "e2", offset: 0 }));
+    ws.send(JSON.stringify(message(frame.room, 1, "one, again")));
+  });
+  const h = harness(t);
+  const client = h.client(server.url);
+  const room = await client.join("lobby");
+  assert.equal(room.offset, 5);
+  const gaps = record(room, "gap");
+  const got = record(room, "message");
+  await until(room, "message", () => got.length === 1, "the first message of the new epoch");
+  assert.deepEqual(gaps, [{ room: "lobby", epoch: "e2", offset: 0, reason: "gap" }]);
+  assert.equal(room.epoch, "e2");
+  assert.equal(room.offset, 1);
+  assert.deepEqual(
+    got.map((m) => [m.id, m.data]),
+    [[1, "one, again"]],
+  );
+});
