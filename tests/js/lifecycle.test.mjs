@@ -54,13 +54,49 @@ describe("requests and close()", () => {
     assert.equal(client.state, "open");
   });
 
+  test("a join answered too late is left again, unless the room was joined anew meanwhile", T, async (t) => {
+    const h = harness(t);
+    const name = unique("slowjoin");
+    const client = await h.open(server.url, { params: { name: "alice" }, timeout: 200 });
+    const bob = await h.open(server.url, { params: { name: "bob" } });
+    const bobRoom = await bob.join(name);
+    const presence = record(bobRoom, "presence");
+    await assert.rejects(client.join(name, { data: 0.5 }), { code: "timeout", room: name });
+    assert.equal(client.room(name), undefined);
+    // The server joins alice after all: the client answers with a leave.
+    await until(bobRoom, "presence", () => presence.length === 2, "alice's join and leave");
+    assert.deepEqual(
+      presence.map((p) => [p.event, p.user]),
+      [
+        ["join", "alice"],
+        ["leave", "alice"],
+      ],
+    );
+    assert.deepEqual(
+      client.wire.sent.filter((f) => f.room === name).map((f) => f.type),
+      ["join", "leave"],
+    );
+
+    // This time the room is joined again before the late answer comes: it stays joined.
+    // Its answer comes 0.5 s after the timeout, and the second join's 0.5 s before its own.
+    const late = await h.open(server.url, { params: { name: "carol" }, timeout: 1000 });
+    await assert.rejects(late.join(name, { data: 1.5 }), { code: "timeout" });
+    const room = await late.join(name); // the server answers it right after the slow one
+    assert.equal(room.state, "joined");
+    assert.equal((await room.send("carol is in")).id, 1);
+    assert.deepEqual(
+      late.wire.sent.filter((f) => f.room === name).map((f) => f.type),
+      ["join", "join", "message"],
+    );
+  });
+
   test("close(): pending requests reject with closed, no reconnect follows", T, async (t) => {
     const h = harness(t);
     const client = await h.open(server.url, { params: { name: "alice" } });
     const room = await client.join(unique("closing"));
     const states = record(client, "state");
     const left = record(room, "left");
-    const pending = room.request("slow", 1);
+    const pending = room.request("slow", 0.5);
     const joining = client.join(unique("joining"));
     client.close();
     for (const promise of [pending, joining]) {

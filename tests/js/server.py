@@ -15,7 +15,8 @@ What the tests can make it do:
 * Authentication from the query string: ``?token=bad`` is refused with HTTP 401,
   ``?token=banned`` with 403; otherwise the user is ``?name=``, or a fresh ``user-<hex>``.
 * Rooms: ``private-*`` refuses joins (``forbidden``) unless the join's ``data`` is
-  ``"secret"``; ``tiny-*`` holds one member (``room_full``); ``nosuch-*`` does not exist
+  ``"secret"``; ``slowjoin-*`` answers a join after ``data`` seconds (0.5 by default);
+  ``tiny-*`` holds one member (``room_full``); ``nosuch-*`` does not exist
   (``forbidden``); every other room is an :class:`AppRoom`, whose ``on_typing`` broadcasts a
   ``typing`` event to the others, ``on_boom`` raises (``internal_error``) and ``on_slow``
   takes ``data`` seconds to answer.
@@ -60,6 +61,8 @@ class AppRoom(Room):
     """The rooms of the tests, with a few custom message types."""
 
     async def can_join(self, conn: Connection, data: Any) -> bool:
+        if self.name.startswith("slowjoin-"):
+            await asyncio.sleep(float(data) if isinstance(data, int | float) else 0.5)
         return not self.name.startswith("private-") or data == "secret"
 
     async def on_typing(self, conn: Connection, message: Message) -> None:
