@@ -91,6 +91,26 @@ describe("a client of a wsroom server", () => {
     assert.equal(calls, 2);
   });
 
+  test("params that fail are reported, and retried", T, async (t) => {
+    const h = harness(t);
+    let calls = 0;
+    const client = h.client(server.url, {
+      params: () => {
+        calls += 1;
+        if (calls === 1) throw new Error("no token yet");
+        return { name: "dave" };
+      },
+    });
+    const reported = nextEvent(client, "error");
+    const retrying = nextState(client, "reconnecting");
+    const opened = nextState(client, "open");
+    const [error] = await reported;
+    assert.equal(error.message, "no token yet");
+    assert.equal((await retrying).reason, "params failed");
+    await opened;
+    assert.equal(client.user, "dave");
+  });
+
   test("join resolves with the room: members, history, recovered; send resolves with the ack", T, async (t) => {
     const h = harness(t);
     const name = unique("lobby");
