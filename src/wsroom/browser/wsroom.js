@@ -108,7 +108,9 @@ class Emitter {
   _emit(event, ...args) {
     const set = this.#listeners.get(event);
     if (!set) return 0;
-    for (const listener of [...set]) {
+    // Counted before the calls: a `once` listener removes itself, yet it heard the event.
+    const listeners = [...set];
+    for (const listener of listeners) {
       try {
         listener(...args);
       } catch (error) {
@@ -116,7 +118,7 @@ class Emitter {
         reportListenerError(error);
       }
     }
-    return set.size;
+    return listeners.length;
   }
 }
 
@@ -134,11 +136,12 @@ export class Client extends Emitter {
   #state = "connecting";
   #attempt = 0;
   #retryTimer = null;
+  #welcomeTimer = null;
   #pingTimer = null;
   #lastSent = 0;
   #pingInterval = 0;
   #nextRef = 1;
-  #pending = new Map(); // ref -> { frame, resolve, reject, timer, sent, room }
+  #pending = new Map(); // ref -> { frame, resolve, reject, timer, sent, room, where }
   #queue = []; // refs of requests waiting for a connection, in order
   #rooms = new Map();
   #processing = Promise.resolve();
@@ -196,7 +199,9 @@ export class Client extends Emitter {
   join(name, { data } = {}) {
     if (this.#state === "closed") return Promise.reject(this.#closedError());
     const existing = this.#rooms.get(name);
-    if (existing) return existing._ready;
+    // A room being left is on its way out: a new Room joins after the leave, which the
+    // server serves first. Its `left` then finishes the old Room only.
+    if (existing && existing.state !== "leaving") return existing._ready;
     const room = new Room(this, name, data);
     this.#rooms.set(name, room);
     if (this.#state === "open") this._sendJoin(room);
@@ -261,13 +266,15 @@ export class Client extends Emitter {
     const ref = this.#nextRef++;
     frame = { ...frame, ref };
     return new Promise((resolve, reject) => {
-      const entry = { frame, resolve, reject, timer: null, sent: false, room };
+      // `where` names the room in errors: a Room's own frames, and a request() about one.
+      const where = room?.name ?? frame.room ?? null;
+      const entry = { frame, resolve, reject, timer: null, sent: false, room, where };
       if (this.#state !== "open") {
         if (this.#queue.length >= this.#options.maxQueue) {
           reject(
             new WsroomError("queue_full", `not connected, and ${this.#queue.length} frames already wait to be sent`, {
               ref,
-              room: room?.name,
+              room: where,
             }),
           );
           return;
@@ -292,7 +299,7 @@ export class Client extends Emitter {
     const queued = this.#queue.indexOf(ref);
     if (queued >= 0) this.#queue.splice(queued, 1); // never sent: it will not be, later
     const what = entry.sent ? "no answer from the server" : "not connected, the frame was not sent";
-    entry.reject(new WsroomError("timeout", `${what} within ${this.#options.timeout} ms`, { ref, room: entry.room?.name }));
+    entry.reject(new WsroomError("timeout", `${what} within ${this.#options.timeout} ms`, { ref, room: entry.where }));
   }
 
   #settle(ref) {
@@ -361,6 +368,22 @@ export class Client extends Emitter {
     this.#ws = ws;
     let opened = false;
     let failure = null;
+    // A server or proxy that accepts the connection but never completes the upgrade, or
+    // never says welcome, would keep us waiting for good: give up after `timeout`, retry.
+    clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = setTimeout(() => {
+      if (ws !== this.#ws) return;
+      this.#ws = null;
+      detach(ws);
+      try {
+        ws.close();
+      } catch {
+        /* already closing */
+      }
+      const info = { code: 1006, reason: "no welcome from the server", wasClean: false };
+      if (opened) this.#drop(info, false);
+      else this.#scheduleRetry(info);
+    }, this.#options.timeout);
     ws.onopen = () => {
       opened = true;
       this.protocol = ws.protocol || null;
@@ -374,6 +397,7 @@ export class Client extends Emitter {
     ws.onclose = (event) => {
       if (ws !== this.#ws) return;
       this.#ws = null;
+      clearTimeout(this.#welcomeTimer);
       const info = { code: event.code, reason: event.reason ?? "", wasClean: !!event.wasClean };
       if (opened) this.#drop(info, false);
       else this.#handshakeFailed(info, failure);
@@ -453,7 +477,7 @@ export class Client extends Emitter {
       entry.reject(
         new WsroomError("disconnected", "the connection closed before the server answered; the frame may or may not have been served", {
           ref,
-          room: entry.room?.name,
+          room: entry.where,
           closeCode: info.code,
         }),
       );
@@ -497,8 +521,9 @@ export class Client extends Emitter {
     const wasClosed = this.#state === "closed";
     this.#state = "closed";
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#welcomeTimer);
     clearInterval(this.#pingTimer);
-    this.#retryTimer = this.#pingTimer = null;
+    this.#retryTimer = this.#welcomeTimer = this.#pingTimer = null;
     if (this.#onOnline) globalThis.removeEventListener?.("online", this.#onOnline);
     const reason = info.error ?? this.#closedError();
     for (const ref of [...this.#pending.keys()]) this.#settle(ref).reject(reason);
@@ -559,8 +584,12 @@ export class Client extends Emitter {
     switch (frame.type) {
       case "welcome":
         return this.#welcome(frame);
-      case "joined":
-        return this.#rooms.get(frame.room)?._joined(frame) ?? this.#strayJoin(frame);
+      case "joined": {
+        // A stray is an answer for a room we no longer have, and only that: a room we
+        // have handles its own answers (re-joins included), even ones to an older join.
+        const room = this.#rooms.get(frame.room);
+        return room ? room._joined(frame) : this.#strayJoin(frame);
+      }
       case "left":
         return this.#answer(frame);
       case "message":
@@ -585,6 +614,8 @@ export class Client extends Emitter {
   }
 
   #welcome(frame) {
+    clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = null;
     this.user = frame.user ?? null;
     this.connectionId = frame.connection ?? null;
     this.heartbeat = typeof frame.heartbeat === "number" && frame.heartbeat > 0 ? frame.heartbeat : null;
@@ -647,7 +678,7 @@ export class Client extends Emitter {
         entry.resolve({ type: "left", room: entry.frame.room, ref: frame.ref });
         return;
       }
-      entry.reject(new WsroomError(frame.code, message, { ...details, room: entry.room?.name ?? entry.frame.room }));
+      entry.reject(new WsroomError(frame.code, message, { ...details, room: entry.where }));
       return;
     }
     this.#emitError(new WsroomError(frame.code, message, details));
@@ -818,7 +849,11 @@ export class Room extends Emitter {
 
   _left() {
     if (this.state === "left") return;
+    const first = !this._everJoined;
     this.#finish();
+    // Left before its first join was answered (and it never will be): the join() promise
+    // must not wait for good.
+    if (first) this.#rejectReady(new WsroomError("not_joined", `the room ${JSON.stringify(this.name)} was left before it was joined`, { room: this.name }));
     this._emit("left", { room: this.name, error: null });
   }
 
@@ -839,7 +874,10 @@ export class Room extends Emitter {
 }
 
 function detach(ws) {
-  ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  // Not null: Node's `ws` emits an 'error' when a socket still in its handshake is closed,
+  // and an 'error' nobody listens to is an uncaught exception that ends the process.
+  ws.onerror = () => {};
 }
 
 function statusFromError(message) {
