@@ -62,9 +62,9 @@ def run(command: list[str], timeout: float, env: dict[str, str] | None = None) -
 @pytest.mark.timeout(NODE_SUITE_TIMEOUT + 10)
 def test_node_suite() -> None:
     node = require_node()
-    # The servers the suite starts run on this interpreter, unless told otherwise; the
-    # environment (WSROOM_TEST_REDIS_URL among it) is inherited.
-    env = {**os.environ, "WSROOM_PYTHON": os.environ.get("WSROOM_PYTHON") or sys.executable}
+    # The servers the suite starts run on this interpreter, which has wsroom installed;
+    # the rest of the environment (WSROOM_TEST_REDIS_URL among it) is inherited.
+    env = {**os.environ, "WSROOM_TEST_PYTHON": sys.executable}
     output = run([node, "--test", "tests/js/"], NODE_SUITE_TIMEOUT, env)
     assert "# fail 0" in output, output
 

@@ -12,7 +12,7 @@ import { WebSocket } from "ws";
 import { connect } from "../../src/wsroom/browser/wsroom.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const PYTHON = process.env.WSROOM_PYTHON || path.join(ROOT, ".venv", "bin", "python");
+export const PYTHON = process.env.WSROOM_TEST_PYTHON || path.join(ROOT, ".venv", "bin", "python");
 export const REDIS_URL = process.env.WSROOM_TEST_REDIS_URL || "redis://127.0.0.1:6379/0";
 
 /** How long anything the tests wait for may take, unless a test says otherwise. */
