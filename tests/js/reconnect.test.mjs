@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, test } from "node:test";
 
-import { WsroomError } from "../../src/wsroom/browser/wsroom.js";
+import { Client, WsroomError } from "../../src/wsroom/browser/wsroom.js";
 import {
   WAIT,
   deadline,
@@ -323,4 +323,49 @@ describe("corner cases", () => {
     // The server has the client in the room.
     assert.equal((await second.send("still in")).id, 1);
   });
+});
+
+describe("joining many rooms within the server's rate limit", () => {
+  test("a join refused with rate_limited is sent again after a pause, and resolves", T, async (t) => {
+    const h = harness(t);
+    // Two frames at once, then one every 200 ms.
+    const server = await h.server({ rate: 5, burst: 2 });
+    const client = await h.open(server.url, { params: { name: "alice" } });
+    const names = [unique("a"), unique("b"), unique("c"), unique("d")];
+    const rooms = await Promise.all(names.map((name) => client.join(name)));
+    assert.deepEqual(rooms.map((room) => room.state), ["joined", "joined", "joined", "joined"]);
+    const joins = joinsOn(client, 0);
+    assert.ok(joins.length > names.length, `${joins.length} joins: some were sent again`);
+    assert.deepEqual(new Set(joins.map((frame) => frame.room)), new Set(names));
+    assert.equal(client.state, "open");
+  });
+
+  test("a client in 120 rooms (the server allows 128) joins and re-joins them all without being closed for abuse", { timeout: 60000 }, async (t) => {
+    const h = harness(t);
+    // The server's default per-connection limit: 50 frames a second, bursts of 100; it
+    // closes a connection after 20 rate_limited answers within 10 seconds.
+    const server = await h.server({ rate: 50, burst: 100 });
+    const client = await h.open(server.url, { params: { name: "many" }, timeout: 30000 });
+    const states = record(client, "state");
+    const names = Array.from({ length: 120 }, (_, i) => `many-${i}`);
+    const rooms = await Promise.all(names.map((name) => client.join(name)));
+    assert.ok(rooms.every((room) => room.state === "joined"));
+    // More joins than rooms: the server refused some for the rate, and they came again.
+    assert.ok(joinsOn(client, 0).length > names.length, `${joinsOn(client, 0).length} joins`);
+
+    const rejoined = Promise.all(rooms.map((room) => new Promise((resolve) => room.once("members", resolve))));
+    client.reconnect();
+    await rejoined;
+    assert.ok(rooms.every((room) => room.state === "joined"));
+    assert.equal(client.state, "open");
+    assert.deepEqual(states.filter((state) => state === "closed"), []);
+    assert.deepEqual(new Set(joinsOn(client, 1).map((frame) => frame.room)), new Set(names));
+  });
+});
+
+test("a path without a page to resolve it against is refused with a message that says what to give", T, () => {
+  assert.throws(
+    () => new Client("/ws", { WebSocket: class {} }),
+    (error) => error instanceof TypeError && /give a full one such as ws:\/\//.test(error.message),
+  );
 });

@@ -71,8 +71,20 @@ const DEFAULTS = Object.freeze({
 // for a policy reason (1008: bad credentials, abuse, a failed heartbeat). 1013 ("try again
 // later") is retried, but not soon.
 const FINAL_CLOSE_CODES = new Set([1000, 1008]);
+// ...except the server's heartbeat timeout: the client went quiet (a background tab whose
+// timers the browser throttled, a laptop asleep), which a new connection puts right.
+const HEARTBEAT_TIMEOUT_REASON = "heartbeat timeout";
 const SLOW_CLIENT_CLOSE = 1013;
 const SLOW_CLIENT_MIN_ATTEMPT = 3; // backoff as after 3 failures: 2 to 4 s with the defaults
+// Joins in flight at once. After a reconnect a client in hundreds of rooms re-joins them
+// all; a few at a time, and a pause that grows each time the server says rate_limited,
+// keep it within the server's rate limit rather than closed for abusing it: each pause
+// costs at most this many rate_limited answers, and the server closes after 20 in 10 s.
+const JOIN_WINDOW = 4;
+// Join refusals that say "not now" rather than "no": the join is tried again after a pause.
+const TEMPORARY_JOIN_ERRORS = new Set(["rate_limited", "internal_error"]);
+const JOIN_PAUSE_MIN = 1000;
+const JOIN_PAUSE_MAX = 16000;
 
 /** Open a connection to a wsroom server; it connects at once and reconnects by itself. */
 export function connect(url, options = {}) {
@@ -144,8 +156,13 @@ export class Client extends Emitter {
   #pending = new Map(); // ref -> { frame, resolve, reject, timer, sent, room, where }
   #queue = []; // refs of requests waiting for a connection, in order
   #rooms = new Map();
+  #joinQueue = []; // rooms whose join waits for a free place in the window
+  #joinsInFlight = new Set(); // refs of joins sent and not answered yet
+  #joinPause = null;
+  #joinPauses = 0;
   #processing = Promise.resolve();
   #onOnline = null;
+  #onOffline = null;
 
   constructor(url, options = {}) {
     super();
@@ -172,6 +189,11 @@ export class Client extends Emitter {
         if (this.#retryTimer !== null) this.#open();
       };
       globalThis.addEventListener("online", this.#onOnline);
+      // Gone offline: the connection is dead or about to be; do not wait for a ping to say so.
+      this.#onOffline = () => {
+        if (this.#state === "open") this.#drop({ code: 1006, reason: "offline", wasClean: false });
+      };
+      globalThis.addEventListener("offline", this.#onOffline);
     }
     this.#open();
   }
@@ -311,15 +333,55 @@ export class Client extends Emitter {
   }
 
   _sendJoin(room) {
-    const frame = { type: "join", room: room.name, ref: this.#nextRef++ };
-    if (room._data !== undefined) frame.data = room._data;
-    // Where we stopped, so the server replays only what we missed, or says it cannot.
-    if (room._everJoined) {
-      frame.since = room.offset;
-      if (room.epoch !== null) frame.epoch = room.epoch;
+    room._joinRef = null;
+    if (!this.#joinQueue.includes(room)) this.#joinQueue.push(room);
+    this.#pumpJoins();
+  }
+
+  #pumpJoins() {
+    if (this.#state !== "open" || this.#joinPause !== null) return;
+    while (this.#joinsInFlight.size < JOIN_WINDOW && this.#joinQueue.length > 0) {
+      const room = this.#joinQueue.shift();
+      if (room.state === "left" || this.#rooms.get(room.name) !== room) continue;
+      const frame = { type: "join", room: room.name, ref: this.#nextRef++ };
+      if (room._data !== undefined) frame.data = room._data;
+      // Where we stopped, so the server replays only what we missed, or says it cannot.
+      if (room._everJoined) {
+        frame.since = room.offset;
+        if (room.epoch !== null) frame.epoch = room.epoch;
+      }
+      room._joinRef = frame.ref;
+      this.#joinsInFlight.add(frame.ref);
+      this.#send(frame);
     }
-    room._joinRef = frame.ref;
-    this.#send(frame);
+  }
+
+  #joinAnswered(ref, { retry = null } = {}) {
+    if (!this.#joinsInFlight.delete(ref)) return;
+    if (retry === null) {
+      // The pauses grow until every join is through, not merely the next one.
+      if (this.#joinQueue.length === 0 && this.#joinsInFlight.size === 0) this.#joinPauses = 0;
+    } else {
+      // First in line again, after a pause that doubles while the server keeps refusing.
+      retry._joinRef = null;
+      this.#joinQueue.unshift(retry);
+      if (this.#joinPause === null) {
+        const step = Math.min(JOIN_PAUSE_MAX, JOIN_PAUSE_MIN * 2 ** this.#joinPauses++);
+        this.#joinPause = setTimeout(() => {
+          this.#joinPause = null;
+          this.#pumpJoins();
+        }, Math.round(step / 2 + (Math.random() * step) / 2));
+      }
+    }
+    this.#pumpJoins();
+  }
+
+  #resetJoins() {
+    clearTimeout(this.#joinPause);
+    this.#joinPause = null;
+    this.#joinPauses = 0;
+    this.#joinQueue = [];
+    this.#joinsInFlight.clear();
   }
 
   _sendLeave(room) {
@@ -465,6 +527,7 @@ export class Client extends Emitter {
     }
     clearInterval(this.#pingTimer);
     this.#pingTimer = null;
+    this.#resetJoins();
     for (const [ref, entry] of [...this.#pending]) {
       if (!entry.sent) continue;
       this.#settle(ref);
@@ -484,7 +547,8 @@ export class Client extends Emitter {
     }
     for (const room of this.#rooms.values()) room._disconnected();
     const userWantsIt = typeof this.#options.reconnect === "function" ? this.#options.reconnect(info) : this.#options.reconnect;
-    if (!userWantsIt || (FINAL_CLOSE_CODES.has(info.code) && typeof this.#options.reconnect !== "function")) {
+    const final = FINAL_CLOSE_CODES.has(info.code) && !(info.code === 1008 && info.reason === HEARTBEAT_TIMEOUT_REASON);
+    if (!userWantsIt || (final && typeof this.#options.reconnect !== "function")) {
       const error =
         info.code === 1008
           ? new WsroomError("refused", `the server closed the connection: ${info.reason || "policy violation"}`, { closeCode: 1008 })
@@ -524,7 +588,9 @@ export class Client extends Emitter {
     clearTimeout(this.#welcomeTimer);
     clearInterval(this.#pingTimer);
     this.#retryTimer = this.#welcomeTimer = this.#pingTimer = null;
+    this.#resetJoins();
     if (this.#onOnline) globalThis.removeEventListener?.("online", this.#onOnline);
+    if (this.#onOffline) globalThis.removeEventListener?.("offline", this.#onOffline);
     const reason = info.error ?? this.#closedError();
     for (const ref of [...this.#pending.keys()]) this.#settle(ref).reject(reason);
     this.#queue = [];
@@ -585,6 +651,7 @@ export class Client extends Emitter {
       case "welcome":
         return this.#welcome(frame);
       case "joined": {
+        this.#joinAnswered(frame.ref);
         // A stray is an answer for a room we no longer have, and only that: a room we
         // have handles its own answers (re-joins included), even ones to an older join.
         const room = this.#rooms.get(frame.room);
@@ -666,10 +733,17 @@ export class Client extends Emitter {
     const message = typeof frame.message === "string" ? frame.message : frame.code;
     for (const room of this.#rooms.values()) {
       if (room._joinRef !== null && room._joinRef === frame.ref) {
+        if (TEMPORARY_JOIN_ERRORS.has(frame.code)) {
+          // Not a refusal: the join is sent again after a pause, until its timeout.
+          this.#joinAnswered(frame.ref, { retry: room });
+          return;
+        }
+        this.#joinAnswered(frame.ref);
         room._refused(new WsroomError(frame.code, message, { ...details, room: room.name }));
         return;
       }
     }
+    this.#joinAnswered(frame.ref);
     const entry = this.#settle(frame.ref);
     if (entry) {
       if (entry.frame.type === "leave" && frame.code === "not_joined") {
@@ -888,7 +962,12 @@ function statusFromError(message) {
 
 function resolveUrl(url) {
   const base = globalThis.location?.href;
-  const resolved = base ? new URL(url, base) : new URL(url);
+  let resolved;
+  try {
+    resolved = base ? new URL(url, base) : new URL(url);
+  } catch {
+    throw new TypeError(`wsroom.js: ${JSON.stringify(String(url))} is not a URL; outside a page, give a full one such as ws://127.0.0.1:8765/ws`);
+  }
   if (resolved.protocol === "http:") resolved.protocol = "ws:";
   else if (resolved.protocol === "https:") resolved.protocol = "wss:";
   if (resolved.protocol !== "ws:" && resolved.protocol !== "wss:") {
