@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
+import re
 import signal
 import socket
 import sys
+from importlib.resources import files
 
 import pytest
 import websockets
@@ -14,7 +18,10 @@ from websockets.exceptions import InvalidStatus
 
 import wsroom.browser
 from tests.helpers import TIMEOUT, Client
-from wsroom.demo import demo_server
+from wsroom.demo import MAX_NAME_LENGTH, demo_server, security_headers
+
+# The page speaks the protocol only through the browser client that the server serves.
+PAGE_IMPORT = b'import { connect } from "/wsroom.js";'
 
 
 async def _http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -45,7 +52,7 @@ async def check_page_and_doors(port: int) -> None:
     run other scripts, 426 (not 404) for a plain GET of the WebSocket's path, and names
     that could pass for the page's own labels, or hide control characters, refused."""
     status, headers, body = await _http_get_with_headers(port, "/")
-    assert status == 200 and b"wsroom.v1" in body
+    assert status == 200 and PAGE_IMPORT in body
     policy = headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
     # The page's own module and /wsroom.js, nothing else.
@@ -73,12 +80,36 @@ async def check_page_and_doors(port: int) -> None:
         assert refused.value.response.status_code == 403, name
 
 
+def _sha256(block: bytes) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(block).digest()).decode() + "'"
+
+
+def test_page_policy_allows_exactly_its_inline_blocks() -> None:
+    page = files("wsroom.demo").joinpath("index.html").read_bytes()
+    scripts = re.findall(rb"<script\b([^>]*)>(.*?)</script>", page, re.DOTALL)
+    styles = re.findall(rb"<style\b[^>]*>(.*?)</style>", page, re.DOTALL)
+    assert [attributes for attributes, _ in scripts] == [b' type="module"']
+    assert len(styles) == 1
+    policy = dict(security_headers(page))["Content-Security-Policy"]
+    directives = {name: sources for name, *sources in (part.split() for part in policy.split("; "))}
+    assert directives["script-src"] == ["'self'", _sha256(scripts[0][1])]
+    assert directives["style-src"] == [_sha256(styles[0])]
+    # Nothing the policy would block: no inline handlers, style attributes or other origins.
+    assert not re.search(rb"\son[a-z]+\s*=", page)
+    assert not re.search(rb"\sstyle\s*=", page)
+    assert not re.search(rb"(src|href)=\"(?!/)", page)
+    assert PAGE_IMPORT in scripts[0][1]
+    assert b'<link rel="icon" href="/favicon.svg"' in page
+    # The name field allows what the server keeps, no more.
+    assert f'id="name" maxlength="{MAX_NAME_LENGTH}"'.encode() in page
+
+
 async def test_demo_serves_page_and_chat() -> None:
     async with demo_server("127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         status, body = await _http_get(port, "/")
         assert status == 200
-        assert b"<title>" in body and b"wsroom.v1" in body
+        assert b"<title>" in body and PAGE_IMPORT in body
         assert (await _http_get(port, "/missing"))[0] == 404
 
         url = f"ws://127.0.0.1:{port}"

@@ -1,58 +1,544 @@
-"""The demo page in a real browser: connect, chat, presence, typing, direct messages."""
+"""The demo page in a real browser: Playwright drives Debian's Chromium (never a browser of
+its own), as two people would use the chat, on every transport, through server restarts,
+and on small screens. Every page must run without a console error or a CSP violation.
+
+Screenshots are saved under tests/artifacts/ for a person to look at.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
 import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
-from tests.browser import browser_page, chromium_path
-from tests.helpers import Client
-from wsroom.demo import demo_server
+from tests.helpers import TIMEOUT, Client
+from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url
+from wsroom.demo import create_manager, demo_server
 
-CHROMIUM = chromium_path()
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="needs Chromium (scripts/test.sh installs it: apt-get install chromium)",
+    reason="needs Debian's Chromium (scripts/test.sh installs it: apt-get install chromium)",
+)
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# Waits for what the page shows: Playwright polls until it is so, or fails after this.
+expect.set_options(timeout=TIMEOUT * 1000)
+
+# What Chromium logs by itself when a server is down or refuses the handshake. Only the tests
+# that stop or refuse a server on purpose allow these; nothing else may reach the console.
+SERVER_DOWN = (
+    re.compile(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws[^']*' failed: "),
+    re.compile(r"^Failed to load resource: net::ERR_CONNECTION_REFUSED$"),
+)
+REFUSED = (
+    re.compile(
+        r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws[^']*' failed: "
+        r"Error during WebSocket handshake: Unexpected response code: 403$"
+    ),
+    re.compile(r"^Failed to load resource: the server responded with a status of 403"),
+)
+
+# Reports every CSP violation to the test, whatever the console says about it.
+CSP_PROBE = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolation(`${event.violatedDirective} blocked ${event.blockedURI || "inline"}`);
+}, true);
+"""
+
+
+class Pages:
+    """Opens pages in a browser and records what none of them may do: log an error to the
+    console, throw, or break the Content-Security-Policy."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.problems: list[str] = []
+        self.allowed: tuple[re.Pattern[str], ...] = ()
+
+    def allow(self, *patterns: re.Pattern[str]) -> None:
+        """Console errors this test causes on purpose (a server it stops, a name refused)."""
+        self.allowed += patterns
+
+    async def open(self, url: str, **options: Any) -> Page:
+        """A page in a context of its own (its own storage: another person)."""
+        options.setdefault("viewport", DESKTOP)
+        context = await self.browser.new_context(**options)
+        context.set_default_timeout(TIMEOUT * 1000)
+        await context.expose_function("__cspViolation", self._csp)
+        await context.add_init_script(CSP_PROBE)
+        page = await context.new_page()
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        await page.goto(url)
+        return page
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type != "error":
+            return
+        if not any(pattern.search(message.text) for pattern in self.allowed):
+            self.problems.append(f"console error: {message.text}")
+
+    def _csp(self, violation: str) -> None:
+        self.problems.append(f"CSP violation: {violation}")
+
+    def check(self) -> None:
+        assert not self.problems, "\n".join(self.problems)
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[Pages]:
+    assert CHROMIUM is not None
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            opened = Pages(browser)
+            yield opened
+            opened.check()
+        finally:
+            await browser.close()
+
+
+async def log_in(page: Page, name: str, room: str = "lobby") -> None:
+    await page.fill("#name", name)
+    await page.fill("#room", room)
+    await page.click("#connect")
+    await expect(page.locator("#status-text")).to_have_text(f"connected as {name}")
+    await expect(page.locator("#conv-sub")).to_have_text(re.compile(r"^\d+ members?$"))
+
+
+async def say(page: Page, text: str) -> None:
+    """Type a message and press Enter, as a person does."""
+    await page.fill("#message-input", text)
+    await page.press("#message-input", "Enter")
+
+
+def bubbles(page: Page) -> Any:
+    """The messages of the open conversation, oldest first."""
+    return page.locator("#messages .bubble")
+
+
+def conversation(page: Page, label: str) -> Any:
+    return page.locator(".conv", has=page.get_by_text(label, exact=True))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def demo(port: int = 0, **manager_options: Any) -> AsyncIterator[int]:
+    """The demo on the asyncio transport in this process; yields its port."""
+    manager = create_manager(**manager_options)
+    async with demo_server("127.0.0.1", port, manager) as server:
+        yield server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.timeout(90)
+async def test_two_people_chat(pages: Pages) -> None:
+    async with demo() as port:
+        url = f"http://127.0.0.1:{port}/"
+        alice = await pages.open(url)
+        # The favicon is the server's own.
+        assert await alice.get_attribute("link[rel=icon]", "href") == "/favicon.svg"
+        favicon = await alice.request.get(f"{url}favicon.svg")
+        assert favicon.ok and favicon.headers["content-type"].startswith("image/svg+xml")
+        await expect(alice.locator("#name")).to_have_attribute("maxlength", "32")
+        await log_in(alice, "alice")
+        # One connection state in the header, and a new room says it is empty.
+        await expect(alice.get_by_text(re.compile("connected"))).to_have_count(1)
+        await expect(alice.locator("#empty")).to_have_text("No messages yet.")
+
+        bob = await pages.open(url)
+        await log_in(bob, "bob")
+        await expect(alice.locator("#messages .line")).to_have_text(["bob joined"])
+        await expect(alice.locator("#members li")).to_have_text(["alice (you)", "bob"])
+        await expect(bob.locator("#members li")).to_have_text(["alice", "bob (you)"])
+
+        # Typed and sent with Enter; the sender's copy gets its tick once stored.
+        await say(alice, "hello bob")
+        await expect(bubbles(bob).locator(".text")).to_have_text(["hello bob"])
+        await expect(bubbles(alice)).to_have_count(1)
+        mine = bubbles(alice).first
+        await expect(mine).to_have_class(re.compile(r"\bmine\b"))
+        await expect(mine).to_have_attribute("data-state", "delivered")
+        await expect(mine.locator(".tick")).to_have_text("✓")
+        await expect(alice.locator("#empty")).to_be_hidden()
+
+        # Sent with the button; markup from others is shown as text.
+        await bob.fill("#message-input", "hi <b>alice</b>")
+        await bob.click("#send")
+        await expect(bubbles(alice).locator(".text")).to_have_text(["hello bob", "hi <b>alice</b>"])
+        assert await alice.locator("#messages b").count() == 0
+
+        # Typing shows, and a direct message from that user ends it at once (it would
+        # otherwise stay up to 3 s): the expectation's timeout is shorter than that.
+        await bob.fill("#message-input", "psst, alice")
+        await expect(alice.locator("#typing")).to_have_text("bob is typing…")
+        await bob.fill("#message-input", "/dm alice psst")
+        await bob.press("#message-input", "Enter")
+        await expect(alice.locator("#typing")).to_have_text("", timeout=1500)
+
+        # The direct message has a conversation of its own, with an unread badge; the room
+        # does not show it.
+        await expect(bob.locator("#conv-title")).to_have_text("@alice")
+        await expect(bubbles(bob).first).to_have_attribute("data-state", "delivered")
+        await expect(conversation(alice, "@bob").locator(".badge")).to_have_text("1")
+        await expect(alice.locator("#conv-title")).to_have_text("#lobby")
+        await expect(bubbles(alice)).to_have_count(2)
+        await expect(alice.locator("#messages")).not_to_contain_text("psst")
+        await expect(alice).to_have_title("(1) wsroom demo")
+        await conversation(alice, "@bob").get_by_role("button", name="@bob").click()
+        await expect(bubbles(alice).locator(".text")).to_have_text(["psst"])
+        await expect(conversation(alice, "@bob").locator(".badge")).to_have_count(0)
+
+        # Answered in that conversation; bob's page files it under @alice.
+        await say(alice, "what is it?")
+        await expect(bubbles(alice).last).to_have_attribute("data-state", "delivered")
+        await expect(bubbles(bob).locator(".text")).to_have_text(["psst", "what is it?"])
+
+        # A room message from bob also ends his typing at once.
+        await conversation(bob, "#lobby").get_by_role("button", name="#lobby").click()
+        await bob.fill("#message-input", "one more")
+        await conversation(alice, "#lobby").get_by_role("button", name="#lobby").click()
+        await expect(alice.locator("#typing")).to_have_text("bob is typing…")
+        await bob.press("#message-input", "Enter")
+        await expect(alice.locator("#typing")).to_have_text("", timeout=1500)
+
+        # A member opens a direct conversation with a click.
+        await alice.locator("#members").get_by_role("button", name="bob").click()
+        await expect(alice.locator("#conv-title")).to_have_text("@bob")
+
+        # Disconnected, the login card is back and the members list is not left stale.
+        await alice.click("#disconnect")
+        await expect(alice.locator("#login")).to_be_visible()
+        await expect(alice.locator("#status-text")).to_have_text("disconnected")
+        await expect(alice.locator("#members li")).to_have_count(0)
+        # Back: her message from the room's history is shown as delivered.
+        await log_in(alice, "alice")
+        await expect(bubbles(alice).locator(".text")).to_have_text(
+            ["hello bob", "hi <b>alice</b>", "one more"]
+        )
+        await expect(bubbles(alice).first).to_have_attribute("data-state", "delivered")
+        await expect(bubbles(alice).first.locator(".tick")).to_have_text("✓")
+        await expect(bubbles(alice).nth(1).locator(".tick")).to_have_count(0)
+
+        # A direct message to someone offline is marked as not delivered, with the reason.
+        await say(alice, "/dm nobody are you there?")
+        await expect(alice.locator("#conv-title")).to_have_text("@nobody")
+        await expect(bubbles(alice).first).to_have_attribute("data-state", "failed")
+        await expect(alice.locator("#messages .line.error")).to_contain_text("error user_offline")
+
+        await bob.context.close()
+        await conversation(alice, "#lobby").get_by_role("button", name="#lobby").click()
+        await expect(alice.locator("#messages .line").last).to_have_text("bob left")
+        await expect(alice.locator("#members li")).to_have_text(["alice (you)"])
+
+
+@pytest.mark.timeout(90)
+async def test_page_recovers_what_it_missed_while_its_server_restarted_over_redis(
+    pages: Pages,
+) -> None:
+    # WSROOM_TEST_REDIS_URL, else the machine's Redis on 6379.
+    redis_url = shared_redis_url()
+    if redis_url is None:
+        pytest.skip("no Redis server (scripts/test.sh starts one)")
+    pages.allow(*SERVER_DOWN)
+    # Keys of this test's own, on a Redis that other tests and demos may share.
+    prefix = fresh_prefix()
+    try:
+        async with AsyncExitStack() as first, demo(redis_url=redis_url, prefix=prefix) as other:
+            port = await first.enter_async_context(demo(redis_url=redis_url, prefix=prefix))
+            page = await pages.open(f"http://127.0.0.1:{port}/", viewport=PHONE)
+            await log_in(page, "alice")
+            bob = await Client.connect(f"ws://127.0.0.1:{other}", "/ws?name=bob")
+            await bob.join("lobby")
+
+            async def post(text: str) -> None:
+                ack = await bob.request(
+                    {"type": "message", "room": "lobby", "data": {"text": text}}
+                )
+                assert ack["type"] == "ack", ack
+
+            texts = [f"message {n}" for n in range(1, 9)]
+            for text in texts[:3]:
+                await post(text)
+            await expect(bubbles(page).locator(".text")).to_have_text(texts[:3])
+
+            await first.aclose()  # the page's server stops
+            await expect(page.locator("#status-text")).to_contain_text("reconnecting")
+            for text in texts[3:]:  # posted through the other server meanwhile
+                await post(text)
+            async with demo(port, redis_url=redis_url, prefix=prefix):
+                await expect(page.locator("#messages .line.ok")).to_have_text(
+                    ["reconnected"], timeout=TIMEOUT * 4000
+                )
+                await expect(page.locator("#status-text")).to_have_text("connected as alice")
+                # Every message exactly once, in order, and nothing said to be missing.
+                await expect(bubbles(page).locator(".text")).to_have_text(texts)
+                await expect(page.locator("#messages .notice")).to_have_count(0)
+            await bob.close()
+    finally:
+        await delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.timeout(90)
+async def test_page_says_messages_were_missed_when_its_server_restarted_in_memory(
+    pages: Pages,
+) -> None:
+    pages.allow(*SERVER_DOWN)
+    async with AsyncExitStack() as first:
+        port = await first.enter_async_context(demo())
+        page = await pages.open(f"http://127.0.0.1:{port}/")
+        await log_in(page, "alice")
+        await say(page, "before the restart")
+        await expect(bubbles(page).last).to_have_attribute("data-state", "delivered")
+        await first.aclose()
+        await expect(page.locator("#status-text")).to_contain_text("reconnecting")
+        # The members list is marked as possibly out of date while offline.
+        await expect(page.locator("#members-note")).to_contain_text("out of date")
+        async with demo(port):
+            # A restarted process has forgotten its rooms: the page cannot know what it missed.
+            await expect(page.locator("#messages .notice")).to_have_text(
+                ["some messages may have been missed"], timeout=TIMEOUT * 4000
+            )
+            await expect(page.locator("#status-text")).to_have_text("connected as alice")
+            await expect(page.locator("#members-note")).to_have_text("")
+            await expect(bubbles(page).locator(".text")).to_have_text(["before the restart"])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(
+    raises=AssertionError,
+    reason="wsroom.js leaves every room it re-joins after a reconnect: Client.#handle "
+    "passes a re-join's `joined` to #strayJoin (Room._joined returns undefined for a "
+    "re-join), which sends `leave`, while the Room stays 'joined'",
+)
+async def test_page_stays_in_its_rooms_after_reconnecting(pages: Pages) -> None:
+    pages.allow(*SERVER_DOWN)
+    async with AsyncExitStack() as first:
+        port = await first.enter_async_context(demo())
+        page = await pages.open(f"http://127.0.0.1:{port}/")
+        await log_in(page, "alice")
+        await first.aclose()
+        await expect(page.locator("#status-text")).to_contain_text("reconnecting")
+        async with demo(port):
+            await expect(page.locator("#messages .line.ok")).to_have_text(
+                ["reconnected"], timeout=TIMEOUT * 4000
+            )
+            await expect(page.locator("#messages .notice")).to_have_count(1)
+            bob = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
+            await bob.join("lobby")
+            await bob.send({"type": "message", "room": "lobby", "data": {"text": "still there?"}})
+            await say(page, "yes")
+            await expect(bubbles(page).locator(".text")).to_have_text(["still there?", "yes"])
+            await expect(bubbles(page).last).to_have_attribute("data-state", "delivered")
+            await bob.close()
+
+
+CONTROLS = [
+    "message-input",
+    "send",
+    "join-room",
+    "join-button",
+    "disconnect",
+    "toggle-members",
+]
+SMALL_SCREENS: dict[str, dict[str, Any]] = {
+    "390x844": {"viewport": PHONE},
+    "320x568": {"viewport": {"width": 320, "height": 568}},
+    "pixel7": {
+        "viewport": {"width": 412, "height": 839},
+        "device_scale_factor": 2.625,
+        "is_mobile": True,
+        "has_touch": True,
+    },
+}
+
+
+async def outside_viewport(page: Page, ids: list[str]) -> list[str]:
+    """The elements of ``ids`` not wholly inside the viewport (or not displayed)."""
+    found: list[str] = await page.evaluate(
+        """(ids) => ids.filter((id) => {
+            const box = document.getElementById(id).getBoundingClientRect();
+            return !(box.width > 0 && box.height > 0 && box.left >= 0 && box.top >= 0
+                     && box.right <= innerWidth && box.bottom <= innerHeight);
+        })""",
+        ids,
+    )
+    return found
+
+
+async def scrolls_sideways(page: Page) -> bool:
+    wide: bool = await page.evaluate("document.documentElement.scrollWidth > innerWidth")
+    return wide
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("screen", sorted(SMALL_SCREENS))
+async def test_small_screens_show_every_control(pages: Pages, screen: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with demo() as port:
+        options = SMALL_SCREENS[screen]
+        width = options["viewport"]["width"]
+        page = await pages.open(f"http://127.0.0.1:{port}/", **options)
+        assert await outside_viewport(page, ["name", "room", "connect"]) == []
+        assert not await scrolls_sideways(page)
+        long_room = "a-room-with-a-very-long-name-" + "x" * 60
+        await log_in(page, "someone-with-a-long-name-32-chr", long_room)
+        bob = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
+        await bob.join(long_room)
+        await bob.send(
+            {"type": "message", "room": long_room, "data": {"text": "an unbroken " + "y" * 300}}
+        )
+        await say(page, "a long message of mine, " + "with many words " * 20)
+        await say(page, "z" * 300)
+        await expect(bubbles(page)).to_have_count(3)
+        await expect(page.locator("#messages .bubble.mine[data-state=delivered]")).to_have_count(2)
+        assert await outside_viewport(page, CONTROLS) == []
+        assert not await scrolls_sideways(page)
+        # Own messages are wholly visible, not cut at the right edge.
+        for index in range(3):
+            box = await bubbles(page).nth(index).bounding_box()
+            assert box is not None
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5
+        last = await bubbles(page).last.bounding_box()
+        messages = await page.locator("#messages").bounding_box()
+        assert last is not None and messages is not None
+        assert last["y"] + last["height"] <= messages["y"] + messages["height"] + 0.5
+        await page.screenshot(path=ARTIFACTS / f"demo-{screen}.png")
+
+        # The members drawer opens over the chat; a member in it starts a conversation.
+        await page.click("#toggle-members")
+        await expect(page.locator("#members-panel")).to_be_visible()
+        await expect(page.locator("#toggle-members")).to_have_attribute("aria-expanded", "true")
+        entry = page.locator("#members").get_by_role("button", name="bob")
+        assert await outside_viewport(page, ["close-members"]) == []
+        await expect(page.locator("#members li")).to_have_text(
+            ["bob", "someone-with-a-long-name-32-chr (you)"]
+        )
+        for item in await page.locator("#members li").all():
+            box = await item.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= width + 0.5
+        assert not await scrolls_sideways(page)
+        await page.screenshot(path=ARTIFACTS / f"demo-{screen}-members.png")
+        await entry.click()
+        await expect(page.locator("#members-panel")).to_be_hidden()
+        await expect(page.locator("#conv-title")).to_have_text("@bob")
+        await expect(page.locator("#empty")).to_have_text("No messages yet.")
+        assert await outside_viewport(page, CONTROLS) == []
+        await bob.close()
+
+
+@pytest.mark.timeout(60)
+async def test_desktop_screenshot(pages: Pages) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with demo() as port:
+        url = f"http://127.0.0.1:{port}/"
+        login = await pages.open(url, viewport=PHONE)
+        await login.screenshot(path=ARTIFACTS / "demo-390x844-login.png")
+        page = await pages.open(url)
+        await log_in(page, "alice")
+        other = await pages.open(url)
+        await log_in(other, "bob")
+        await say(other, "Hi! Is anyone here?")
+        await say(page, "Hello bob, welcome to the demo.")
+        await say(other, "/dm alice a private word")
+        await expect(conversation(page, "@bob").locator(".badge")).to_have_text("1")
+        await conversation(other, "#lobby").get_by_role("button", name="#lobby").click()
+        await other.fill("#message-input", "typing")
+        await expect(page.locator("#typing")).to_have_text("bob is typing…")
+        await page.fill("#join-room", "support")
+        await page.click("#join-button")
+        await expect(page.locator("#conv-sub")).to_have_text("1 member")
+        await conversation(page, "#lobby").get_by_role("button", name="#lobby").click()
+        assert await outside_viewport(page, CONTROLS[:-1]) == []
+        assert not await scrolls_sideways(page)
+        await page.screenshot(path=ARTIFACTS / "demo-1280x800.png")
+
+
+@asynccontextmanager
+async def demo_command(transport: str) -> AsyncIterator[int]:
+    """``wsroom demo --transport TRANSPORT`` in a process of its own; yields its port."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsroom",
+        "demo",
+        "--transport",
+        transport,
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+        assert f"http://127.0.0.1:{port}/".encode() in line, line
+        yield port
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
+async def test_every_transport_serves_the_page(pages: Pages, transport: str) -> None:
+    pages.allow(*SERVER_DOWN)
+    async with demo_command(transport) as port:
+        page = await pages.open(f"http://127.0.0.1:{port}/", viewport=PHONE)
+        await log_in(page, "carol")
+        await say(page, f"hello over {transport}")
+        await expect(bubbles(page)).to_have_count(1)
+        await expect(bubbles(page).first).to_have_attribute("data-state", "delivered")
+    # The command stopped: the page says so and tries again.
+    await expect(page.locator("#status-text")).to_contain_text("reconnecting")
+
+
+STARLETTE_PROBE = pytest.mark.xfail(
+    raises=AssertionError,
+    reason="a browser never sees the status of a refused WebSocket handshake, so wsroom.js "
+    "asks the same URL again without the upgrade; the Starlette adapter answers that with "
+    "426 before authenticating, so the 403 is never seen and the client retries for ever",
 )
 
 
-async def test_chat_page_end_to_end() -> None:
-    assert CHROMIUM is not None
-    async with demo_server("127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with browser_page(CHROMIUM) as page:
-            await page.goto(f"http://127.0.0.1:{port}/")
-            await page.evaluate("document.querySelector('#name').value = 'alice'")
-            await page.evaluate("document.querySelector('#connect').click()")
-            await page.wait_until("document.querySelector('#me').textContent.includes('alice')")
-
-            bob = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
-            joined = await bob.join("lobby")
-            assert "alice" in joined["members"]
-            await page.wait_until("document.querySelector('#members').textContent.includes('bob')")
-
-            # Text from others is shown as text, never as markup.
-            await bob.send(
-                {"type": "message", "room": "lobby", "data": {"text": "hi <b>alice</b>"}}
-            )
-            await page.wait_until(
-                "document.querySelector('#messages').textContent.includes('hi <b>alice</b>')"
-            )
-            assert await page.evaluate("document.querySelectorAll('#messages b').length") == 0
-
-            await bob.send({"type": "typing", "room": "lobby"})
-            await page.wait_until("document.querySelector('#typing').textContent.includes('bob')")
-
-            await page.evaluate("document.querySelector('#message-input').value = 'hello bob'")
-            await page.evaluate("document.querySelector('#send').click()")
-            message = await bob.recv_type("message")
-            while message["from"] == "bob":  # bob's own messages come back to him first
-                message = await bob.recv_type("message")
-            assert (message["from"], message["data"]) == ("alice", {"text": "hello bob"})
-
-            await page.evaluate("document.querySelector('#message-input').value = '/dm bob psst'")
-            await page.evaluate("document.querySelector('#send').click()")
-            direct = await bob.recv_type("direct")
-            assert (direct["from"], direct["data"]) == ("alice", {"text": "psst"})
-
-            await bob.close()
-            await page.wait_until("!document.querySelector('#members').textContent.includes('bob')")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "transport", ["asyncio", "sync", pytest.param("starlette", marks=STARLETTE_PROBE)]
+)
+async def test_a_refused_name_returns_to_the_login_card(pages: Pages, transport: str) -> None:
+    pages.allow(*REFUSED, re.compile(r"status of 426 \(Upgrade Required\)$"))
+    async with demo_command(transport) as port:
+        page = await pages.open(f"http://127.0.0.1:{port}/", viewport=PHONE)
+        await page.fill("#name", "Server")
+        await page.click("#connect")
+        await expect(page.locator("#login-error")).to_contain_text("HTTP 403")
+        await expect(page.locator("#login")).to_be_visible()
+        await expect(page.locator("#status-text")).to_have_text("disconnected")
+        if transport == "asyncio":
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=ARTIFACTS / "demo-390x844-refused.png")
+        await log_in(page, "Serveur")

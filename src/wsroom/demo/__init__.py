@@ -81,16 +81,23 @@ def demo_user(handshake: Handshake) -> str:
     return name
 
 
-def create_manager(redis_url: str | None = None) -> ConnectionManager:
+DEFAULT_PREFIX = "wsroom-demo"
+
+
+def create_manager(
+    redis_url: str | None = None, *, prefix: str = DEFAULT_PREFIX
+) -> ConnectionManager:
     """The demo's manager: :class:`ChatRoom` rooms, users named by the query string.
 
-    With ``redis_url``, rooms are shared with every other demo process on that Redis.
+    With ``redis_url``, rooms are shared with every other demo process on that Redis whose
+    keys start with the same ``prefix`` (a test gives one of its own, so that it shares no
+    room with a demo running on the same Redis and can delete its keys after).
     """
     backplane = None
     if redis_url is not None:
         from ..backplane.redis import RedisBackplane
 
-        backplane = RedisBackplane(redis_url, prefix="wsroom-demo")
+        backplane = RedisBackplane(redis_url, prefix=prefix)
     return ConnectionManager(ChatRoom, authenticate=demo_user, backplane=backplane)
 
 
