@@ -324,12 +324,6 @@ async def test_page_says_messages_were_missed_when_its_server_restarted_in_memor
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    raises=AssertionError,
-    reason="wsroom.js leaves every room it re-joins after a reconnect: Client.#handle "
-    "passes a re-join's `joined` to #strayJoin (Room._joined returns undefined for a "
-    "re-join), which sends `leave`, while the Room stays 'joined'",
-)
 async def test_page_stays_in_its_rooms_after_reconnecting(pages: Pages) -> None:
     pages.allow(*SERVER_DOWN)
     async with AsyncExitStack() as first:
@@ -517,18 +511,8 @@ async def test_every_transport_serves_the_page(pages: Pages, transport: str) -> 
     await expect(page.locator("#status-text")).to_contain_text("reconnecting")
 
 
-STARLETTE_PROBE = pytest.mark.xfail(
-    raises=AssertionError,
-    reason="a browser never sees the status of a refused WebSocket handshake, so wsroom.js "
-    "asks the same URL again without the upgrade; the Starlette adapter answers that with "
-    "426 before authenticating, so the 403 is never seen and the client retries for ever",
-)
-
-
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "transport", ["asyncio", "sync", pytest.param("starlette", marks=STARLETTE_PROBE)]
-)
+@pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
 async def test_a_refused_name_returns_to_the_login_card(pages: Pages, transport: str) -> None:
     pages.allow(*REFUSED, re.compile(r"status of 426 \(Upgrade Required\)$"))
     async with demo_command(transport) as port:
