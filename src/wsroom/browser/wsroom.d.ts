@@ -90,7 +90,10 @@ export interface Ack<D = Json> {
   readonly ref: string | number;
   /** The stored message's id (`message`), the direct message's id (`direct`). */
   readonly id?: number;
-  /** What the application's handler answered with, when it answered with data. */
+  /**
+   * Data the server's handler answered with, for servers that send it (the protocol allows
+   * an `ack` to carry `data`; wsroom's own handlers do not answer with data yet).
+   */
   readonly data?: D;
 }
 

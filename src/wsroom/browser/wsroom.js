@@ -239,7 +239,7 @@ export class Client extends Emitter {
 
   /**
    * Send a frame of an application-defined `type` (a `Room` method `on_<type>` on the
-   * server); resolves with the `ack`, whose `data` holds the handler's answer if it gave one.
+   * server); resolves with the `ack` as the server sent it (`id` when it stored a message).
    */
   request(type, data, { room } = {}) {
     if (typeof type !== "string" || !/^[A-Za-z][A-Za-z0-9_]{0,63}$/.test(type)) {
