@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
 import pytest
 
 from tests.helpers import ADAPTERS, ServerFactory
 from tests.redis_support import shared_redis_url
+
+if TYPE_CHECKING:
+    from tests.playwright_support import Pages
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
@@ -19,3 +25,14 @@ def shared_url() -> str:
     if url is None:
         pytest.skip("no Redis server (scripts/test.sh starts one)")
     return url
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[Pages]:
+    """Pages in Debian's Chromium; the test fails if any of them logged a console error,
+    threw, or broke its Content-Security-Policy."""
+    # Imported here: only the browser tests need Playwright.
+    from tests.playwright_support import open_browser
+
+    async with open_browser() as opened:
+        yield opened
