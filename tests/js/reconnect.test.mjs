@@ -369,3 +369,20 @@ test("a path without a page to resolve it against is refused with a message that
     (error) => error instanceof TypeError && /give a full one such as ws:\/\//.test(error.message),
   );
 });
+
+test("a first join the server keeps answering with internal_error rejects with that error at its timeout", T, async (t) => {
+  const h = harness(t);
+  const server = await h.server({});
+  const client = await h.open(server.url, { params: { name: "alice" }, timeout: 2500 });
+  const name = unique("broken");
+  await assert.rejects(client.join(name), (error) => {
+    assert.ok(error instanceof WsroomError);
+    assert.equal(error.code, "internal_error");
+    assert.equal(error.room, name);
+    return true;
+  });
+  // Sent again after a pause, not given up at the first "not now".
+  assert.ok(joinsOn(client, 0).length >= 2, `${joinsOn(client, 0).length} joins`);
+  assert.equal(client.room(name), undefined);
+  assert.equal(client.state, "open");
+});

@@ -17,9 +17,10 @@ What the tests can make it do:
 * Rooms: ``private-*`` refuses joins (``forbidden``) unless the join's ``data`` is
   ``"secret"``; ``slowjoin-*`` answers a join after ``data`` seconds (0.5 by default);
   ``tiny-*`` holds one member (``room_full``); ``nosuch-*`` does not exist
-  (``forbidden``); every other room is an :class:`AppRoom`, whose ``on_typing`` broadcasts a
-  ``typing`` event to the others, ``on_boom`` raises (``internal_error``) and ``on_slow``
-  takes ``data`` seconds to answer.
+  (``forbidden``); ``broken-*`` has a ``can_join`` that raises (``internal_error``); every
+  other room is an :class:`AppRoom`, whose ``on_typing`` broadcasts a ``typing`` event to
+  the others, ``on_boom`` raises (``internal_error``) and ``on_slow`` takes ``data``
+  seconds to answer.
 * Custom frames without a room, for the tests to steer the server: ``whoami`` (the event
   ``you`` back), ``kick`` (close this connection with ``data`` as code, 1008 by default),
   ``flood`` (``data`` events at once: with a small ``--max-queue``, an eviction with 1013),
@@ -61,6 +62,8 @@ class AppRoom(Room):
     """The rooms of the tests, with a few custom message types."""
 
     async def can_join(self, conn: Connection, data: Any) -> bool:
+        if self.name.startswith("broken-"):
+            raise RuntimeError("can_join of a broken-* room fails (the test asked for it)")
         if self.name.startswith("slowjoin-"):
             await asyncio.sleep(float(data) if isinstance(data, int | float) else 0.5)
         return not self.name.startswith("private-") or data == "secret"

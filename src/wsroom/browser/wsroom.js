@@ -68,7 +68,7 @@ const DEFAULTS = Object.freeze({
 });
 
 // Close codes after which reconnecting cannot help: the server closed on purpose (1000) or
-// for a policy reason (1008: bad credentials, abuse, a failed heartbeat). 1013 ("try again
+// for a policy reason (1008: bad credentials, abuse, disconnect_user). 1013 ("try again
 // later") is retried, but not soon.
 const FINAL_CLOSE_CODES = new Set([1000, 1008]);
 // ...except the server's heartbeat timeout: the client went quiet (a background tab whose
@@ -734,7 +734,9 @@ export class Client extends Emitter {
     for (const room of this.#rooms.values()) {
       if (room._joinRef !== null && room._joinRef === frame.ref) {
         if (TEMPORARY_JOIN_ERRORS.has(frame.code)) {
-          // Not a refusal: the join is sent again after a pause, until its timeout.
+          // Not a refusal: the join is sent again after a pause, until its timeout, which
+          // then rejects with this error rather than a bare "timeout".
+          room._lastRefusal = new WsroomError(frame.code, message, { ...details, room: room.name });
           this.#joinAnswered(frame.ref, { retry: room });
           return;
         }
@@ -773,6 +775,7 @@ export class Room extends Emitter {
     this._data = data;
     this._joinRef = null;
     this._everJoined = false;
+    this._lastRefusal = null; // the last "not now" from the server, while a first join retries
     this._ready = new Promise((resolve, reject) => {
       this.#resolveReady = resolve;
       this.#rejectReady = reject;
@@ -828,7 +831,10 @@ export class Room extends Emitter {
       if (this._everJoined) return;
       this.#client._forget(this);
       this.state = "left";
-      this.#rejectReady(new WsroomError("timeout", `the room ${JSON.stringify(this.name)} was not joined within ${timeout} ms`, { room: this.name }));
+      this.#rejectReady(
+        this._lastRefusal ??
+          new WsroomError("timeout", `the room ${JSON.stringify(this.name)} was not joined within ${timeout} ms`, { room: this.name }),
+      );
     }, timeout);
   }
 
