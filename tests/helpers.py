@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -416,3 +418,42 @@ def check_error(frame: dict[str, Any], code: str, ref: str | int | None = None) 
     assert frame["ref"] == ref, frame
     assert type(frame["ref"]) is type(ref), frame
     return frame
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server that must be told its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def demo_command(
+    *arguments: str, port: int | None = None
+) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """``python -m wsroom demo --port PORT ARGUMENTS`` in a process of its own, once it has
+    announced its address; yields its port and process. The test stops it (a signal) and
+    checks how it ended; one still running at the end is killed."""
+    port = free_port() if port is None else port
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsroom",
+        "demo",
+        "--port",
+        str(port),
+        *arguments,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+        assert f"http://127.0.0.1:{port}/".encode() in line, line
+        yield port, process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -5,7 +5,6 @@ its notice that messages may have been missed, and nothing shown twice."""
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +12,7 @@ import pytest
 from examples import browser_chat
 from playwright.async_api import Page, expect
 
+from tests.helpers import free_port
 from tests.playwright_support import CHROMIUM, PHONE, SERVER_DOWN, Pages
 from wsroom import ConnectionManager
 from wsroom.adapters.websockets import serve
@@ -29,13 +29,6 @@ async def example_server(port: int) -> AsyncIterator[None]:
     manager = ConnectionManager(browser_chat.ChatRoom, authenticate=browser_chat.authenticate)
     async with serve(manager, "127.0.0.1", port, process_request=browser_chat.routes):
         yield
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def send(page: Page, text: str) -> None:

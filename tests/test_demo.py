@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import re
 import signal
-import socket
-import sys
 from importlib.resources import files
 
 import pytest
@@ -17,7 +14,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 import wsroom.browser
-from tests.helpers import TIMEOUT, Client
+from tests.helpers import TIMEOUT, Client, demo_command
 from wsroom.demo import MAX_NAME_LENGTH, demo_server, security_headers
 
 # The page speaks the protocol only through the browser client that the server serves.
@@ -125,34 +122,10 @@ async def test_demo_serves_page_and_chat() -> None:
         await alice.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, signum: int) -> None:
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wsroom",
-        "demo",
-        "--transport",
-        transport,
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
-        assert f"http://127.0.0.1:{port}/".encode() in line
+    async with demo_command("--transport", transport) as (port, process):
         await check_page_and_doors(port)
         client = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
         assert client.welcome["user"] == "bob"
@@ -162,46 +135,21 @@ async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, sig
         process.send_signal(signum)
         assert await client.wait_closed() == 1001
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_two_demo_processes_serve_one_chat_through_redis() -> None:
     from tests.redis_support import private_redis
 
     with private_redis() as redis:
-        processes = []
-        try:
-            ports = [_free_port(), _free_port()]
-            for port in ports:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "wsroom",
-                    "demo",
-                    "--port",
-                    str(port),
-                    "--redis",
-                    redis.url,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-                processes.append(process)
-                assert process.stdout is not None
-                await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
-            alice = await Client.connect(f"ws://127.0.0.1:{ports[0]}", "/ws?name=alice")
-            bob = await Client.connect(f"ws://127.0.0.1:{ports[1]}", "/ws?name=bob")
+        async with (
+            demo_command("--redis", redis.url) as (first, _),
+            demo_command("--redis", redis.url) as (second, _),
+        ):
+            alice = await Client.connect(f"ws://127.0.0.1:{first}", "/ws?name=alice")
+            bob = await Client.connect(f"ws://127.0.0.1:{second}", "/ws?name=bob")
             await alice.join("lobby")
             assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
             await alice.send({"type": "message", "room": "lobby", "data": {"text": "across"}})
             assert (await bob.recv_type("message"))["data"] == {"text": "across"}
             await alice.close()
             await bob.close()
-        finally:
-            for process in processes:
-                if process.returncode is None:
-                    process.send_signal(signal.SIGINT)
-                    await asyncio.wait_for(process.wait(), TIMEOUT)

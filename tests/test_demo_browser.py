@@ -8,11 +8,8 @@ Screenshots are saved under tests/artifacts/ for a person to look at.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.helpers import TIMEOUT, Client
+from tests.helpers import TIMEOUT, Client, demo_command
 from tests.playwright_support import (
     ARTIFACTS,
     CHROMIUM,
@@ -59,13 +56,6 @@ def bubbles(page: Page) -> Any:
 
 def conversation(page: Page, label: str) -> Any:
     return page.locator(".conv", has=page.get_by_text(label, exact=True))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -394,40 +384,20 @@ async def test_desktop_screenshot(pages: Pages) -> None:
 
 
 @asynccontextmanager
-async def demo_command(transport: str) -> AsyncIterator[int]:
-    """``wsroom demo --transport TRANSPORT`` in a process of its own; yields its port."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wsroom",
-        "demo",
-        "--transport",
-        transport,
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
-        assert f"http://127.0.0.1:{port}/".encode() in line, line
+async def demo_process(transport: str) -> AsyncIterator[int]:
+    """``wsroom demo --transport TRANSPORT`` in a process of its own; yields its port, and
+    checks that it stops cleanly on SIGINT."""
+    async with demo_command("--transport", transport) as (port, process):
         yield port
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
 async def test_every_transport_serves_the_page(pages: Pages, transport: str) -> None:
     pages.allow(*SERVER_DOWN)
-    async with demo_command(transport) as port:
+    async with demo_process(transport) as port:
         page = await pages.open(f"http://127.0.0.1:{port}/", viewport=PHONE)
         await log_in(page, "carol")
         await say(page, f"hello over {transport}")
@@ -441,7 +411,7 @@ async def test_every_transport_serves_the_page(pages: Pages, transport: str) -> 
 @pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette"])
 async def test_a_refused_name_returns_to_the_login_card(pages: Pages, transport: str) -> None:
     pages.allow(*REFUSED, re.compile(r"status of 426 \(Upgrade Required\)$"))
-    async with demo_command(transport) as port:
+    async with demo_process(transport) as port:
         page = await pages.open(f"http://127.0.0.1:{port}/", viewport=PHONE)
         await page.fill("#name", "Server")
         await page.click("#connect")

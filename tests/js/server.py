@@ -43,6 +43,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tests.redis_support import delete_prefix
 from wsroom import (
     Connection,
     ConnectionManager,
@@ -160,19 +161,6 @@ def make_backplane(args: argparse.Namespace) -> Backplane | None:
     return RedisBackplane(
         args.redis_url, prefix=args.prefix, heartbeat=0.3, node_ttl=1.5, timeout=1.0
     )
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete the keys of ``prefix`` (and only those) from the Redis at ``url``."""
-    from redis import asyncio as aioredis
-
-    client = aioredis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def main(args: argparse.Namespace) -> None:
