@@ -215,3 +215,39 @@ def test_the_docs_chat_page_is_the_example_that_runs() -> None:
     assert len(example.splitlines()) <= 60
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page):
         assert (DOCS / target).exists(), target
+
+
+def test_the_npm_package_installs_and_imports(tmp_path: Path) -> None:
+    """What `npm pack` makes installs into a project, offline, and Node.js imports it by
+    its package name with every export there."""
+    npm = _npm()
+    node = shutil.which("node")
+    if npm is None or node is None:
+        pytest.skip("needs Node.js and npm (scripts/test.sh installs them)")
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
+
+    def run(*command: str, cwd: Path | str) -> str:
+        result = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT * 12, env=env
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    packed = run(npm, "pack", "--pack-destination", str(tmp_path), cwd=wsroom.browser.directory())
+    tarball = tmp_path / packed.strip().splitlines()[-1]
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "app", "private": true, "type": "module"}')
+    run(npm, "install", "--offline", "--no-audit", str(tarball), cwd=project)
+    script = (
+        'import * as wsroom from "wsroom";'
+        "console.log(JSON.stringify([wsroom.VERSION, typeof wsroom.connect,"
+        " wsroom.SERVER_ERROR_CODES.length]));"
+    )
+    version, connect, codes = json.loads(
+        run(node, "--input-type=module", "-e", script, cwd=project)
+    )
+    assert (connect, codes) == ("function", 9)
+    assert (
+        version == json.loads((wsroom.browser.directory() / "package.json").read_text())["version"]
+    )
