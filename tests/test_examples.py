@@ -4,23 +4,24 @@ to over a real socket, and stopped the way its docstring says it stops."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from email.message import Message
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.helpers import TIMEOUT, Client, example_command, wait_for
-from wsroom import ConnectionManager
-from wsroom.adapters import uvicorn as wsroom_uvicorn
+from tests.helpers import ROOT, TIMEOUT, Client, example_command
 
 PYTHON = sys.executable
 
@@ -95,70 +96,100 @@ async def test_chat_example_on_each_transport(module: str, stop_with: int, statu
         assert await closed_codes(alice, bob) == [1001, 1001]  # a graceful shutdown
 
 
-@asynccontextmanager
-async def run_app(app: Any, manager: ConnectionManager) -> AsyncIterator[int]:
-    """``app`` under uvicorn as the example runs it (``wsroom.adapters.uvicorn``)."""
-    config = wsroom_uvicorn.config(
-        app, manager, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = wsroom_uvicorn.Server(config, manager)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, TIMEOUT)
+# 2. FastAPI: a token from POST /login, checked by Depends() before the handshake.
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-        result: dict[str, Any] = json.load(response)
-        return result
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-async def test_fastapi_example_authenticates_with_depends() -> None:
-    from examples import fastapi_chat
+def _token(secret: bytes, user: str, expires: float) -> str:
+    """A token as examples/fastapi_chat.py makes one, with any secret and expiry."""
+    payload = _b64(f"{int(expires)}:{user}".encode())
+    return f"{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
 
-    async with run_app(fastapi_chat.app, fastapi_chat.manager) as port:
-        url = f"ws://127.0.0.1:{port}"
+
+async def test_fastapi_example_logs_in_and_refuses_bad_tokens_with_401() -> None:
+    secret = "test-secret"
+    command = (PYTHON, "-m", "examples.fastapi_chat", "0")
+    async with example_command(*command, env={"CHAT_SECRET": secret}) as example:
+        base = f"127.0.0.1:{example.port}"
+        url = f"ws://{base}"
+        code, _, body = await http(f"http://{base}/login", {"name": "alice"})
+        assert code == 200, body
+        alice_token = json.loads(body)["token"]
+        code, _, body = await http(f"http://{base}/login", {"name": "bob"})
+        bob_token = json.loads(body)["token"]
+        assert (await http(f"http://{base}/login", {"name": " bob"}))[0] == 422
+
+        # Refused at the handshake, with 401 and a Bearer challenge: no token, a forged
+        # one, a valid one for another name, an expired one.
+        forged = _token(b"guessed-secret", "alice", time.time() + 60)
+        payload, _, signature = alice_token.partition(".")
+        claims = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        tampered = f"{_b64(claims.replace(b'alice', b'admin'))}.{signature}"
+        expired = _token(secret.encode(), "alice", time.time() - 1)
+        for path in ("/ws", f"/ws?token={forged}", f"/ws?token={tampered}"):
+            assert await refused_status(url, path) == 401, path
+        assert await refused_status(url, f"/ws?token={expired}") == 401
         with pytest.raises(websockets.InvalidStatus) as refused:
-            await Client.connect(url, "/ws?token=wrong")
-        assert refused.value.response.status_code == 403
-        with pytest.raises(websockets.InvalidStatus) as foreign:
-            await Client.connect(url, "/ws?token=s3cr3t-bob", origin="https://evil.example")
-        assert foreign.value.response.status_code == 403
+            await Client.connect(url, "/ws", additional_headers={"Authorization": "Bearer x.y"})
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.headers["WWW-Authenticate"] == "Bearer"
+        # wsroom's origin policy still applies to a valid token.
+        evil = await refused_status(url, f"/ws?token={bob_token}", origin="https://evil.example")
+        assert evil == 403
 
+        # The token in the query string (browsers) or in an Authorization header.
         alice = await Client.connect(
-            url, "/ws?token=s3cr3t-alice", origin="https://chat.example.com"
+            url, f"/ws?token={alice_token}", origin="https://chat.example.com"
         )
-        bob = await Client.connect(url, "/ws?token=s3cr3t-bob")
+        bob = await Client.connect(
+            url, "/ws", additional_headers={"Authorization": f"Bearer {bob_token}"}
+        )
         assert (alice.welcome["user"], bob.welcome["user"]) == ("alice", "bob")
+        # The forged tokens above differ from a good one by their secret only.
+        carol_token = _token(secret.encode(), "carol", time.time() + 60)
+        carol = await Client.connect(url, f"/ws?token={carol_token}")
+        assert carol.welcome["user"] == "carol"
+        await carol.close()
         await alice.join("lobby")
-        joined = await bob.join("lobby")
-        assert joined["members"] == ["alice", "bob"]
+        assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
         await bob.send({"type": "message", "room": "lobby", "data": "hi"})
-        assert (await alice.recv_type("message"))["from"] == "bob"
+        message = await alice.recv_type("message")
+        assert (message["from"], message["data"]) == ("bob", "hi")
 
-        answer = await asyncio.to_thread(
-            _post,
-            f"http://127.0.0.1:{port}/announce?token=s3cr3t-alice",
+        code, _, body = await http(
+            f"http://{base}/announce",
             {"room": "lobby", "text": "deploy done"},
+            {"Authorization": f"Bearer {alice_token}"},
         )
-        frame = await bob.recv_type("message")
-        while frame["from"] is not None:  # bob's own message comes back to him first
-            frame = await bob.recv_type("message")
-        assert (frame["id"], frame["from"], frame["data"]) == (
-            answer["id"],
+        assert code == 200, body
+        announced = await alice.recv_type("message")
+        assert (announced["id"], announced["from"], announced["data"]) == (
+            json.loads(body)["id"],
             None,
             {"text": "deploy done", "by": "alice"},
         )
-        await alice.close()
-        await bob.close()
-        await fastapi_chat.manager.shutdown()
+        assert (await http(f"http://{base}/announce", {"room": "lobby", "text": "x"}))[0] == 401
+
+        assert await example.stop(signal.SIGTERM) == 0
+        assert await closed_codes(alice, bob) == [1001, 1001]
+        assert "development secret" not in example.log
+
+
+@pytest.mark.parametrize(("secret", "warned"), [("", True), ("s3cr3t", False)])
+def test_fastapi_example_warns_without_a_secret(secret: str, warned: bool) -> None:
+    output = subprocess.run(
+        [PYTHON, "-c", "import examples.fastapi_chat"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "CHAT_SECRET": secret},
+    )
+    assert ("CHAT_SECRET is not set" in output.stderr) is warned, output.stderr
 
 
 def test_starlette_adapter_without_starlette_names_the_extra() -> None:
