@@ -192,6 +192,45 @@ def test_fastapi_example_warns_without_a_secret(secret: str, warned: bool) -> No
     assert ("CHAT_SECRET is not set" in output.stderr) is warned, output.stderr
 
 
+# 3. A ticker published from a plain thread on the threaded server.
+
+
+async def test_ticker_example_streams_ticks_and_recovers_after_a_reconnect() -> None:
+    command = (PYTHON, "-m", "examples.ticker", "0")
+    async with example_command(*command, env={"TICK_MS": "20"}) as example:
+        url = f"ws://127.0.0.1:{example.port}"
+        reader = await Client.connect(url, "/")
+        joined = await reader.join("ticker")
+        ids = [message["id"] for message in joined["history"]]
+        while len(ids) < len(joined["history"]) + 5:  # live ticks after the history
+            tick = await reader.recv_type("message")
+            assert tick["from"] is None  # from the server
+            assert set(tick["data"]) == {"symbol", "price"}
+            ids.append(tick["id"])
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # increasing, none missed
+        refused = await reader.request({"type": "message", "room": "ticker", "data": "buy"})
+        assert refused["code"] == "forbidden"  # read-only
+        assert (await reader.request({"type": "join", "room": "chat"}))["code"] == "forbidden"
+
+        # The reader leaves; another one watches the ticks it misses meanwhile.
+        last, epoch = ids[-1], joined["epoch"]
+        await reader.close()
+        watcher = await Client.connect(url, "/")
+        await watcher.join("ticker")
+        while (await watcher.recv_type("message"))["id"] < last + 5:
+            pass
+        back = await Client.connect(url, "/")
+        rejoined = await back.join("ticker", since=last, epoch=epoch)
+        assert rejoined["recovered"] is True
+        missed = [message["id"] for message in rejoined["history"]]
+        assert missed == list(range(last + 1, rejoined["offset"] + 1))
+        assert len(missed) >= 5
+        assert (await back.recv_type("message"))["id"] == rejoined["offset"] + 1
+
+        assert await example.stop(signal.SIGTERM) == 0
+        assert await closed_codes(back, watcher) == [1001, 1001]
+
+
 def test_starlette_adapter_without_starlette_names_the_extra() -> None:
     code = (
         "import sys\n"
