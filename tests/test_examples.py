@@ -22,6 +22,7 @@ import pytest
 import websockets
 
 from tests.helpers import ROOT, TIMEOUT, Client, example_command
+from tests.redis_support import delete_prefix, fresh_prefix
 
 PYTHON = sys.executable
 
@@ -229,6 +230,72 @@ async def test_ticker_example_streams_ticks_and_recovers_after_a_reconnect() -> 
 
         assert await example.stop(signal.SIGTERM) == 0
         assert await closed_codes(back, watcher) == [1001, 1001]
+
+
+# 4. Two uvicorn workers sharing rooms through Redis.
+
+
+async def test_redis_workers_example_shares_rooms_between_two_workers(shared_url: str) -> None:
+    prefix = fresh_prefix()
+    command = (
+        *(PYTHON, "-m", "uvicorn", "examples.redis_workers:app", "--workers", "2"),
+        *("--host", "127.0.0.1", "--port", "0", "--ws-max-size", "65536"),
+    )
+    env = {"WSROOM_REDIS_URL": shared_url, "WSROOM_REDIS_PREFIX": prefix}
+    try:
+        async with example_command(*command, ready="Uvicorn running on", env=env) as example:
+            await example.wait_output("Application startup complete.", count=2)
+            url = f"ws://127.0.0.1:{example.port}"
+            # Connect until each worker holds a client; the kernel picks the worker.
+            by_worker: dict[int, Client] = {}
+            others: list[Client] = []
+            for number in range(60):
+                client = await Client.connect(url, f"/ws?user=user-{number}")
+                await client.send({"type": "whoami"})
+                worker = (await client.recv_type("worker"))["data"]["pid"]
+                if worker in by_worker:
+                    others.append(client)
+                else:
+                    by_worker[worker] = client
+                if len(by_worker) == 2:
+                    break
+            assert len(by_worker) == 2, "every connection went to one worker"
+            for client in others:
+                await client.close()
+            a, b = by_worker.values()
+            a_user, b_user = a.welcome["user"], b.welcome["user"]
+
+            # Members and presence across workers, then messages both ways.
+            await a.join("lobby")
+            assert sorted((await b.join("lobby"))["members"]) == sorted([a_user, b_user])
+            presence = await a.recv_type("presence")
+            assert (presence["event"], presence["user"]) == ("join", b_user)
+            await a.send({"type": "message", "room": "lobby", "data": "from worker A"})
+            message = await b.recv_type("message")
+            assert (message["from"], message["data"]) == (a_user, "from worker A")
+            await b.send({"type": "message", "room": "lobby", "data": "from worker B"})
+            message = await a.recv_type("message")
+            assert message["from"] == a_user  # its own message first
+            message = await a.recv_type("message")
+            assert (message["from"], message["data"]) == (b_user, "from worker B")
+            await b.close()
+            presence = await a.recv_type("presence")
+            assert (presence["event"], presence["user"]) == ("leave", b_user)
+
+            # As the docstring says: uvicorn closes WebSockets with 1012 before the
+            # lifespan shutdown, which then takes each worker out of Redis.
+            assert await example.stop(signal.SIGTERM) == 0
+            assert await closed_codes(a) == [1012]
+            assert example.log.count("Application shutdown complete.") == 2
+        from redis import asyncio as aioredis
+
+        redis = aioredis.from_url(shared_url)
+        try:
+            assert await redis.zcard(f"{prefix}:nodes") == 0
+        finally:
+            await redis.aclose()
+    finally:
+        await delete_prefix(shared_url, prefix)
 
 
 def test_starlette_adapter_without_starlette_names_the_extra() -> None:
