@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
+import signal
 import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -21,6 +25,8 @@ from wsroom.frames import ANSWER_TYPES
 
 # One timing unit for the whole suite, scaled for slow machines (WSROOM_TEST_TIMEOUT_FACTOR).
 TIMEOUT = 5.0 * float(os.environ.get("WSROOM_TEST_TIMEOUT_FACTOR", "1"))
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ServerFactory = Callable[[ConnectionManager], AbstractAsyncContextManager[str]]
 """Starts a real server for a manager on 127.0.0.1 (port 0) and yields its ws:// URL."""
@@ -457,3 +463,76 @@ async def demo_command(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+class ExampleProcess:
+    """A program under test started with one command, and everything it printed so far."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.output: list[str] = []
+        self._printed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        self.port = 0
+
+    async def _read(self) -> None:
+        # Read until the end, so that a chatty server never blocks on a full pipe.
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            self.output.append(line.decode(errors="replace"))
+            self._printed.set()
+        self._printed.set()
+
+    async def wait_output(self, text: str, count: int = 1) -> str:
+        """Wait until ``text`` occurs in ``count`` lines of the output; return the last one."""
+        async with asyncio.timeout(TIMEOUT * 2):
+            while True:
+                found = [line for line in self.output if text in line]
+                if len(found) >= count:
+                    return found[count - 1]
+                if self._reader.done():
+                    raise AssertionError(f"exited before printing {text!r}:\n{self.log}")
+                self._printed.clear()
+                await self._printed.wait()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    async def stop(self, signum: int = signal.SIGINT) -> int:
+        """Send ``signum`` and return the exit status once the process has exited."""
+        self.process.send_signal(signum)
+        returncode = await asyncio.wait_for(self.process.wait(), TIMEOUT * 2)
+        await asyncio.wait_for(self._reader, TIMEOUT)
+        return returncode
+
+
+@asynccontextmanager
+async def example_command(
+    *command: str, ready: str = "127.0.0.1:", env: dict[str, str] | None = None
+) -> AsyncIterator[ExampleProcess]:
+    """Run ``command`` (``python -m examples.chat 0``...) from the repository's root, its
+    output and errors merged, until it prints a line holding ``ready`` and
+    ``127.0.0.1:<port>``; yield it with that port. What is left of it at the end (its
+    process group: uvicorn's workers too) is killed."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,  # its own process group, to kill with whatever it started
+    )
+    example = ExampleProcess(process)
+    try:
+        line = await example.wait_output(ready)
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match is not None, line
+        example.port = int(match[1])
+        yield example
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        # wait() also waits for the output pipe, which workers of the process may hold.
+        await asyncio.wait_for(process.wait(), TIMEOUT)
+        example._reader.cancel()

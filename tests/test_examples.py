@@ -1,92 +1,304 @@
-"""The examples run: the FastAPI one under uvicorn, over real sockets."""
+"""The examples run as their docstrings say: each is started with its one command, spoken
+to over a real socket, and stopped the way its docstring says it stops."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from email.message import Message
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.helpers import TIMEOUT, Client, wait_for
-from wsroom import ConnectionManager
-from wsroom.adapters import uvicorn as wsroom_uvicorn
+from tests.helpers import ROOT, TIMEOUT, Client, example_command
+from tests.redis_support import delete_prefix, fresh_prefix
+
+PYTHON = sys.executable
 
 
-@asynccontextmanager
-async def run_app(app: Any, manager: ConnectionManager) -> AsyncIterator[int]:
-    """``app`` under uvicorn as the example runs it (``wsroom.adapters.uvicorn``)."""
-    config = wsroom_uvicorn.config(
-        app, manager, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = wsroom_uvicorn.Server(config, manager)
-    task = asyncio.create_task(server.serve())
+def _http(
+    url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Message, bytes]:
+    """A GET, or a POST of ``body`` as JSON: the status, headers and body of the answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     try:
-        await wait_for(lambda: server.started)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, TIMEOUT)
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-        result: dict[str, Any] = json.load(response)
-        return result
+async def http(
+    url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Message, bytes]:
+    return await asyncio.to_thread(_http, url, body, headers)
 
 
-async def test_fastapi_example_authenticates_with_depends() -> None:
-    from examples import fastapi_chat
+async def refused_status(url: str, path: str, **kwargs: Any) -> int:
+    """The HTTP status refusing the upgrade to ``url + path``."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await Client.connect(url, path, **kwargs)
+    return refused.value.response.status_code
 
-    async with run_app(fastapi_chat.app, fastapi_chat.manager) as port:
-        url = f"ws://127.0.0.1:{port}"
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            await Client.connect(url, "/ws?token=wrong")
-        assert refused.value.response.status_code == 403
-        with pytest.raises(websockets.InvalidStatus) as foreign:
-            await Client.connect(url, "/ws?token=s3cr3t-bob", origin="https://evil.example")
-        assert foreign.value.response.status_code == 403
 
-        alice = await Client.connect(
-            url, "/ws?token=s3cr3t-alice", origin="https://chat.example.com"
-        )
-        bob = await Client.connect(url, "/ws?token=s3cr3t-bob")
-        assert (alice.welcome["user"], bob.welcome["user"]) == ("alice", "bob")
+async def closed_codes(*clients: Client) -> list[int | None]:
+    return list(await asyncio.gather(*(client.wait_closed() for client in clients)))
+
+
+# 1. The chat on each transport: one room class and one authenticate, three servers.
+
+
+@pytest.mark.parametrize(
+    ("module", "stop_with", "status"),
+    [
+        # asyncio.run() raises KeyboardInterrupt once the graceful shutdown is done.
+        ("chat", signal.SIGINT, -signal.SIGINT),
+        ("chat_threaded", signal.SIGTERM, 0),
+        ("chat_starlette", signal.SIGTERM, 0),
+    ],
+)
+async def test_chat_example_on_each_transport(module: str, stop_with: int, status: int) -> None:
+    async with example_command(PYTHON, "-m", f"examples.{module}", "0") as example:
+        url = f"ws://127.0.0.1:{example.port}"
+        code, headers, script = await http(f"http://127.0.0.1:{example.port}/wsroom.js")
+        assert code == 200
+        assert headers["Content-Type"].startswith("text/javascript")
+        assert b"export function connect(" in script
+
+        assert await refused_status(url, "/ws") == 401  # no ?user=
+        alice = await Client.connect(url, "/ws?user=alice")
+        bob = await Client.connect(url, "/ws?user=bob")
+        assert (await alice.join("staff:ops"))["members"] == ["alice"]
+        assert (await bob.request({"type": "join", "room": "staff:ops"}))["code"] == "forbidden"
         await alice.join("lobby")
-        joined = await bob.join("lobby")
-        assert joined["members"] == ["alice", "bob"]
+        assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
+        await bob.send({"type": "typing", "room": "lobby"})
+        typing = await alice.recv_type("typing")
+        assert typing == {"type": "typing", "room": "lobby", "data": {"user": "bob"}}
         await bob.send({"type": "message", "room": "lobby", "data": "hi"})
-        assert (await alice.recv_type("message"))["from"] == "bob"
+        message = await alice.recv_type("message")
+        assert (message["from"], message["data"]) == ("bob", "hi")
 
-        answer = await asyncio.to_thread(
-            _post,
-            f"http://127.0.0.1:{port}/announce?token=s3cr3t-alice",
-            {"room": "lobby", "text": "deploy done"},
+        assert await example.stop(stop_with) == status
+        assert await closed_codes(alice, bob) == [1001, 1001]  # a graceful shutdown
+
+
+# 2. FastAPI: a token from POST /login, checked by Depends() before the handshake.
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _token(secret: bytes, user: str, expires: float) -> str:
+    """A token as examples/fastapi_chat.py makes one, with any secret and expiry."""
+    payload = _b64(f"{int(expires)}:{user}".encode())
+    return f"{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
+
+
+async def test_fastapi_example_logs_in_and_refuses_bad_tokens_with_401() -> None:
+    secret = "test-secret"
+    command = (PYTHON, "-m", "examples.fastapi_chat", "0")
+    async with example_command(*command, env={"CHAT_SECRET": secret}) as example:
+        base = f"127.0.0.1:{example.port}"
+        url = f"ws://{base}"
+        code, _, body = await http(f"http://{base}/login", {"name": "alice"})
+        assert code == 200, body
+        alice_token = json.loads(body)["token"]
+        code, _, body = await http(f"http://{base}/login", {"name": "bob"})
+        bob_token = json.loads(body)["token"]
+        assert (await http(f"http://{base}/login", {"name": " bob"}))[0] == 422
+
+        # Refused at the handshake, with 401 and a Bearer challenge: no token, a forged
+        # one, a valid one for another name, an expired one.
+        forged = _token(b"guessed-secret", "alice", time.time() + 60)
+        payload, _, signature = alice_token.partition(".")
+        claims = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        tampered = f"{_b64(claims.replace(b'alice', b'admin'))}.{signature}"
+        expired = _token(secret.encode(), "alice", time.time() - 1)
+        for path in ("/ws", f"/ws?token={forged}", f"/ws?token={tampered}"):
+            assert await refused_status(url, path) == 401, path
+        assert await refused_status(url, f"/ws?token={expired}") == 401
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, "/ws", additional_headers={"Authorization": "Bearer x.y"})
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.headers["WWW-Authenticate"] == "Bearer"
+        # wsroom's origin policy still applies to a valid token.
+        evil = await refused_status(url, f"/ws?token={bob_token}", origin="https://evil.example")
+        assert evil == 403
+
+        # The token in the query string (browsers) or in an Authorization header.
+        alice = await Client.connect(
+            url, f"/ws?token={alice_token}", origin="https://chat.example.com"
         )
-        frame = await bob.recv_type("message")
-        while frame["from"] is not None:  # bob's own message comes back to him first
-            frame = await bob.recv_type("message")
-        assert (frame["id"], frame["from"], frame["data"]) == (
-            answer["id"],
+        bob = await Client.connect(
+            url, "/ws", additional_headers={"Authorization": f"Bearer {bob_token}"}
+        )
+        assert (alice.welcome["user"], bob.welcome["user"]) == ("alice", "bob")
+        # The forged tokens above differ from a good one by their secret only.
+        carol_token = _token(secret.encode(), "carol", time.time() + 60)
+        carol = await Client.connect(url, f"/ws?token={carol_token}")
+        assert carol.welcome["user"] == "carol"
+        await carol.close()
+        await alice.join("lobby")
+        assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
+        await bob.send({"type": "message", "room": "lobby", "data": "hi"})
+        message = await alice.recv_type("message")
+        assert (message["from"], message["data"]) == ("bob", "hi")
+
+        code, _, body = await http(
+            f"http://{base}/announce",
+            {"room": "lobby", "text": "deploy done"},
+            {"Authorization": f"Bearer {alice_token}"},
+        )
+        assert code == 200, body
+        announced = await alice.recv_type("message")
+        assert (announced["id"], announced["from"], announced["data"]) == (
+            json.loads(body)["id"],
             None,
             {"text": "deploy done", "by": "alice"},
         )
-        await alice.close()
-        await bob.close()
-        await fastapi_chat.manager.shutdown()
+        assert (await http(f"http://{base}/announce", {"room": "lobby", "text": "x"}))[0] == 401
+
+        assert await example.stop(signal.SIGTERM) == 0
+        assert await closed_codes(alice, bob) == [1001, 1001]
+        assert "development secret" not in example.log
+
+
+@pytest.mark.parametrize(("secret", "warned"), [("", True), ("s3cr3t", False)])
+def test_fastapi_example_warns_without_a_secret(secret: str, warned: bool) -> None:
+    output = subprocess.run(
+        [PYTHON, "-c", "import examples.fastapi_chat"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "CHAT_SECRET": secret},
+    )
+    assert ("CHAT_SECRET is not set" in output.stderr) is warned, output.stderr
+
+
+# 3. A ticker published from a plain thread on the threaded server.
+
+
+async def test_ticker_example_streams_ticks_and_recovers_after_a_reconnect() -> None:
+    command = (PYTHON, "-m", "examples.ticker", "0")
+    async with example_command(*command, env={"TICK_MS": "20"}) as example:
+        url = f"ws://127.0.0.1:{example.port}"
+        reader = await Client.connect(url, "/")
+        joined = await reader.join("ticker")
+        ids = [message["id"] for message in joined["history"]]
+        while len(ids) < len(joined["history"]) + 5:  # live ticks after the history
+            tick = await reader.recv_type("message")
+            assert tick["from"] is None  # from the server
+            assert set(tick["data"]) == {"symbol", "price"}
+            ids.append(tick["id"])
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # increasing, none missed
+        refused = await reader.request({"type": "message", "room": "ticker", "data": "buy"})
+        assert refused["code"] == "forbidden"  # read-only
+        assert (await reader.request({"type": "join", "room": "chat"}))["code"] == "forbidden"
+
+        # The reader leaves; another one watches the ticks it misses meanwhile.
+        last, epoch = ids[-1], joined["epoch"]
+        await reader.close()
+        watcher = await Client.connect(url, "/")
+        await watcher.join("ticker")
+        while (await watcher.recv_type("message"))["id"] < last + 5:
+            pass
+        back = await Client.connect(url, "/")
+        rejoined = await back.join("ticker", since=last, epoch=epoch)
+        assert rejoined["recovered"] is True
+        missed = [message["id"] for message in rejoined["history"]]
+        assert missed == list(range(last + 1, rejoined["offset"] + 1))
+        assert len(missed) >= 5
+        assert (await back.recv_type("message"))["id"] == rejoined["offset"] + 1
+
+        assert await example.stop(signal.SIGTERM) == 0
+        assert await closed_codes(back, watcher) == [1001, 1001]
+
+
+# 4. Two uvicorn workers sharing rooms through Redis.
+
+
+async def test_redis_workers_example_shares_rooms_between_two_workers(shared_url: str) -> None:
+    prefix = fresh_prefix()
+    command = (
+        *(PYTHON, "-m", "uvicorn", "examples.redis_workers:app", "--workers", "2"),
+        *("--host", "127.0.0.1", "--port", "0", "--ws-max-size", "65536"),
+    )
+    env = {"WSROOM_REDIS_URL": shared_url, "WSROOM_REDIS_PREFIX": prefix}
+    try:
+        async with example_command(*command, ready="Uvicorn running on", env=env) as example:
+            await example.wait_output("Application startup complete.", count=2)
+            url = f"ws://127.0.0.1:{example.port}"
+            # Connect until each worker holds a client; the kernel picks the worker.
+            by_worker: dict[int, Client] = {}
+            others: list[Client] = []
+            for number in range(60):
+                client = await Client.connect(url, f"/ws?user=user-{number}")
+                await client.send({"type": "whoami"})
+                worker = (await client.recv_type("worker"))["data"]["pid"]
+                if worker in by_worker:
+                    others.append(client)
+                else:
+                    by_worker[worker] = client
+                if len(by_worker) == 2:
+                    break
+            assert len(by_worker) == 2, "every connection went to one worker"
+            for client in others:
+                await client.close()
+            a, b = by_worker.values()
+            a_user, b_user = a.welcome["user"], b.welcome["user"]
+
+            # Members and presence across workers, then messages both ways.
+            await a.join("lobby")
+            assert sorted((await b.join("lobby"))["members"]) == sorted([a_user, b_user])
+            presence = await a.recv_type("presence")
+            assert (presence["event"], presence["user"]) == ("join", b_user)
+            await a.send({"type": "message", "room": "lobby", "data": "from worker A"})
+            message = await b.recv_type("message")
+            assert (message["from"], message["data"]) == (a_user, "from worker A")
+            await b.send({"type": "message", "room": "lobby", "data": "from worker B"})
+            message = await a.recv_type("message")
+            assert message["from"] == a_user  # its own message first
+            message = await a.recv_type("message")
+            assert (message["from"], message["data"]) == (b_user, "from worker B")
+            await b.close()
+            presence = await a.recv_type("presence")
+            assert (presence["event"], presence["user"]) == ("leave", b_user)
+
+            # As the docstring says: uvicorn closes WebSockets with 1012 before the
+            # lifespan shutdown, which then takes each worker out of Redis.
+            assert await example.stop(signal.SIGTERM) == 0
+            assert await closed_codes(a) == [1012]
+            assert example.log.count("Application shutdown complete.") == 2
+        from redis import asyncio as aioredis
+
+        redis = aioredis.from_url(shared_url)
+        try:
+            assert await redis.zcard(f"{prefix}:nodes") == 0
+        finally:
+            await redis.aclose()
+    finally:
+        await delete_prefix(shared_url, prefix)
 
 
 def test_starlette_adapter_without_starlette_names_the_extra() -> None:
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "sys.modules['starlette'] = None  # as if Starlette were not installed\n"
@@ -96,6 +308,6 @@ def test_starlette_adapter_without_starlette_names_the_extra() -> None:
         "    print(exc)\n"
     )
     output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+        [PYTHON, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
     assert "pip install 'wsroom[starlette]'" in output.stdout

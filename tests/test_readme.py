@@ -24,11 +24,30 @@ def _example() -> dict[str, Any]:
     return runpy.run_path(str(ROOT / "examples" / "chat.py"), run_name="example")
 
 
+# What examples/chat.py adds to the README's server, line for line: the port as an argument
+# (tests start it on port 0) and wsroom.js for pages, as the other chat examples serve it.
+EXAMPLE_ADDITIONS = [
+    ("import asyncio\n\n", "import asyncio\nimport sys\n\n"),
+    ("websockets import serve\n", "websockets import client_script, serve\n"),
+    ("async def main() -> None:", "async def main(port: int = 8765) -> None:"),
+    (
+        '    async with serve(manager, "127.0.0.1", 8765) as server:\n',
+        '    async with serve(manager, "127.0.0.1", port, process_request=client_script()) '
+        "as server:\n"
+        "        port = server.sockets[0].getsockname()[1]  # the one chosen when PORT is 0\n"
+        '        print(f"chat on ws://127.0.0.1:{port}/?user=alice, wsroom.js at /wsroom.js", '
+        "flush=True)\n",
+    ),
+]
+
+
 def test_readme_server_is_the_example_file() -> None:
     example = (ROOT / "examples" / "chat.py").read_text()
     server = _python_blocks()[0]
     # The file adds a docstring and a __main__ guard around asyncio.run(main()).
     body = server.replace("\n\n\nasyncio.run(main())\n", "")
+    for readme, added in EXAMPLE_ADDITIONS:
+        body = body.replace(readme, added)
     assert body.strip() in example
 
 

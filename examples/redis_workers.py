@@ -1,0 +1,55 @@
+"""One chat served by several uvicorn workers, which share its rooms through Redis.
+
+    uvicorn examples.redis_workers:app --workers 2 --port 8000 --ws-max-size 65536
+
+Each worker process imports this module, so each has its own ``ConnectionManager`` and
+``RedisBackplane``; through Redis they serve the same rooms: message ids and history,
+presence, direct messages. Clients connect to ``ws://127.0.0.1:8000/ws?user=alice``
+(``chat.py``'s rooms and placeholder authentication) and may land on either worker; the
+custom frame ``{"type": "whoami"}`` answers with the event ``worker``, naming the process.
+``WSROOM_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) and ``WSROOM_REDIS_PREFIX``
+(default ``chat``) choose the Redis and the key prefix. ``--ws-max-size`` is wsroom's
+frame limit (``Limits.max_frame_size``), which plain uvicorn does not know.
+
+The lifespan handler starts the manager with the worker (a Redis that does not answer
+fails the startup) and shuts it down with the worker, which takes the worker's presence out
+of Redis at once. It comes too late to be graceful: on SIGINT or SIGTERM uvicorn closes
+every WebSocket with 1012 (service restart) before it runs the lifespan shutdown
+(tests/test_examples.py checks this with ``--workers 2``), and the lifespan protocol has no
+earlier hook, so wsroom cannot first deliver what is queued and close with 1001. Clients
+reconnect, to either worker, and recover what they missed from the history in Redis
+(``join`` with ``since`` and ``epoch``; wsroom.js does it by itself). For a graceful
+shutdown, run one process per port with ``wsroom.adapters.uvicorn.run()`` instead
+(docs/deployment.md).
+"""
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+
+from examples.chat import ChatRoom, authenticate
+from wsroom import Connection, ConnectionManager, Message
+from wsroom.adapters.starlette import client_route, routes
+from wsroom.backplane.redis import RedisBackplane
+
+backplane = RedisBackplane(
+    os.environ.get("WSROOM_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    prefix=os.environ.get("WSROOM_REDIS_PREFIX", "chat"),
+)
+manager = ConnectionManager(ChatRoom, authenticate=authenticate, backplane=backplane)
+
+
+@manager.handler("whoami")
+def whoami(conn: Connection, message: Message) -> None:
+    conn.send_event("worker", {"pid": os.getpid(), "node": backplane.node_id})
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with manager:  # start() now, shutdown() when uvicorn stops
+        yield
+
+
+app = Starlette(routes=[client_route(), *routes("/ws", manager)], lifespan=lifespan)
