@@ -334,7 +334,7 @@ SERVER_FRAME_FIELDS: dict[str, frozenset[str]] = {
 }
 SERVER_FRAME_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
     "joined": frozenset({"recovered"}),
-    "ack": frozenset({"id"}),
+    "ack": frozenset({"id", "data"}),
 }
 ERROR_CODES = frozenset(
     {
@@ -410,6 +410,9 @@ def check_frame(frame: dict[str, Any], type_: str | None = None) -> dict[str, An
     elif kind == "ack":
         if "id" in frame:
             assert _is_int(frame["id"]), frame
+        if "data" in frame:
+            # Only an application's answer: a handler that answered nothing sends no data.
+            assert frame["data"] is not None, frame
     elif kind == "error":
         assert frame["code"] in ERROR_CODES, frame
         assert isinstance(frame["message"], str), frame

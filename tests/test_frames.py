@@ -65,7 +65,7 @@ SAMPLES = {
     "direct": frames.direct(1, "ann", None, 0),
     "presence": frames.presence("r", "join", "ann"),
     "gap": frames.gap("r", "e", 0),
-    "ack": frames.ack(1, 7),
+    "ack": frames.ack(1, 7, {"seat": 2}),
     "pong": frames.pong(1),
     "error": frames.error("forbidden", "no", 1),
 }
@@ -90,6 +90,15 @@ def test_optional_fields_appear_only_when_they_apply() -> None:
     assert "recovered" not in frames.joined("r", None, [], [], 0, "e", None)
     assert "id" not in frames.ack(3)
     assert frames.ack(3, 0) == {"type": "ack", "ref": 3, "id": 0}
+    # 'data' is the application's answer: absent for none (None), present for any other
+    # value, false ones included.
+    assert "data" not in frames.ack(3, 4)
+    assert "data" not in frames.ack(3, None, None)
+    answers: tuple[object, ...] = (0, False, "", [], {})
+    for answer in answers:
+        frame = frames.ack(3, None, answer)
+        assert frame == {"type": "ack", "ref": 3, "data": answer}
+        assert type(frame["data"]) is type(answer)
     assert "room" not in frames.event("note", 1)
     with pytest.raises(ValueError, match="frame type of the protocol"):
         frames.event("joined", None)

@@ -445,3 +445,56 @@ async def test_joined_replay_fits_half_the_queue_whatever_is_queued(queued: int)
             ids = [message["id"] for message in joined["history"]]
             assert ids == list(range(31 - len(ids), 31))
             assert late.close_code is None
+
+
+# Answers with data, through the in-memory client.
+
+
+async def test_custom_hooks_answer_with_data_in_the_test_client() -> None:
+    class Table(Room):
+        def on_sit(self, conn: Connection, message: Message) -> int:
+            return 2
+
+        async def on_vote(self, conn: Connection, message: Message) -> dict[str, Any]:
+            return {"stored": await self.broadcast(message)}
+
+        def on_message(self, conn: Connection, message: Message) -> Any:
+            # on_message's result is not an answer: a message's ack carries its id only.
+            return self.broadcast(message)
+
+    manager = ConnectionManager(Table)
+
+    @manager.handler("whoami")
+    async def whoami(conn: Connection, message: Message) -> str | None:
+        return conn.user
+
+    async with TestClient(manager, user="ann") as ann:
+        await ann.join("t")
+        sit = await ann.request({"type": "sit", "room": "t"})
+        assert sit == {"type": "ack", "ref": sit["ref"], "data": 2}
+        vote = await ann.request({"type": "vote", "room": "t", "data": "yes"})
+        assert vote == {"type": "ack", "ref": vote["ref"], "id": 1, "data": {"stored": 1}}
+        posted = await ann.message("t", "hello")
+        assert posted == {"type": "ack", "ref": posted["ref"], "id": 2}
+        who = await ann.request({"type": "whoami"})
+        assert who == {"type": "ack", "ref": who["ref"], "data": "ann"}
+        # Without a ref there is no ack, so the answer goes nowhere.
+        await ann.send({"type": "sit", "room": "t"})
+        assert (await ann.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_an_answer_too_large_for_any_queue_is_refused_before_it_evicts() -> None:
+    class Big(Room):
+        def on_dump(self, conn: Connection, message: Message) -> str:
+            return "x" * int(message.data)
+
+    limits = Limits(max_queue_bytes=10_000)
+    manager = ConnectionManager(Big, limits=limits)
+    async with TestClient(manager, user="ann") as ann:
+        await ann.join("b")
+        fits = await ann.request({"type": "dump", "room": "b", "data": 9_000})
+        assert len(fits["data"]) == 9_000
+        refused = await ann.request({"type": "dump", "room": "b", "data": 10_000})
+        assert refused["code"] == "internal_error"
+        stats = manager.statistics()
+        assert (ann.close_code, stats.evictions, stats.errors_sent) == (None, 0, 1)

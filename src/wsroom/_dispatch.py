@@ -2,8 +2,10 @@
 
 Every frame a client sends goes through :meth:`Dispatcher.receive`: size, rate, decoding,
 then the handler that :data:`wsroom.frames.CLIENT_TYPES` names for its type. A handler
-either answers itself (``joined``, ``left``, ``pong``) or returns the id the ``ack`` carries;
-every failure becomes an ``error`` frame here, so no handler sends one.
+either answers itself (``joined``, ``left``, ``pong``) or returns what the ``ack`` carries:
+the id of the message it stored, or, for a custom frame whose application handler answered
+with data, the whole ``ack``, encoded; every failure becomes an ``error`` frame here, so no
+handler sends one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from . import frames
 from ._hooks import MaybeAwaitable, call_hook
 from ._ratelimit import SharedLimits, TokenBucket
-from .exceptions import BackplaneError, ProtocolError
+from .exceptions import BackplaneError, EncodeError, ProtocolError
 from .frames import CLIENT_TYPES, CUSTOM_TYPE, CloseCode, ErrorCode
 from .limits import ABUSE_CLOSE_GRACE
 
@@ -38,12 +40,15 @@ __all__ = ["Dispatcher", "Handler"]
 
 logger = logging.getLogger("wsroom")
 
-Handler: TypeAlias = Callable[["Connection", "Message"], MaybeAwaitable[None]]
-"""An application's handler for a custom frame type (``manager.handler(type)``)."""
+Handler: TypeAlias = Callable[["Connection", "Message"], MaybeAwaitable[Any]]
+"""An application's handler for a custom frame type (``manager.handler(type)``). What it
+returns, unless ``None``, is sent back to the client as the ``data`` of the frame's ``ack``."""
 CanDirect: TypeAlias = Callable[["Connection", str, Any], MaybeAwaitable[bool]]
 """``can_direct(conn, to_user, data)``: whether a ``direct`` message may be sent."""
 
-_Serve: TypeAlias = Callable[["Connection", "Message"], Awaitable[int | None]]
+_Serve: TypeAlias = Callable[["Connection", "Message"], Awaitable[int | bytes | None]]
+"""Serves one client frame. For a frame answered by ``ack``, returns what the ``ack``
+carries: the stored message's id (``None``: no id), or the whole ``ack`` already encoded."""
 
 
 class _NoSuchRoom(LookupError):
@@ -173,7 +178,7 @@ class Dispatcher:
             return
         kind = CLIENT_TYPES.get(message.type, CUSTOM_TYPE)
         try:
-            answer_id = await self._serve[kind.name](conn, message)
+            answer = await self._serve[kind.name](conn, message)
         except ProtocolError as exc:
             ref = exc.ref if exc.ref is not None else message.ref
             delivery.send_error(conn, exc.code, exc.message, ref)
@@ -188,7 +193,10 @@ class Dispatcher:
             delivery.send_error(conn, ErrorCode.INTERNAL_ERROR, text, message.ref)
         else:
             if kind.answer == "ack" and message.ref is not None and not conn.closed:
-                delivery.send(conn, frames.ack(message.ref, answer_id))
+                if isinstance(answer, bytes):
+                    delivery.send_bytes(conn, answer)  # an ack with data, encoded and checked
+                else:
+                    delivery.send(conn, frames.ack(message.ref, answer))
 
     def _too_large(self, frame: str | bytes) -> bool:
         limit = self.manager.limits.max_frame_size
@@ -243,20 +251,53 @@ class Dispatcher:
             raise ProtocolError(ErrorCode.USER_OFFLINE, f"the user {to!r} is not connected")
         return message_id
 
-    async def custom(self, conn: Connection, message: Message) -> int | None:
-        """Any other type: the room's ``on_<type>`` method, else a registered handler."""
+    async def custom(self, conn: Connection, message: Message) -> int | bytes | None:
+        """Any other type: the room's ``on_<type>`` method, else a registered handler. What
+        the handler returns, unless ``None``, is the ``data`` of the ``ack``."""
         type_ = message.type
+        handler: Callable[..., Any] | None = None
         if message.room is not None:
             state = self._joined_state(conn, message.room)
-            method = _room_handler(state.room, type_)
-            if method is not None:
-                await call_hook(method, conn, message)
-                return message.id
-        handler = self._handlers.get(type_)
+            handler = _room_handler(state.room, type_)
         if handler is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"no handler for message type {type_!r}")
-        await call_hook(handler, conn, message)
-        return message.id
+            handler = self._handlers.get(type_)
+            if handler is None:
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_TYPE, f"no handler for message type {type_!r}"
+                )
+        result = await call_hook(handler, conn, message)
+        if result is None or message.ref is None:
+            return message.id  # no data to answer with, or no ack to carry it
+        return self._answer(message, result, handler)
+
+    def _answer(self, message: Message, data: Any, handler: Callable[..., Any]) -> bytes:
+        """The ``ack`` of a custom frame whose handler answered with ``data``, encoded.
+
+        Raises:
+            ProtocolError: ``internal_error`` (the reason is logged) when ``data`` cannot
+                be encoded, or when the ``ack`` is larger than any client may queue.
+        """
+        try:
+            frame = self._delivery.encode(frames.ack(message.ref, message.id, data))
+        except EncodeError as exc:
+            problem = str(exc)
+        else:
+            limit = self.manager.limits.max_queue_bytes
+            if len(frame) <= limit:
+                return frame
+            problem = (
+                f"the ack would take {len(frame)} bytes, more than a client may queue "
+                f"(Limits.max_queue_bytes, {limit})"
+            )
+        logger.error(
+            "cannot answer a %r frame from %r with what %s returned: %s; "
+            "the client gets internal_error",
+            message.type,
+            message.connection,
+            _hook_name(handler),
+            problem,
+        )
+        raise ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error")
 
     async def join(self, conn: Connection, message: Message) -> None:
         """``join``: answered by ``joined`` (with the room's members and history)."""
@@ -410,6 +451,12 @@ def _room_handler(room: Room, type_: str) -> Callable[..., Any] | None:
         return None
     method: Callable[..., Any] = getattr(room, name)
     return method
+
+
+def _hook_name(hook: Callable[..., Any]) -> str:
+    """How the log names an application's hook: ``GameRoom.on_roll``, ``whoami``..."""
+    name = getattr(hook, "__qualname__", None)
+    return name if isinstance(name, str) else repr(hook)
 
 
 def _check_room_space(room: Room, state: RoomState, members: list[str], user: str | None) -> None:

@@ -247,11 +247,14 @@ def gap(room: str, epoch: str, offset: int) -> Frame:
     return {"type": "gap", "room": room, "epoch": epoch, "offset": offset}
 
 
-def ack(ref: Ref, id: int | None = None) -> Frame:
-    """The answer to a frame that carried a ``ref``; ``id`` of the stored message, if any."""
+def ack(ref: Ref, id: int | None = None, data: Any = None) -> Frame:
+    """The answer to a frame that carried a ``ref``; ``id`` of the stored message, if any,
+    and ``data`` the application's handler answered with, if any (``None``: none)."""
     frame: Frame = {"type": "ack", "ref": ref}
     if id is not None:
         frame["id"] = id
+    if data is not None:
+        frame["data"] = data
     return frame
 
 

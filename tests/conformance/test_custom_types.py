@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from tests.helpers import (
     connect_as,
     user_from_query,
 )
-from wsroom import Connection, ConnectionManager, Message, Room
+from wsroom import Connection, ConnectionManager, Limits, Message, Room
 
 
 class GameRoom(Room):
@@ -196,3 +198,174 @@ async def test_unknown_type(start_server: ServerFactory, type_: str, with_room: 
         check_error(await client.recv(), "unknown_type", "u")
         await client.expect_nothing()
         await client.close()
+
+
+# Answers with data: what a handler returns travels back in the ack.
+
+
+class AnswerRoom(Room):
+    def on_seat(self, conn: Connection, message: Message) -> int:
+        return 3
+
+    async def on_roll(self, conn: Connection, message: Message) -> list[int]:
+        await asyncio.sleep(0)
+        return [4, 2]
+
+    def on_later(self, conn: Connection, message: Message) -> Awaitable[dict[str, Any]]:
+        # A def hook that returns an awaitable: it is awaited, its result is the answer.
+        return self._later(message)
+
+    async def _later(self, message: Message) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"echo": message.data}
+
+    def on_echo(self, conn: Connection, message: Message) -> Any:
+        return message.data
+
+    def on_quiet(self, conn: Connection, message: Message) -> None:
+        conn.send_event("quiet", message.data, room=self.name)
+
+    async def on_post(self, conn: Connection, message: Message) -> dict[str, Any]:
+        stored = await self.broadcast(message)
+        return {"stored": stored, "members": await self.members()}
+
+    def on_set(self, conn: Connection, message: Message) -> Any:
+        return {1, 2}
+
+    def on_nan(self, conn: Connection, message: Message) -> Any:
+        return float("nan")
+
+    def on_huge(self, conn: Connection, message: Message) -> Any:
+        return "x" * 4096
+
+
+@pytest.mark.parametrize(
+    ("type_", "data"),
+    [("seat", 3), ("roll", [4, 2]), ("later", {"echo": "hi"})],
+    ids=["def", "async def", "def returning an awaitable"],
+)
+async def test_room_method_answers_with_data(
+    start_server: ServerFactory, type_: str, data: Any
+) -> None:
+    manager = ConnectionManager(AnswerRoom)
+    async with start_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("g")
+        await client.send({"type": type_, "room": "g", "data": "hi", "ref": "a"})
+        ack = check_frame(await client.recv(), "ack")
+        assert ack == {"type": "ack", "ref": "a", "data": data}
+        await client.expect_nothing()
+        await client.close()
+
+
+@pytest.mark.parametrize("value", [0, False, "", [], {}, "\u00e9\u4e16", {"nested": [1.5, None]}])
+async def test_every_json_value_but_null_is_an_answer(
+    start_server: ServerFactory, value: Any
+) -> None:
+    manager = ConnectionManager(AnswerRoom)
+    async with start_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("g")
+        answer = await client.request({"type": "echo", "room": "g", "data": value})
+        assert "data" in check_frame(answer, "ack")
+        assert answer["data"] == value and type(answer["data"]) is type(value)
+        # null (or no data at all) is no answer: the ack is as before.
+        assert "data" not in await client.request({"type": "echo", "room": "g", "data": None})
+        assert "data" not in await client.request({"type": "echo", "room": "g"})
+        await client.close()
+
+
+async def test_an_answer_without_ref_sends_nothing(start_server: ServerFactory) -> None:
+    manager = ConnectionManager(AnswerRoom)
+    async with start_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("g")
+        await client.send({"type": "seat", "room": "g"})
+        await client.send({"type": "set", "room": "g"})  # unencodable, but nothing to send
+        await client.send({"type": "quiet", "room": "g", "data": 1})
+        assert await client.recv() == {"type": "quiet", "room": "g", "data": 1}
+        await client.expect_nothing()
+        await client.close()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["def", "async def"])
+async def test_registered_handler_answers_with_data(
+    start_server: ServerFactory, is_async: bool
+) -> None:
+    manager = ConnectionManager(AnswerRoom, authenticate=user_from_query)
+
+    def whoami(conn: Connection, message: Message) -> dict[str, Any]:
+        return {"user": conn.user, "rooms": sorted(conn.rooms), "room": message.room}
+
+    async def whoami_async(conn: Connection, message: Message) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return whoami(conn, message)
+
+    manager.handler("whoami")(whoami_async if is_async else whoami)
+    async with start_server(manager) as url:
+        alice = await connect_as(url, "alice")
+        await alice.send({"type": "whoami", "ref": 1})
+        assert await alice.recv() == {
+            "type": "ack",
+            "ref": 1,
+            "data": {"user": "alice", "rooms": [], "room": None},
+        }
+        # A frame naming a room whose class has no method falls back to the handler.
+        await alice.join("g")
+        answer = await alice.request({"type": "whoami", "room": "g"})
+        assert answer["data"] == {"user": "alice", "rooms": ["g"], "room": "g"}
+        await alice.close()
+
+
+async def test_an_answer_that_stored_the_frame_has_its_id_and_data(
+    start_server: ServerFactory,
+) -> None:
+    """Over two nodes, the handler runs on the node holding the sender's connection: the
+    message comes back through Redis before the ack, and members() reads every node."""
+    manager = ConnectionManager(AnswerRoom, authenticate=user_from_query)
+    async with start_server(manager) as url:
+        alice = await connect_as(url, "alice")
+        bob = await connect_as(url, "bob")
+        await alice.join("g")
+        await bob.join("g")
+        check_frame(await alice.recv(), "presence")
+        await bob.send({"type": "post", "room": "g", "data": {"text": "hi"}, "ref": "p"})
+        message = check_frame(await bob.recv(), "message")
+        assert (message["from"], message["data"]) == ("bob", {"text": "hi"})
+        ack = check_frame(await bob.recv(), "ack")
+        assert ack == {
+            "type": "ack",
+            "ref": "p",
+            "id": message["id"],
+            "data": {"stored": message["id"], "members": ["alice", "bob"]},
+        }
+        assert check_frame(await alice.recv(), "message")["id"] == message["id"]
+        await alice.expect_nothing()
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.parametrize("type_", ["set", "nan", "huge"])
+async def test_an_answer_that_cannot_be_sent_is_an_internal_error(
+    start_server: ServerFactory, type_: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = ConnectionManager(AnswerRoom, limits=Limits(max_queue_bytes=4096))
+    async with start_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("g")
+        with caplog.at_level(logging.ERROR, "wsroom"):
+            await client.send({"type": type_, "room": "g", "ref": "x"})
+            error = check_error(await client.recv(), "internal_error", "x")
+        assert error["message"] == "internal server error"
+        # The connection lives on, and answers that fit are still sent.
+        assert (await client.request({"type": "seat", "room": "g"}))["data"] == 3
+        await client.expect_nothing()
+        await client.close()
+    [record] = [r for r in caplog.records if "cannot answer" in r.getMessage()]
+    text = record.getMessage()
+    assert f"AnswerRoom.on_{type_}" in text and f"'{type_}' frame" in text
+    if type_ == "huge":
+        assert "Limits.max_queue_bytes" in text
+    else:
+        assert "cannot encode" in text
+    assert record.exc_info is None  # the reason, not a traceback
