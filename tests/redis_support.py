@@ -159,6 +159,8 @@ def twin(manager: ConnectionManager, backplane: Backplane) -> ConnectionManager:
         limits=manager.limits,
         heartbeat=manager.heartbeat,
         can_direct=manager.can_direct,
+        on_connect=manager.on_connect,
+        on_disconnect=manager.on_disconnect,
     )
     other.origins = manager.origins
     other._handlers.update(manager._handlers)  # the dispatcher holds this very dict

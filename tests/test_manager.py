@@ -498,3 +498,111 @@ async def test_an_answer_too_large_for_any_queue_is_refused_before_it_evicts() -
         assert refused["code"] == "internal_error"
         stats = manager.statistics()
         assert (ann.close_code, stats.evictions, stats.errors_sent) == (None, 0, 1)
+
+
+# on_connect and on_disconnect, through the in-memory client.
+
+
+async def test_connection_hooks_set_after_construction_and_the_test_clients_code() -> None:
+    calls: list[tuple[str, str | None, int | None]] = []
+    manager = ConnectionManager()
+    manager.on_connect = lambda conn: calls.append(("connect", conn.user, None))
+
+    async def on_disconnect(conn: Connection, code: int | None) -> None:
+        calls.append(("disconnect", conn.user, code))
+
+    manager.on_disconnect = on_disconnect
+    async with TestClient(manager, user="ann"):
+        assert calls == [("connect", "ann", None)]
+    ben = TestClient(manager, user="ben")
+    await ben.connect()
+    await ben.close(4000)
+    assert calls == [
+        ("connect", "ann", None),
+        ("disconnect", "ann", 1000),
+        ("connect", "ben", None),
+        ("disconnect", "ben", 4000),
+    ]
+
+
+async def test_on_disconnect_waits_for_on_connect_and_runs_once() -> None:
+    gate = asyncio.Event()
+    started = asyncio.Event()
+    calls: list[tuple[str, int | None]] = []
+
+    async def on_connect(conn: Connection) -> None:
+        started.set()
+        await gate.wait()
+        calls.append(("connect", None))
+
+    def on_disconnect(conn: Connection, code: int | None) -> None:
+        calls.append(("disconnect", code))
+
+    manager = ConnectionManager(on_connect=on_connect, on_disconnect=on_disconnect)
+    client = TestClient(manager, user="ann")
+    connecting = asyncio.create_task(client.connect())
+    await asyncio.wait_for(started.wait(), 2)
+    [conn] = manager.connections
+    manager.evict(conn)  # the connection ends while on_connect still runs
+    await conn.wait_closed()
+    assert conn.closed and calls == []
+    gate.set()
+    await asyncio.wait_for(connecting, 2)
+    assert calls == [("connect", None), ("disconnect", 1013)]
+    await client.close()
+    assert calls == [("connect", None), ("disconnect", 1013)]
+
+
+async def test_a_close_from_inside_on_connect_does_not_wait_for_itself() -> None:
+    calls: list[tuple[str, int | None]] = []
+
+    async def on_connect(conn: Connection) -> None:
+        await conn.close(4002, "not today")
+        calls.append(("connect", conn.close_code))
+
+    async def on_disconnect(conn: Connection, code: int | None) -> None:
+        calls.append(("disconnect", code))
+
+    manager = ConnectionManager(on_connect=on_connect, on_disconnect=on_disconnect)
+    client = TestClient(manager, user="ann")
+    await asyncio.wait_for(client.connect(), 2)
+    assert await client.wait_closed() == 4002
+    assert calls == [("connect", 4002), ("disconnect", 4002)]
+
+
+async def test_an_accept_cancelled_during_on_connect_closes_the_connection() -> None:
+    started = asyncio.Event()
+    codes: list[int | None] = []
+
+    async def on_connect(conn: Connection) -> None:
+        started.set()
+        await asyncio.Event().wait()  # forever
+
+    manager = ConnectionManager(
+        on_connect=on_connect, on_disconnect=lambda conn, code: codes.append(code)
+    )
+    transport = MemoryTransport()
+    accepting = asyncio.create_task(manager.accept(transport, Handshake("/ws"), "ann"))
+    await asyncio.wait_for(started.wait(), 2)
+    accepting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await accepting
+    await asyncio.wait_for(transport.closed.wait(), 2)
+    assert transport.close_code == 1001
+    assert manager.connections == []
+    await manager.shutdown()
+    assert codes == [1001]
+
+
+async def test_a_connection_accepted_as_shutdown_began_gets_both_hooks() -> None:
+    calls: list[tuple[str, int | None]] = []
+    manager = ConnectionManager(
+        on_connect=lambda conn: calls.append(("connect", None)),
+        on_disconnect=lambda conn, code: calls.append(("disconnect", code)),
+    )
+    await manager.start()
+    await manager.shutdown()
+    transport = MemoryTransport()
+    conn = await manager.accept(transport, Handshake("/ws"), "late")
+    await conn.wait_closed()
+    assert calls == [("connect", None), ("disconnect", 1001)]

@@ -6,6 +6,9 @@ either answers itself (``joined``, ``left``, ``pong``) or returns what the ``ack
 the id of the message it stored, or, for a custom frame whose application handler answered
 with data, the whole ``ack``, encoded; every failure becomes an ``error`` frame here, so no
 handler sends one.
+
+The dispatcher also calls the manager's ``on_connect`` and ``on_disconnect`` hooks, since
+it is where a connection's departure from its rooms ends.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from .protocol import Message
     from .room import Room
 
-__all__ = ["Dispatcher", "Handler"]
+__all__ = ["CanDirect", "Dispatcher", "Handler", "OnConnect", "OnDisconnect"]
 
 logger = logging.getLogger("wsroom")
 
@@ -45,6 +48,11 @@ Handler: TypeAlias = Callable[["Connection", "Message"], MaybeAwaitable[Any]]
 returns, unless ``None``, is sent back to the client as the ``data`` of the frame's ``ack``."""
 CanDirect: TypeAlias = Callable[["Connection", str, Any], MaybeAwaitable[bool]]
 """``can_direct(conn, to_user, data)``: whether a ``direct`` message may be sent."""
+OnConnect: TypeAlias = Callable[["Connection"], MaybeAwaitable[None]]
+"""``on_connect(conn)``: a connection arrived; its ``welcome`` is queued."""
+OnDisconnect: TypeAlias = Callable[["Connection", int | None], MaybeAwaitable[None]]
+"""``on_disconnect(conn, code)``: a connection ended and left every room; ``code`` is the
+close code (the server's, or the client's), ``None`` when unknown."""
 
 _Serve: TypeAlias = Callable[["Connection", "Message"], Awaitable[int | bytes | None]]
 """Serves one client frame. For a frame answered by ``ack``, returns what the ``ack``
@@ -90,6 +98,9 @@ class Dispatcher:
         self._serve: dict[str, _Serve] = {
             kind.name: getattr(self, kind.handler) for kind in (*CLIENT_TYPES.values(), CUSTOM_TYPE)
         }
+        # Connections whose on_connect hook runs, with the close codes of those that ended
+        # meanwhile: their on_disconnect waits for on_connect to return.
+        self._arriving: dict[Connection, list[int | None]] = {}
 
     # ConnectionHost: what connections need from the core.
 
@@ -135,13 +146,53 @@ class Dispatcher:
         """Count frames dropped from full queues."""
         self._delivery.counters.dropped_frames += count
 
-    def depart(self, conn: Connection) -> Callable[[], Awaitable[None]]:
-        """Take ``conn`` out of every room now; the function returned finishes leaving them."""
-        return functools.partial(self._finish_leaving, conn, self._registry.remove_connection(conn))
+    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
+        """Take ``conn`` out of every room now; the function returned finishes leaving them
+        and calls the ``on_disconnect`` hook with ``code``, the connection's close code."""
+        left = self._registry.remove_connection(conn)
+        return functools.partial(self._finish_leaving, conn, left, code)
 
-    async def _finish_leaving(self, conn: Connection, left: list[tuple[RoomState, bool]]) -> None:
+    async def _finish_leaving(
+        self, conn: Connection, left: list[tuple[RoomState, bool]], code: int | None
+    ) -> None:
         for state, last_local in left:
             await self.after_leave(conn, state, last_local)
+        arriving = self._arriving.get(conn)
+        if arriving is not None:
+            arriving.append(code)  # on_connect still runs: on_disconnect follows it
+        else:
+            await self._disconnected(conn, code)
+
+    # The connection's own hooks.
+
+    async def arrive(self, conn: Connection) -> None:
+        """Call the ``on_connect`` hook for a connection whose ``welcome`` is queued.
+
+        An exception from the hook is logged. A connection that ends while the hook runs
+        has its ``on_disconnect`` called once the hook returned.
+        """
+        hook = self.manager.on_connect
+        if hook is None:
+            return
+        ended: list[int | None] = []
+        self._arriving[conn] = ended
+        try:
+            await call_hook(hook, conn)
+        except Exception:
+            logger.exception("error in the on_connect hook for %r", conn)
+        finally:
+            del self._arriving[conn]
+            if ended:
+                await self._disconnected(conn, ended[0])
+
+    async def _disconnected(self, conn: Connection, code: int | None) -> None:
+        hook = self.manager.on_disconnect
+        if hook is None:
+            return
+        try:
+            await call_hook(hook, conn, code)
+        except Exception:
+            logger.exception("error in the on_disconnect hook for %r", conn)
 
     # The receive pipeline.
 

@@ -46,6 +46,8 @@ class Transport(ABC):
       so :meth:`close` may block on a peer that stopped reading.
     * :meth:`abort` cuts the TCP connection at once, whatever the peer does. It must be
       idempotent and must never raise.
+    * :meth:`peer_close_code` (optional) tells the close code the client sent, once the
+      adapter saw the connection end; the ``on_disconnect`` hook reports it.
     """
 
     # Empty, so that a subclass declaring __slots__ (which must then include "connection")
@@ -70,6 +72,12 @@ class Transport(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Cut the connection now, without a closing handshake."""
+
+    def peer_close_code(self) -> int | None:
+        """The close code the client sent when it closed the connection (1006 when the TCP
+        connection ended without one), read once the connection is gone; ``None`` when
+        unknown. The default knows none."""
+        return None
 
 
 class ConnectionHost(Protocol):
@@ -103,9 +111,10 @@ class ConnectionHost(Protocol):
         """The names of the rooms ``conn`` is in."""
         ...
 
-    def depart(self, conn: Connection) -> Callable[[], Awaitable[None]]:
+    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
         """Take ``conn`` out of every room at once; the function returned finishes leaving
-        them (presence, ``on_leave`` hooks)."""
+        them (presence, ``on_leave`` hooks), then reports the end of the connection, with
+        its close code ``code`` (``None``: unknown), to the ``on_disconnect`` hook."""
         ...
 
     def hold_buckets(
@@ -278,7 +287,7 @@ class Connection:
         self._closed = True
         self.close_code = code
         self._host.release_buckets(self._shared, self._counted, time.monotonic())
-        departure = self._host.depart(self)
+        departure = self._host.depart(self, code)
         if grace is None:
             grace = self._host.limits.close_timeout
         loop = self._host.loop or asyncio.get_running_loop()
@@ -314,7 +323,7 @@ class Connection:
             self._closed = True
             self.drop_queue()
             self._host.release_buckets(self._shared, self._counted, time.monotonic())
-            await self._host.depart(self)()
+            await self._host.depart(self, self.transport.peer_close_code())()
         else:
             await self.wait_closed()
 

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 from . import frames
 from ._delivery import Delivery, Statistics
-from ._dispatch import CanDirect, Dispatcher, Handler
+from ._dispatch import CanDirect, Dispatcher, Handler, OnConnect, OnDisconnect
 from ._ratelimit import SharedLimits
 from ._state import Registry
 from .backplane.base import Backplane
@@ -66,6 +66,13 @@ class ConnectionManager:
             the WebSocket server's own pings.
         can_direct: Hook ``(conn, to_user, data) -> bool`` deciding whether a ``direct``
             message may be sent; ``False`` answers ``forbidden``.
+        on_connect: Hook ``(conn)`` called once per connection, after its ``welcome`` is
+            queued and before its first frame is handled. Not called for handshakes
+            refused before the upgrade.
+        on_disconnect: Hook ``(conn, code)`` called once per connection, after it closed
+            for any reason and left every room; ``code`` is the close code (the server's
+            when it closed the connection, else the client's; ``None`` when unknown).
+            Called after ``on_connect`` returned.
         client_address_header: Behind a reverse proxy, the request header in which the
             proxy puts the client's address (``"X-Forwarded-For"``, ``"X-Real-IP"``,
             ``"Forwarded"``); the last address in it counts, the one your proxy wrote. The
@@ -86,6 +93,8 @@ class ConnectionManager:
         heartbeat: float | None = None,
         can_direct: CanDirect | None = None,
         client_address_header: str | None = None,
+        on_connect: OnConnect | None = None,
+        on_disconnect: OnDisconnect | None = None,
     ) -> None:
         if isinstance(room_class, type):
             if not issubclass(room_class, Room):
@@ -106,6 +115,10 @@ class ConnectionManager:
         """Seconds between client heartbeats, or ``None``."""
         self.can_direct = can_direct
         """The hook deciding whether a direct message may be sent, or ``None``."""
+        self.on_connect = on_connect
+        """The hook called when a connection arrives, or ``None``."""
+        self.on_disconnect = on_disconnect
+        """The hook called when a connection has ended, or ``None``."""
         self._closing = False
         self._registry = registry = Registry()
         self._delivery = delivery = Delivery(registry, self.protocol)
@@ -311,7 +324,8 @@ class ConnectionManager:
     async def accept(
         self, transport: Transport, handshake: Handshake, user: str | None
     ) -> Connection:
-        """Register a new connection and queue its ``welcome`` frame.
+        """Register a new connection, queue its ``welcome`` frame and call the
+        ``on_connect`` hook.
 
         Adapters call it once the upgrade is done, then :meth:`receive` for every frame,
         and :meth:`release` when the socket is gone.
@@ -324,10 +338,18 @@ class ConnectionManager:
         if self._closing:
             # The handshake passed just before shutdown began: close it like the others.
             conn.begin_close(CloseCode.GOING_AWAY, "server shutting down")
+        if self.on_connect is not None:
+            try:
+                await self._dispatcher.arrive(conn)
+            except BaseException:
+                # Cancelled: the adapter never gets the connection to release it.
+                conn.begin_close(CloseCode.GOING_AWAY, "server shutting down")
+                raise
         return conn
 
     async def release(self, conn: Connection) -> None:
-        """Forget a connection whose socket is gone: it leaves every room at once."""
+        """Forget a connection whose socket is gone: it leaves every room at once, then the
+        ``on_disconnect`` hook is called with the close code its transport received."""
         await conn.detach()
 
     async def serve(

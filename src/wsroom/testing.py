@@ -69,6 +69,10 @@ class MemoryTransport(Transport):
         self.aborted = True
         self.mark_closed(1006, "")
 
+    def peer_close_code(self) -> int | None:
+        """The code :meth:`TestClient.close` closed with (the first close recorded)."""
+        return self.close_code
+
     def mark_closed(self, code: int, reason: str) -> None:
         """Record that the connection ended with ``code`` (the first call wins)."""
         if not self.closed.is_set():
@@ -234,10 +238,10 @@ class TestClient:
         """Send a ``message`` and return its ``ack`` (or ``error``)."""
         return await self.request({"type": "message", "room": room, "data": data})
 
-    async def close(self) -> None:
-        """Disconnect, as a client closing its socket would."""
+    async def close(self, code: int = 1000) -> None:
+        """Disconnect, as a client closing its socket with ``code`` would."""
         if self.connection is not None:
-            self.transport.mark_closed(1000, "")
+            self.transport.mark_closed(code, "")
             await self.manager.release(self.connection)
 
     async def wait_closed(self, timeout: float | None = None) -> int | None:

@@ -167,6 +167,10 @@ class FramingTransport(_FramingWriter):
         self._drain_task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
+    def peer_close_code(self) -> int | None:
+        """The close code the client sent (1006: none), once the connection is closed."""
+        return self.ws.close_code
+
     def _write_queued(self, conn: Connection) -> None:
         if self._drain_task is not None:
             return
@@ -265,6 +269,10 @@ class FramingSyncTransport(_FramingWriter):
         self._flushed.set()
         self._fd = -1
         self._closer: asyncio.Future[None] | None = None
+
+    def peer_close_code(self) -> int | None:
+        """The close code the client sent (1006: none), once the connection is closed."""
+        return self.ws.close_code
 
     def _write_queued(self, conn: Connection) -> None:
         if self._pending is not None:

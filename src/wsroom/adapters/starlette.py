@@ -79,7 +79,7 @@ class StarletteTransport(WriterTaskTransport):
     application.
     """
 
-    __slots__ = ("_aborted", "_binary", "_receiver", "connection", "websocket")
+    __slots__ = ("_aborted", "_binary", "_peer_code", "_receiver", "connection", "websocket")
 
     closed_errors = _CLOSED
 
@@ -89,6 +89,7 @@ class StarletteTransport(WriterTaskTransport):
         self.connection = None
         self._binary = binary
         self._aborted = False
+        self._peer_code: int | None = None
         # The task blocked in receive(), so that abort() can end its wait.
         self._receiver: asyncio.Task[Any] | None = None
 
@@ -119,12 +120,19 @@ class StarletteTransport(WriterTaskTransport):
         finally:
             self._receiver = None
         if message["type"] != "websocket.receive":
+            if message["type"] == "websocket.disconnect":
+                code = message.get("code")
+                self._peer_code = code if type(code) is int else None
             return None
         text = message.get("text")
         if text is not None:
             return str(text)
         data = message.get("bytes")
         return bytes(data) if data is not None else None
+
+    def peer_close_code(self) -> int | None:
+        """The close code of the ASGI server's ``websocket.disconnect`` message, if any."""
+        return self._peer_code
 
     def _cancelled_by_abort(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether abort(), and nothing else, cancelled ``task``; if so, withdraw it."""

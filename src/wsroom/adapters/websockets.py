@@ -63,6 +63,10 @@ class WebsocketsTransport(WriterTaskTransport):
         self._close: tuple[int, str] = (CloseCode.GOING_AWAY, "")
         self._closing: set[asyncio.Task[None]] = set()
 
+    def peer_close_code(self) -> int | None:
+        """The close code the client sent (1006: none), once the connection is closed."""
+        return self.ws.close_code
+
     def sender(self) -> Callable[[bytes], Awaitable[None]]:
         """Sends one encoded frame with the connection's ``send()``."""
         send, text = self.ws.send, self._text

@@ -83,6 +83,10 @@ class SyncTransport(Transport):
         """Set while the sender has no frames in hand."""
         self._idle.set()
 
+    def peer_close_code(self) -> int | None:
+        """The close code the client sent (1006: none), once the connection is closed."""
+        return self.ws.close_code
+
     def wake(self) -> None:
         conn = self.connection
         if not self._sending and conn is not None:
