@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.helpers import ROOT, TIMEOUT, Client, example_command
+from tests.helpers import ROOT, TIMEOUT, Client, check_frame, connect_as, example_command
 from tests.redis_support import delete_prefix, fresh_prefix
 
 PYTHON = sys.executable
@@ -296,6 +296,97 @@ async def test_redis_workers_example_shares_rooms_between_two_workers(shared_url
             await redis.aclose()
     finally:
         await delete_prefix(shared_url, prefix)
+
+
+# 5. The game lobby: invited tables of four, custom frames answering with data.
+
+
+async def answer(client: Client, frame: dict[str, Any]) -> Any:
+    """The ``data`` of the ``ack`` answering ``frame``."""
+    ack = check_frame(await client.request(frame), "ack")
+    assert "data" in ack, ack
+    return ack["data"]
+
+
+async def refusal(client: Client, frame: dict[str, Any]) -> str:
+    """The code of the ``error`` answering ``frame``."""
+    error = check_frame(await client.request(frame), "error")
+    return str(error["code"])
+
+
+async def test_game_lobby_example_seats_four_invited_players_and_rolls_dice() -> None:
+    async with example_command(PYTHON, "-m", "examples.game_lobby", "0") as example:
+        url = f"ws://127.0.0.1:{example.port}"
+        names = ("alice", "bob", "carol", "dave", "erin")
+        alice, bob, carol, dave, erin = [await connect_as(url, name) for name in names]
+        assert await answer(bob, {"type": "who"}) == sorted(names)
+
+        opened = await answer(alice, {"type": "open_table"})
+        table, invite = opened["room"], opened["invite"]
+        assert table.startswith("table:") and isinstance(invite, str)
+
+        # can_join: no invitation, a wrong one, another table's, or no table at all.
+        other = (await answer(erin, {"type": "open_table"}))["room"]
+        for frame in (
+            {"type": "join", "room": table},
+            {"type": "join", "room": table, "data": {"invite": "guess"}},
+            {"type": "join", "room": other, "data": {"invite": invite}},
+            {"type": "join", "room": "lobby", "data": {"invite": invite}},
+        ):
+            assert await refusal(erin, frame) == "forbidden"
+
+        # Four invited players sit down; a fifth, invited too, finds the table full.
+        joined = await alice.join(table, data={"invite": invite})
+        assert joined["members"] == ["alice"]
+        for client in (bob, carol, dave):
+            await client.join(table, data={"invite": invite})
+        full = {"type": "join", "room": table, "data": {"invite": invite}}
+        assert await refusal(erin, full) == "room_full"
+
+        # sit answers with the seat's number.
+        assert await answer(alice, {"type": "sit", "room": table}) == 1
+        assert await answer(bob, {"type": "sit", "room": table, "data": 3}) == 3
+        assert await answer(carol, {"type": "sit", "room": table}) == 2
+        assert await refusal(dave, {"type": "sit", "room": table, "data": 3}) == "forbidden"
+        assert await answer(dave, {"type": "sit", "room": table}) == 4
+        assert await answer(alice, {"type": "sit", "room": table}) == 1  # already seated
+
+        # roll answers with the dice; the others see them in an event.
+        dice = await answer(bob, {"type": "roll", "room": table, "data": {"dice": 3}})
+        assert len(dice) == 3 and all(type(d) is int and 1 <= d <= 6 for d in dice)
+        rolled = await carol.recv_type("rolled")
+        assert rolled == {"type": "rolled", "room": table, "data": {"user": "bob", "dice": dice}}
+        pair = await answer(dave, {"type": "roll", "room": table})
+        assert len(pair) == 2
+        too_many = {"type": "roll", "room": table, "data": {"dice": 9}}
+        assert await refusal(dave, too_many) == "invalid_message"
+
+        # status answers with the table's state.
+        assert await answer(carol, {"type": "status", "room": table}) == {
+            "table": table,
+            "players": ["alice", "bob", "carol", "dave"],
+            "seats": ["alice", "carol", "bob", "dave"],
+            "free": 0,
+            "rolls": {"bob": dice, "dave": pair},
+        }
+
+        # Dave leaves: his seat is free, erin takes it, and must sit before rolling.
+        await dave.close()
+        stood = await alice.recv_type("stood")
+        assert stood["data"] == {"user": "dave"}
+        assert await answer(alice, {"type": "who"}) == ["alice", "bob", "carol", "erin"]
+        await erin.join(table, data={"invite": invite})
+        assert await refusal(erin, {"type": "roll", "room": table}) == "forbidden"
+        assert await answer(erin, {"type": "sit", "room": table}) == 4
+        status = await answer(erin, {"type": "status", "room": table})
+        assert (status["seats"], status["free"]) == (["alice", "carol", "bob", "erin"], 0)
+        assert "dave" not in status["rolls"]
+
+        # Ctrl+C: a graceful shutdown (1001 for every player), and the process ends.
+        assert await example.stop(signal.SIGINT) == 0
+        assert await closed_codes(alice, bob, carol, erin) == [1001] * 4
+        assert "dave left (close code 1000)" in example.log
+        assert "erin left (close code 1001)" in example.log
 
 
 def test_starlette_adapter_without_starlette_names_the_extra() -> None:
