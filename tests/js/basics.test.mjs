@@ -329,3 +329,19 @@ describe("a client of a wsroom server", () => {
     console.error = original;
   });
 });
+
+test("a custom handler's answer comes back as the ack's data, in a room and without one", { timeout: 20000 }, async (t) => {
+  const h = harness(t);
+  const server = await h.server({});
+  const alice = await h.open(server.url, { params: { name: "alice" } });
+  const bob = await h.open(server.url, { params: { name: "bob" } });
+  const name = unique("count");
+  const room = await alice.join(name);
+  await bob.join(name);
+  const answer = await room.request("count", { why: "test" });
+  assert.deepEqual(answer.data, { members: ["alice", "bob"], asked: { why: "test" } });
+  // Falsy answers are answers too; a handler that returns nothing gives an ack without data.
+  assert.equal((await alice.request("echo", 0)).data, 0);
+  assert.deepEqual((await alice.request("echo", [])).data, []);
+  assert.equal("data" in (await alice.request("echo")), false);
+});

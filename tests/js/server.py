@@ -19,10 +19,11 @@ What the tests can make it do:
   ``tiny-*`` holds one member (``room_full``); ``nosuch-*`` does not exist
   (``forbidden``); ``broken-*`` has a ``can_join`` that raises (``internal_error``); every
   other room is an :class:`AppRoom`, whose ``on_typing`` broadcasts a ``typing`` event to
-  the others, ``on_boom`` raises (``internal_error``) and ``on_slow`` takes ``data``
-  seconds to answer.
+  the others, ``on_boom`` raises (``internal_error``), ``on_count`` answers with
+  data (the members and what was asked) and ``on_slow`` takes ``data`` seconds to answer.
 * Custom frames without a room, for the tests to steer the server: ``whoami`` (the event
-  ``you`` back), ``kick`` (close this connection with ``data`` as code, 1008 by default),
+  ``you`` back), ``echo`` (answers with its ``data``), ``kick`` (close this connection with
+  ``data`` as code, 1008 by default),
   ``flood`` (``data`` events at once: with a small ``--max-queue``, an eviction with 1013),
   ``disconnect_user`` (``manager.disconnect_user(data)``) and ``announce`` (the event
   ``announcement`` with ``data`` to every connection).
@@ -75,6 +76,10 @@ class AppRoom(Room):
     def on_boom(self, conn: Connection, message: Message) -> None:
         raise RuntimeError("boom, as the test asked")
 
+    async def on_count(self, conn: Connection, message: Message) -> dict[str, Any]:
+        """Answers with data: who is here, and what was asked."""
+        return {"members": sorted(await self.members()), "asked": message.data}
+
     async def on_slow(self, conn: Connection, message: Message) -> None:
         seconds = message.data if isinstance(message.data, int | float) else 1.0
         await asyncio.sleep(min(float(seconds), 10.0))
@@ -115,6 +120,10 @@ def install_handlers(manager: ConnectionManager) -> None:
     @manager.handler("whoami")
     def whoami(conn: Connection, message: Message) -> None:
         conn.send_event("you", {"user": conn.user, "connection": conn.id})
+
+    @manager.handler("echo")
+    def echo(conn: Connection, message: Message) -> Any:
+        return message.data
 
     @manager.handler("kick")
     def kick(conn: Connection, message: Message) -> None:

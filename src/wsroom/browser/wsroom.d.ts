@@ -90,10 +90,7 @@ export interface Ack<D = Json> {
   readonly ref: string | number;
   /** The stored message's id (`message`), the direct message's id (`direct`). */
   readonly id?: number;
-  /**
-   * Data the server's handler answered with, for servers that send it (the protocol allows
-   * an `ack` to carry `data`; wsroom's own handlers do not answer with data yet).
-   */
+  /** What the server's handler for a custom type returned, when it returned something. */
   readonly data?: D;
 }
 

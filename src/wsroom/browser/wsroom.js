@@ -239,7 +239,7 @@ export class Client extends Emitter {
 
   /**
    * Send a frame of an application-defined `type` (a `Room` method `on_<type>` on the
-   * server); resolves with the `ack` as the server sent it (`id` when it stored a message).
+   * server); resolves with the `ack`: its `data` is what the handler returned, if anything.
    */
   request(type, data, { room } = {}) {
     if (typeof type !== "string" || !/^[A-Za-z][A-Za-z0-9_]{0,63}$/.test(type)) {
