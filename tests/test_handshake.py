@@ -166,8 +166,9 @@ def test_subprotocol_header_name_is_case_insensitive() -> None:
         (["a=1; b=2"], {"a": "1", "b": "2"}),
         (['session="quoted value"'], {"session": "quoted value"}),
         (["a=1", "b=2"], {"a": "1", "b": "2"}),
-        (["a=1; a=2"], {"a": "2"}),
-        (["a=1; Path=/; b=2"], {"a": "1", "b": "2"}),
+        (["a=1; Path=/; b=2"], {"a": "1", "Path": "/", "b": "2"}),  # a cookie named Path
+        (["  a =  1  ;b=2;  "], {"a": "1", "b": "2"}),
+        (["token=abc==; x=a=b"], {"token": "abc==", "x": "a=b"}),  # split on the first '='
         ([], {}),
         ([""], {}),
     ],
@@ -177,10 +178,66 @@ def test_cookies(values: list[str], expected: dict[str, str]) -> None:
     assert hs.cookies == expected
 
 
-@pytest.mark.parametrize("header", ['a="unterminated', "a=1; b c; d=2", "$a=1", "=", ";;;"])
-def test_malformed_cookie_header_gives_no_cookies(header: str) -> None:
-    hs = Handshake.from_target("/ws", [("Cookie", header)])
-    assert hs.cookies == {}
+# What browsers really send: SimpleCookie dropped the whole header at the first of these.
+BROWSER_COOKIE_HEADERS = [
+    # JSON set by an analytics or consent script.
+    ('_ga={"a":1,"b":2}; session=tok-alice', {"_ga": '{"a":1,"b":2}'}),
+    ('c={"ads":false, "stats":true}; session=tok-alice', {"c": '{"ads":false, "stats":true}'}),
+    # Non-ASCII: servers hand the header's UTF-8 bytes over decoded as ISO-8859-1.
+    ("lang=fran\u00c3\u00a7ais; session=tok-alice", {"lang": "fran\u00e7ais"}),
+    ("lang=fran\u00e7ais; session=tok-alice", {"lang": "fran\u00e7ais"}),  # already text
+    ("city=\u6771\u4eac; session=tok-alice", {"city": "\u6771\u4eac"}),
+    ("raw=\u00e9t\u00e9; session=tok-alice", {"raw": "\u00e9t\u00e9"}),  # not UTF-8: as is
+    # Quoted, with the escapes http.cookies writes.
+    ('q="a b"; session="tok-alice"', {"q": "a b"}),
+    ('q="x\\054y\\"z\\\\"; session=tok-alice', {"q": 'x,y"z\\'}),
+    ('q="unterminated; session=tok-alice', {"q": '"unterminated'}),
+    ('q=""; session=tok-alice', {"q": ""}),
+    # Empty pairs and values.
+    (";; ; session=tok-alice;", {}),
+    ("empty=; session=tok-alice", {"empty": ""}),
+    # Malformed pairs before the session cookie.
+    ("no-equals; =nameless; session=tok-alice", {}),
+    ("a b c; [x]=1; session=tok-alice", {"[x]": "1"}),
+    ("$Version=1; session=tok-alice; $Path=/", {"$Version": "1", "$Path": "/"}),
+    # The first of two cookies of one name wins (RFC 6265: the longer path comes first).
+    ("session=tok-alice; session=tok-eve", {}),
+]
+
+
+@pytest.mark.parametrize(("header", "others"), BROWSER_COOKIE_HEADERS)
+def test_cookies_as_browsers_send_them(header: str, others: dict[str, str]) -> None:
+    cookies = Handshake.from_target("/ws", [("Cookie", header)]).cookies
+    assert cookies == {**others, "session": "tok-alice"}
+
+
+def test_cookies_over_asgi_decode_utf8() -> None:
+    scope = {
+        "type": "websocket",
+        "headers": [(b"cookie", "lang=fran\u00e7ais; na\u00efve=\u2713".encode())],
+    }
+    cookies = Handshake.from_asgi(scope).cookies
+    assert cookies == {"lang": "fran\u00e7ais", "na\u00efve": "\u2713"}
+
+
+def test_cookie_count_is_bounded() -> None:
+    # 100,000 pairs: the first 200 are read, the rest is never split.
+    header = "; ".join(f"c{i}=v" for i in range(100_000))
+    cookies = Handshake.from_target("/ws", [("Cookie", header)]).cookies
+    assert list(cookies) == [f"c{i}" for i in range(200)]
+    late = Handshake.from_target("/ws", [("Cookie", "x=1; " * 250 + "session=tok")]).cookies
+    assert late == {"x": "1"}
+
+
+def test_oversized_cookie_is_skipped_alone() -> None:
+    big = "x" * 9000
+    header = f"big={big}; session=tok-alice; fits={'y' * 4096}"
+    cookies = Handshake.from_target("/ws", [("Cookie", header)]).cookies
+    assert cookies == {"session": "tok-alice", "fits": "y" * 4096}
+
+
+def test_no_cookie_header() -> None:
+    assert Handshake.from_target("/ws", [("Host", "a")]).cookies == {}
 
 
 def test_origin_missing() -> None:
@@ -651,3 +708,14 @@ async def test_test_clients_have_addresses_of_their_own_unless_told() -> None:
         with pytest.raises(HandshakeRejected) as refused:
             await TestClient(manager, address="203.0.113.5").connect()
     assert refused.value.status == 429
+
+
+@pytest.mark.parametrize("value", ["a,b", 'say "hi"', "back\\slash", "semi;colon", "caf\u00e9"])
+def test_cookie_values_quoted_by_http_cookies_read_back(value: str) -> None:
+    from http.cookies import SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    jar["q"] = value
+    header = jar.output(attrs=[], header="").strip() + "; session=tok-alice"
+    cookies = Handshake.from_target("/ws", [("Cookie", header)]).cookies
+    assert cookies == {"q": value, "session": "tok-alice"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
@@ -219,21 +219,87 @@ class Handshake:
 
     @property
     def cookies(self) -> dict[str, str]:
-        """Cookies sent with the request; a malformed ``Cookie`` header gives none."""
+        """The cookies of the ``Cookie`` header, parsed as browsers send them.
+
+        Each ``;``-separated ``name=value`` pair, trimmed; a value in double quotes is
+        unquoted; names and values are decoded as UTF-8 where their bytes are UTF-8. A pair
+        with no ``=`` or an empty name is skipped without losing the others, and for a
+        name sent twice the first value wins (RFC 6265 sends the most specific one first).
+        At most 200 pairs are read, and a pair longer than
+        8192 characters is skipped.
+        """
         header = self.headers.get("cookie")
-        if not header:
-            return {}
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(header)
-        except CookieError:
-            return {}
-        return {name: morsel.value for name, morsel in jar.items()}
+        return _parse_cookies(header) if header else {}
 
     @property
     def origin(self) -> str | None:
         """The ``Origin`` header, or ``None`` (non-browser clients usually send none)."""
         return self.headers.get("origin")
+
+
+# The most name=value pairs read from a Cookie header (the rest is ignored): browsers keep
+# fewer per site (Chrome 180, Firefox 150).
+_MAX_COOKIES = 200
+# The longest name=value pair kept, in characters: browsers refuse cookies over 4096 bytes.
+_MAX_COOKIE_SIZE = 8192
+
+# A backslash escape inside a quoted value, as Python's http.cookies writes them: an octal
+# byte (\054 for a comma) or any one character (\" for a quote).
+_COOKIE_ESCAPE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))", re.DOTALL)
+
+
+def _parse_cookies(header: str) -> dict[str, str]:
+    """Parse a ``Cookie`` header leniently, as browsers send it and as Starlette reads it.
+
+    ``http.cookies.SimpleCookie`` stops at the first pair it dislikes (a JSON value, a
+    non-ASCII character), so one cookie of a third-party script would lose every cookie
+    after it, the session cookie included. Here a malformed pair is skipped alone:
+
+    * pairs are split on ``;`` and each on its first ``=``; whitespace around names and
+      values is removed;
+    * a pair without ``=``, or with an empty name, is skipped; an empty value is kept;
+    * a name or value whose characters are the bytes of UTF-8 text (servers decode header
+      bytes as ISO-8859-1) is decoded as UTF-8, so ``lang=français`` reads as sent;
+    * a value in double quotes loses them, and the backslash escapes inside them are
+      decoded as :mod:`http.cookies` writes them;
+    * for a name that comes twice, the first value is kept: RFC 6265 has browsers send
+      cookies with longer paths first;
+    * at most 200 pairs are read, and a pair longer than 8192 characters is skipped, so
+      a hostile header costs a bounded amount of work and memory.
+    """
+    cookies: dict[str, str] = {}
+    # maxsplit bounds the list: a last element holds whatever is past the limit, unread.
+    pairs = header.split(";", _MAX_COOKIES)
+    for pair in pairs[:_MAX_COOKIES]:
+        if len(pair) > _MAX_COOKIE_SIZE:
+            continue
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            continue
+        name = _utf8(name)
+        if name in cookies:
+            continue
+        value = _utf8(value.strip())
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = _COOKIE_ESCAPE.sub(_unescape, value[1:-1])
+        cookies[name] = value
+    return cookies
+
+
+def _unescape(match: re.Match[str]) -> str:
+    octal, char = match.groups()
+    return chr(int(octal, 8)) if octal is not None else char
+
+
+def _utf8(text: str) -> str:
+    """``text`` decoded as UTF-8 when it is ISO-8859-1-decoded UTF-8 bytes, else itself."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not bytes as ISO-8859-1 (already text), or not UTF-8 bytes
+        return text
 
 
 class OriginPolicy:
