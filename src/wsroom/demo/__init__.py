@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -263,9 +264,14 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
 
     Through :mod:`wsroom.adapters.uvicorn`: uvicorn gets wsroom's frame limit, a deadline
     for request heads, quiet logging of client errors and a graceful shutdown.
+
+    Raises:
+        OSError: ``host``:``port`` cannot be listened on (a port in use, say), as with the
+            other transports; uvicorn would log it and exit the process.
     """
     from ..adapters import uvicorn as wsroom_uvicorn
 
+    sockets = _listen(host, port)
     manager = create_manager(redis_url)
 
     class DemoServer(wsroom_uvicorn.Server):
@@ -282,7 +288,29 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
     config = wsroom_uvicorn.config(
         starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
     )
-    DemoServer(config, manager).run()
+    DemoServer(config, manager).run(sockets=sockets)
+
+
+def _listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, as asyncio's
+    ``create_server`` binds them; a failure raises ``OSError`` and leaves none open."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # One socket per family, as asyncio does: no IPv4 through the IPv6 one.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

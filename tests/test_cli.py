@@ -1,0 +1,110 @@
+"""The ``wsroom`` command run as a user runs it: a process of its own, its exit status, what it
+prints. A mistake ends in one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import wsroom
+from tests.helpers import TIMEOUT, free_port
+
+TRANSPORTS = ["asyncio", "sync", "starlette"]
+
+
+def run_wsroom(*arguments: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``python -m wsroom ARGUMENTS``; the modules in ``blocked`` fail to import in it, as
+    when the extra that brings them is not installed."""
+    if blocked:
+        code = (
+            "import runpy, sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None  # 'import name' raises ImportError\n"
+            f"sys.argv = ['wsroom', *{arguments!r}]\n"
+            "runpy.run_module('wsroom', run_name='__main__', alter_sys=True)\n"
+        )
+        command = [sys.executable, "-c", code]
+    else:
+        command = [sys.executable, "-m", "wsroom", *arguments]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """Assert the command failed with ``status`` and no traceback; return its last line."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    if status == 2:  # argparse: a usage synopsis, then the one line that says what is wrong
+        assert lines[0].startswith("usage: wsroom"), result.stderr
+        assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), result.stderr
+    return lines[-1]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_version() -> None:
+    result = run_wsroom("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wsroom {wsroom.__version__}"
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    line = one_line_error(run_wsroom("demo", "--port", port), 2)
+    assert line.startswith("wsroom demo: error: argument --port: "), line
+    assert "0 to 65535" in line or "not a port number" in line, line
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_port_in_use_is_one_line(transport: str, busy_port: int) -> None:
+    line = one_line_error(run_wsroom("demo", "--port", str(busy_port), "--transport", transport), 1)
+    assert line == f"wsroom demo: cannot listen on 127.0.0.1:{busy_port}: Address already in use"
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "http://127.0.0.1:6379/0", "redis://[::1", "redis://h:x/0"]
+)
+def test_an_unparseable_redis_url_is_a_usage_error(url: str) -> None:
+    line = one_line_error(run_wsroom("demo", "--redis", url), 2)
+    assert line.startswith("wsroom demo: error: argument --redis: not a Redis URL ("), line
+    assert "redis://127.0.0.1:6379/0" in line  # an example of what to write
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_unreachable_redis_is_one_line(transport: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = run_wsroom("demo", "--port", "0", "--redis", url, "--transport", transport)
+    line = one_line_error(result, 1)
+    assert line.startswith(f"wsroom demo: cannot reach Redis at {url}: "), line
+
+
+def test_redis_without_the_extra_names_the_pip_command() -> None:
+    result = run_wsroom("demo", "--redis", "redis://127.0.0.1:6379/0", blocked=("redis",))
+    line = one_line_error(result, 1)
+    assert "needs redis-py" in line and line.endswith("pip install 'wsroom[redis]'"), line
+
+
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
+def test_starlette_without_the_extra_names_the_pip_command(missing: str) -> None:
+    result = run_wsroom("demo", "--transport", "starlette", blocked=(missing,))
+    line = one_line_error(result, 1)
+    assert "needs Starlette and uvicorn" in line, line
+    assert line.endswith("pip install 'wsroom[starlette]'"), line
