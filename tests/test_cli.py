@@ -1,9 +1,11 @@
 """The ``wsroom`` command run as a user runs it: a process of its own, its exit status, what it
-prints. A mistake ends in one line, never a traceback."""
+prints. A mistake ends in one line, never a traceback; the demo logs no line per request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import wsroom
-from tests.helpers import TIMEOUT, free_port
+from tests.helpers import TIMEOUT, Client, free_port
 
 TRANSPORTS = ["asyncio", "sync", "starlette"]
 
@@ -48,6 +50,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str
     if status == 2:  # argparse: a usage synopsis, then the one line that says what is wrong
         assert lines[0].startswith("usage: wsroom"), result.stderr
         assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), result.stderr
+    else:  # nothing else: the demo logs no INFO lines before it fails
+        assert len(lines) == 1, result.stderr
     return lines[-1]
 
 
@@ -108,3 +112,62 @@ def test_starlette_without_the_extra_names_the_pip_command(missing: str) -> None
     line = one_line_error(result, 1)
     assert "needs Starlette and uvicorn" in line, line
     assert line.endswith("pip install 'wsroom[starlette]'"), line
+
+
+async def _get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    return response
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_demo_prints_no_line_per_request_or_connection(transport: str) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsroom",
+        "demo",
+        "--port",
+        str(port),
+        "--transport",
+        transport,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,  # the log and the announcement, in their order
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        first = await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)
+        assert first == f"wsroom demo: open http://127.0.0.1:{port}/\n".encode(), first
+        # Two page loads, as a browser makes them, then two people chatting.
+        for _ in range(2):
+            for path in ("/", "/wsroom.js", "/favicon.svg"):
+                assert (await _get(port, path)).startswith(b"HTTP/1.1 200")
+        alice = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=alice")
+        bob = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
+        await alice.join("lobby")
+        await bob.join("lobby")
+        await alice.send({"type": "message", "room": "lobby", "data": "hi"})
+        assert (await bob.recv_type("message"))["data"] == "hi"
+        await alice.close()
+        await bob.close()
+        process.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(process.stdout.read(), TIMEOUT * 2)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    output = (first + rest).decode()
+    for websockets_info in ("server listening", "connection open", "connection closed"):
+        assert websockets_info not in output, output
+    assert " INFO " not in output, output
+    assert "GET /" not in output and "HTTP/1.1" not in output, output  # no access log
+    assert output.splitlines()[-1] == "wsroom demo: shutting down", output

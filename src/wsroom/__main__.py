@@ -44,7 +44,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     demo = commands.add_parser(
         "demo",
         help="run the demo chat server",
-        description="Serve the demo chat: a page at / and the WebSocket at /ws, on one port.",
+        description="Serve the demo chat: a page at / and the WebSocket at /ws, on one port. "
+        "It prints its address, then only warnings and errors.",
     )
     demo.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -89,8 +90,10 @@ def _demo(demo: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         problem = _redis_url_problem(args.redis)
         if problem is not None:
             demo.error(f"argument --redis: {problem}")  # exits with status 2
+    # The demo prints its own announcement; the servers' INFO lines (a line per connection
+    # or request) would bury it, so only warnings and errors are logged.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from . import demo as chat_demo
 
