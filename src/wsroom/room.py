@@ -6,6 +6,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from . import frames
+from ._hooknames import warn_misspelt_hooks
 from .exceptions import ConfigurationError
 from .limits import is_positive_number
 from .protocol import Message
@@ -55,6 +56,13 @@ class Room:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Warn (``UserWarning``) about a method named like a misspelt hook, such as
+        ``on_mesage``, or like a hook of the manager (``on_connect``): it would handle a
+        custom frame type, never be called as the hook."""
+        super().__init_subclass__(**kwargs)
+        warn_misspelt_hooks(cls, Room)
 
     # Hooks.
 
