@@ -1,5 +1,5 @@
 # Shared by scripts/demo.sh and scripts/test.sh: find Python >= 3.11 and prepare a virtualenv.
-# Usage: . scripts/_env.sh; ensure_venv DIR PYTHON EXTRAS
+# Usage: . scripts/_env.sh; ensure_venv DIR PYTHON EXTRAS [GROUPS]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,18 +20,41 @@ find_python() {
 }
 
 ensure_venv() {
-    # ensure_venv DIR PYTHON EXTRAS: create DIR with PYTHON and install wsroom[EXTRAS] into it,
-    # again only when pyproject.toml changed since the last install.
-    local venv="$1" python="$2" extras="$3"
+    # ensure_venv DIR PYTHON EXTRAS [GROUPS]: create DIR with PYTHON and install wsroom into
+    # it, editable, with EXTRAS (comma-separated, may be empty: "starlette,redis") and the
+    # dependency groups GROUPS of pyproject.toml (space-separated: "dev"); again only when
+    # pyproject.toml changed since the last install of the same EXTRAS and GROUPS. Each
+    # install of the current pyproject.toml is remembered, so that scripts/demo.sh and
+    # scripts/test.sh, which share .venv, do not re-install in turn.
+    local venv="$1" python="$2" extras="$3" groups="${4:-}"
     local stamp="$venv/.wsroom-installed"
-    local wanted
-    wanted="$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)-$extras"
+    local sum wanted group
+    sum="$(cksum <"$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    wanted="$sum [$extras] $groups"
     if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extras]"
-        echo "$wanted" >"$stamp"
+    if [ -f "$stamp" ] && grep -qxF -- "$wanted" "$stamp"; then
+        return 0
     fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    local install=(-e "$ROOT${extras:+[$extras]}")
+    if [ -n "$groups" ]; then
+        # `pip install --group` (PEP 735) came with pip 25.1.
+        if ! "$venv/bin/python" -c 'import re, sys, pip
+major, minor = map(int, re.match(r"(\d+)\.(\d+)", pip.__version__).groups())
+sys.exit((major, minor) < (25, 1))'; then
+            echo "$venv has pip $("$venv/bin/python" -c 'import pip; print(pip.__version__)'), too old for" \
+                "dependency groups, and upgrading it failed: pip 25.1 or newer is needed" \
+                "('$venv/bin/python -m pip install --upgrade pip')" >&2
+            return 1
+        fi
+        for group in $groups; do
+            install+=(--group "$ROOT/pyproject.toml:$group")
+        done
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${install[@]}"
+    # Keep what was installed from this pyproject.toml; an older one's installs are stale.
+    { awk -v sum="$sum" '$1 == sum' "$stamp" 2>/dev/null || true; echo "$wanted"; } >"$stamp.new"
+    mv "$stamp.new" "$stamp"
 }

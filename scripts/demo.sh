@@ -3,5 +3,5 @@
 # http://127.0.0.1:8765/ (the page) and ws://127.0.0.1:8765/ws. Extra arguments go to
 # `wsroom demo`, e.g. `bash scripts/demo.sh --port 9000`.
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-ensure_venv "$ROOT/.venv" "$(find_python)" dev
+ensure_venv "$ROOT/.venv" "$(find_python)" "" dev
 exec "$ROOT/.venv/bin/wsroom" demo "$@"

@@ -11,7 +11,7 @@
 cd "$ROOT"
 
 PYTHON="$(find_python)"
-ensure_venv "$ROOT/.venv" "$PYTHON" dev
+ensure_venv "$ROOT/.venv" "$PYTHON" "" dev
 VPY="$ROOT/.venv/bin/python"
 
 APT_UPDATED=""
@@ -108,7 +108,7 @@ for version in 3.12 3.13; do
         echo "== Python $version not installed here: skipped"
         continue
     fi
-    ensure_venv "$ROOT/.venv-$version" "$other" dev
+    ensure_venv "$ROOT/.venv-$version" "$other" "" dev
     echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
     "$ROOT/.venv-$version/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
 done
@@ -126,7 +126,7 @@ elif [ "$newest" = "$tested" ]; then
     echo "== websockets $newest, the newest release, is the one the suite ran on: no second run"
 else
     NEWEST="$ROOT/.venv-websockets-newest"
-    ensure_venv "$NEWEST" "$PYTHON" dev
+    ensure_venv "$NEWEST" "$PYTHON" "" dev
     "$NEWEST/bin/python" -m pip install --quiet --disable-pip-version-check "websockets==$newest"
     echo "== pytest (websockets $newest, the newest release; the run above had $tested)"
     "$NEWEST/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
