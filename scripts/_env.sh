@@ -1,5 +1,6 @@
-# Shared by scripts/demo.sh and scripts/test.sh: find Python >= 3.11 and prepare a virtualenv.
-# Usage: . scripts/_env.sh; ensure_venv DIR PYTHON EXTRAS [GROUPS]
+# Shared by scripts/demo.sh and scripts/test.sh: find Python >= 3.11, prepare a virtualenv,
+# and check the Redis the tests were given.
+# Usage: . scripts/_env.sh; ensure_venv DIR PYTHON EXTRAS [GROUPS]; check_test_redis PYTHON
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,4 +58,46 @@ sys.exit((major, minor) < (25, 1))'; then
     # Keep what was installed from this pyproject.toml; an older one's installs are stale.
     { awk -v sum="$sum" '$1 == sum' "$stamp" 2>/dev/null || true; echo "$wanted"; } >"$stamp.new"
     mv "$stamp.new" "$stamp"
+}
+
+check_test_redis() {
+    # check_test_redis PYTHON: when WSROOM_TEST_REDIS_URL is set, make sure a Redis answers
+    # PING there (PYTHON must have redis-py); else say what to do and fail. Without this the
+    # suite would run anyway and fail hundreds of tests with connection errors.
+    [ -n "${WSROOM_TEST_REDIS_URL:-}" ] || return 0
+    "$1" - "$WSROOM_TEST_REDIS_URL" <<'PY'
+import sys
+from urllib.parse import urlsplit
+
+url = sys.argv[1]
+try:
+    parts = urlsplit(url)
+    # Never print a password: show the URL without what precedes '@'.
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+except ValueError:
+    shown = "(an unparseable URL)"
+try:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+except ValueError as exc:
+    problem = f"WSROOM_TEST_REDIS_URL is {shown}, which is not a Redis URL ({exc})"
+    fix = "Set it to one, such as redis://127.0.0.1:6379/0"
+except Exception as exc:  # redis-py's errors, OSError: Redis does not answer as it should
+    reason = str(exc).rstrip(".") or type(exc).__name__
+    problem = f"WSROOM_TEST_REDIS_URL is {shown}, but no Redis answers there ({reason})"
+    fix = "Start Redis at that address"
+else:
+    sys.exit(0)
+print(
+    f"{problem}. {fix}, or unset WSROOM_TEST_REDIS_URL to let scripts/test.sh use the "
+    "Redis on 127.0.0.1:6379 or start one of its own.",
+    file=sys.stderr,
+)
+sys.exit(1)
+PY
 }

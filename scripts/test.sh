@@ -13,6 +13,8 @@ cd "$ROOT"
 PYTHON="$(find_python)"
 ensure_venv "$ROOT/.venv" "$PYTHON" "" dev
 VPY="$ROOT/.venv/bin/python"
+# A Redis named by WSROOM_TEST_REDIS_URL must answer before anything runs.
+check_test_redis "$VPY"
 
 APT_UPDATED=""
 apt_install() { # apt_install PACKAGE: a Debian package the tests need
@@ -24,7 +26,8 @@ apt_install() { # apt_install PACKAGE: a Debian package the tests need
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
 
-# Redis: use WSROOM_TEST_REDIS_URL if given, else the machine's server, else start one.
+# Redis: use WSROOM_TEST_REDIS_URL if given (checked above), else the machine's server, else
+# start one.
 REDIS_PID=""
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
