@@ -80,8 +80,8 @@ fi
 export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
 
 echo "== ruff"
-"$ROOT/.venv/bin/ruff" check src tests examples benchmarks
-"$ROOT/.venv/bin/ruff" format --check src tests examples benchmarks
+"$ROOT/.venv/bin/ruff" check src tests examples benchmarks docs_src
+"$ROOT/.venv/bin/ruff" format --check src tests examples benchmarks docs_src docs_src
 echo "== mypy --strict"
 "$ROOT/.venv/bin/mypy"
 

@@ -1,0 +1,13 @@
+from starlette.applications import Starlette
+
+from wsroom import ConnectionManager
+from wsroom.adapters import uvicorn as wsroom_uvicorn
+from wsroom.adapters.starlette import routes
+
+from server import ChatRoom, authenticate
+
+manager = ConnectionManager(ChatRoom, authenticate=authenticate)
+app = Starlette(routes=routes("/ws", manager))
+
+if __name__ == "__main__":
+    wsroom_uvicorn.run(app, manager, host="127.0.0.1", port=8765)  # until Ctrl+C or SIGTERM

@@ -1,0 +1,417 @@
+"""Every code block of the documentation is a file the tests run or import, so no page can
+show code that no longer works.
+
+A page's Python, JavaScript and HTML blocks are only ``--8<-- "path"`` lines, included by
+pymdownx.snippets from ``docs_src/<page>/`` (or ``examples/``). This module checks that:
+
+- every ``docs_src`` Python file imports (with its folder on ``sys.path``, as its page says
+  to save it), and the servers of the pages serve a real client on 127.0.0.1;
+- no converted page has an inline block in those languages, and every include names a file
+  that exists and that a test exercises;
+- the shell commands of the pages name modules and files that exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    ROOT,
+    TIMEOUT,
+    Client,
+    check_error,
+    check_frame,
+    uvicorn_server,
+    wait_for,
+    websockets_asyncio_server,
+    websockets_sync_server,
+)
+from wsroom import ConnectionManager
+
+DOCS = ROOT / "docs"
+DOCS_SRC = ROOT / "docs_src"
+
+# The pages that still show Python, JavaScript or HTML inline. A page leaves this list once
+# each such block is an included file; the list shrinks to nothing.
+NOT_YET_CONVERTED = {
+    "adapters.md",
+    "api.md",
+    "authentication.md",
+    "browser-client.md",
+    "deployment.md",
+    "index.md",
+    "limits.md",
+    "rooms.md",
+    "server-api.md",
+    "testing.md",
+}
+
+# Languages whose blocks must be included files rather than inline code.
+INCLUDED_LANGUAGES = {"python", "py", "js", "javascript", "html", "ts", "typescript"}
+
+# Files under examples/ that a page includes, and the test that runs or imports each one.
+EXAMPLE_TESTS = {
+    "examples/fastapi_chat.py": "tests/test_examples.py",
+    "examples/browser_chat.html": "tests/test_browser_chat_example.py",
+}
+
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$")
+INCLUDE = re.compile(r'^--8<-- "(?P<path>[^"]+)"$')
+
+
+class Block:
+    def __init__(self, page: str, line: int, language: str, body: list[str]) -> None:
+        self.page = page
+        self.line = line
+        self.language = language
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"{self.page}:{self.line} ({self.language})"
+
+    @property
+    def include(self) -> str | None:
+        """The path the block includes, if it is only a ``--8<--`` line."""
+        lines = [line.strip() for line in self.body if line.strip()]
+        match = INCLUDE.match(lines[0]) if len(lines) == 1 else None
+        return match["path"] if match else None
+
+
+def blocks(page: Path) -> list[Block]:
+    """The fenced code blocks of a page, at any indentation (tabs, admonitions, lists)."""
+    found = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        language = opening["info"].strip().split(" ")[0].lstrip(".").lower()
+        body = []
+        start = index + 1
+        index += 1
+        while index < len(lines):
+            closing = FENCE.match(lines[index])
+            if closing and closing["fence"].startswith(opening["fence"]) and not closing["info"]:
+                break
+            body.append(lines[index])
+            index += 1
+        found.append(Block(page.name, start, language, body))
+        index += 1
+    return found
+
+
+PAGES = sorted(DOCS.glob("*.md"))
+ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
+INCLUDES = sorted({block.include for block in ALL_BLOCKS if block.include})
+DOCS_SRC_FILES = sorted(DOCS_SRC.rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+# 1. Every docs_src file imports, as its page says to save it.
+
+
+@contextlib.contextmanager
+def on_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path``; the modules imported from it forgotten after."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if file.startswith(str(DOCS_SRC)):
+                del sys.modules[name]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", DOCS_SRC_FILES, ids=_rel)
+def test_every_docs_src_file_imports(path: Path) -> None:
+    with on_path(path.parent):
+        namespace = runpy.run_path(str(path), run_name="docs_src")
+    # A program keeps what it does behind main(): importing it starts nothing.
+    assert namespace["__name__"] == "docs_src"
+
+
+def load(path: str) -> ModuleType:
+    """``docs_src/<path>`` as a fresh module (call inside :func:`on_path`)."""
+    file = DOCS_SRC / path
+    spec = importlib.util.spec_from_file_location(f"docs_src_{file.stem}", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def chat(url: str, path: str = "/ws") -> None:
+    """What the getting-started chat does: join, say hello, refuse what is not text."""
+    ann = await Client.connect(url, f"{path}?user=ann")
+    try:
+        joined = check_frame(await ann.request({"type": "join", "room": "lobby"}), "joined")
+        assert joined["members"] == ["ann"]
+        await ann.send({"type": "message", "room": "lobby", "data": "hello"})
+        message = check_frame(await ann.recv_type("message"), "message")
+        assert (message["from"], message["data"]) == ("ann", "hello")
+        refused = await ann.request({"type": "message", "room": "lobby", "data": {"x": 1}})
+        check_error(refused, "invalid_message", ann._ref)
+    finally:
+        await ann.close()
+
+
+@contextlib.asynccontextmanager
+async def running(main: Callable[[], Any], module: ModuleType) -> AsyncIterator[str]:
+    """Run a page's ``async def main()`` with its ``serve`` on port 0; yield the URL."""
+    from wsroom.adapters import websockets as adapter
+
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @contextlib.asynccontextmanager
+    async def serve(manager: ConnectionManager, host: str, port: int, **options: Any) -> Any:
+        assert (host, port) == ("127.0.0.1", 8765)
+        async with adapter.serve(manager, host, 0, **options) as server:
+            started.set_result(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+            yield server
+
+    module.serve = serve  # type: ignore[attr-defined]
+    task = asyncio.create_task(main())
+    try:
+        yield await asyncio.wait_for(started, TIMEOUT)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+# 2. The getting-started servers serve a real client.
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["server.py", "server_asyncio.py", "server_with_client.py"])
+async def test_getting_started_asyncio_servers(name: str) -> None:
+    with on_path(DOCS_SRC / "getting_started"):
+        module = load(f"getting_started/{name}")
+        async with running(module.main, module) as url:
+            await chat(url)
+            if name == "server_with_client.py":
+                status, body = await asyncio.to_thread(
+                    _get, url.replace("ws:", "http:") + "/wsroom.js"
+                )
+                assert status == 200 and b"export function connect(" in body
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        return response.status, response.read()
+
+
+@pytest.mark.timeout(30)
+async def test_getting_started_threading_server() -> None:
+    from wsroom.adapters import websockets_sync
+
+    with on_path(DOCS_SRC / "getting_started"):
+        module = load("getting_started/server_sync.py")
+        servers: list[websockets_sync.Server] = []
+
+        @contextlib.contextmanager
+        def serve(manager: ConnectionManager, host: str, port: int) -> Iterator[Any]:
+            assert (host, port) == ("127.0.0.1", 8765)
+            with websockets_sync.serve(manager, host, 0) as server:
+                servers.append(server)
+                yield server
+
+        module.websockets_sync = type("Adapter", (), {"serve": staticmethod(serve)})  # type: ignore[attr-defined]
+        thread = threading.Thread(target=module.main, daemon=True)
+        thread.start()
+        try:
+            await wait_for(lambda: bool(servers))
+            await chat(f"ws://127.0.0.1:{servers[0].socket.getsockname()[1]}")
+        finally:
+            if servers:
+                await asyncio.to_thread(servers[0].shutdown)
+            await asyncio.to_thread(thread.join, TIMEOUT)
+        assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_getting_started_starlette_app() -> None:
+    with on_path(DOCS_SRC / "getting_started"):
+        module = load("getting_started/server_starlette.py")
+        async with uvicorn_server(module.manager, module.app) as server:
+            await chat(f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("factory", [websockets_asyncio_server, websockets_sync_server])
+async def test_getting_started_room_on_the_other_adapters(factory: Any) -> None:
+    with on_path(DOCS_SRC / "getting_started"):
+        module = load("getting_started/other_origin.py")
+        assert module.manager  # the page's manager with an allowed origin
+        server = load("getting_started/server.py")
+        manager = ConnectionManager(server.ChatRoom, authenticate=server.authenticate)
+        async with factory(manager) as url:
+            await chat(url)
+
+
+# 3. The pages include their code rather than show it inline.
+
+
+def inline_blocks(page: Path) -> list[Block]:
+    return [
+        block
+        for block in blocks(page)
+        if block.language in INCLUDED_LANGUAGES and block.include is None
+    ]
+
+
+@pytest.mark.parametrize(
+    "page", [page for page in PAGES if page.name not in NOT_YET_CONVERTED], ids=lambda p: p.name
+)
+def test_converted_pages_have_no_inline_code(page: Path) -> None:
+    inline = inline_blocks(page)
+    assert not inline, f"inline code blocks, to move to docs_src/: {inline}"
+
+
+@pytest.mark.parametrize("page", sorted(NOT_YET_CONVERTED))
+def test_pages_left_to_convert_still_have_inline_code(page: str) -> None:
+    assert inline_blocks(DOCS / page), f"{page} is converted: take it off NOT_YET_CONVERTED"
+
+
+def test_the_list_of_pages_to_convert_names_pages() -> None:
+    assert {page.name for page in PAGES} >= NOT_YET_CONVERTED
+
+
+@pytest.mark.parametrize("path", INCLUDES)
+def test_every_included_file_exists_and_is_exercised(path: str) -> None:
+    assert (ROOT / path).is_file(), path
+    if path.startswith("docs_src/"):
+        # Python files by test_every_docs_src_file_imports; HTML pages by the scripts' check.
+        assert path.endswith((".py", ".html", ".js")), path
+    else:
+        assert path in EXAMPLE_TESTS, f"{path}: which test runs it?"
+        test = (ROOT / EXAMPLE_TESTS[path]).read_text(encoding="utf-8")
+        assert Path(path).stem in test or Path(path).name in test, (path, EXAMPLE_TESTS[path])
+
+
+def test_docs_src_file_names_are_unique() -> None:
+    # Each folder is a reader's directory, not a package: mypy checks every file as a
+    # top-level module named after it, so two files of one name would be one module.
+    names = [path.stem for path in DOCS_SRC_FILES]
+    assert len(names) == len(set(names)), sorted(names)
+
+
+def test_every_docs_src_file_is_on_a_page() -> None:
+    files = {_rel(path) for path in DOCS_SRC.rglob("*") if path.is_file()}
+    files = {
+        path for path in files if not path.endswith("__init__.py") and "__pycache__" not in path
+    }
+    assert files - set(INCLUDES) == set()
+
+
+# 4. Shell commands name what exists.
+
+COMMAND_MODULE = re.compile(r"python3? -m (?P<module>[\w.]+)")
+
+
+def test_shell_commands_name_modules_that_exist() -> None:
+    for block in ALL_BLOCKS:
+        if block.language not in {"sh", "bash", "console", "shell"}:
+            continue
+        text = "\n".join(block.body)
+        for match in COMMAND_MODULE.finditer(text):
+            module = match["module"]
+            if module.split(".")[0] in {"pip", "venv", "pytest", "uvicorn", "http"}:
+                continue
+            assert importlib.util.find_spec(module) is not None, (block, module)
+        for path in re.findall(r"(?<![\w/.-])((?:examples|docs_src|scripts|tests)/[\w./-]+)", text):
+            assert (ROOT / path).exists(), (block, path)
+
+
+# 5. JavaScript: each included script (a .js file, or the module scripts of an .html page)
+# type-checks against wsroom.d.ts, as tests/js/usage.ts does.
+
+JS = ROOT / "tests" / "js"
+SCRIPT = re.compile(r'<script type="module">\n(?P<code>.*?)</script>', re.DOTALL)
+TSC_TIMEOUT = 120.0
+
+
+def require_tsc() -> Path:
+    """tests/js's TypeScript compiler; else skip, or fail under ``WSROOM_REQUIRE_JS=1``."""
+    tsc = JS / "node_modules" / ".bin" / "tsc"
+    if shutil.which("node") is not None and tsc.is_file():
+        return tsc
+    missing = "node or tests/js/node_modules is missing (run `npm ci` in tests/js)"
+    if os.environ.get("WSROOM_REQUIRE_JS") == "1":
+        pytest.fail(f"WSROOM_REQUIRE_JS=1, but {missing}")
+    pytest.skip(missing)
+
+
+@pytest.mark.timeout(TSC_TIMEOUT + 10)
+def test_included_scripts_type_check_against_the_declarations(tmp_path: Path) -> None:
+    files = []
+    for path in INCLUDES:
+        if not path.startswith("docs_src/"):
+            continue
+        if path.endswith(".js"):
+            files.append(str(ROOT / path))
+        elif path.endswith(".html"):
+            scripts = SCRIPT.findall((ROOT / path).read_text(encoding="utf-8"))
+            assert scripts, f"{path} has no module script"
+            for number, code in enumerate(scripts):
+                # Named after the page, so the compiler's messages say where to look.
+                script = tmp_path / (path.replace("/", "__") + f".{number}.js")
+                script.write_text(code, encoding="utf-8")
+                files.append(str(script))
+    assert files
+    tsc = require_tsc()
+    declarations = ROOT / "src" / "wsroom" / "browser" / "wsroom.d.ts"
+    config = {
+        "compilerOptions": {
+            "target": "ES2022",
+            "module": "ESNext",
+            "moduleResolution": "Bundler",
+            "lib": ["ES2022", "DOM"],
+            "types": [],
+            "allowJs": True,
+            "checkJs": True,
+            "strict": True,
+            "noEmit": True,
+            # Pages import the script the server serves; wsroom.d.ts declares it.
+            "paths": {"/wsroom.js": [str(declarations)]},
+        },
+        "files": files,
+    }
+    (tmp_path / "tsconfig.json").write_text(json.dumps(config), encoding="utf-8")
+    result = subprocess.run(
+        [str(tsc), "--noEmit", "-p", str(tmp_path / "tsconfig.json")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TSC_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
