@@ -57,7 +57,6 @@ NOT_YET_CONVERTED = {
     "deployment.md",
     "index.md",
     "limits.md",
-    "rooms.md",
     "server-api.md",
     "testing.md",
 }
@@ -415,3 +414,64 @@ def test_included_scripts_type_check_against_the_declarations(tmp_path: Path) ->
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+# 6. Rooms: the page's rooms and handlers answer as its comments say.
+
+
+@pytest.mark.timeout(30)
+async def test_rooms_chat_room() -> None:
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "rooms"):
+        manager = load("rooms/chat_room.py").manager
+    async with TestClient(manager, user="ann") as ann, TestClient(manager, user=None) as guest:
+        check_error(await ann.join("team:red"), "forbidden", ann._ref)
+        assert (await ann.join("lobby"))["type"] == "joined"
+        assert (await ann.receive_type("topic"))["data"] == {"topic": ""}
+        await guest.join("lobby")
+        check_error(await guest.message("lobby", "hi"), "forbidden", guest._ref)
+        await ann.request({"type": "set_topic", "room": "lobby", "data": "news"})
+        topic = await guest.receive_type("topic")
+        assert topic["data"] == {"topic": "news", "by": "ann"}
+
+
+@pytest.mark.timeout(30)
+async def test_rooms_table_room_answers_with_data() -> None:
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "rooms"):
+        manager = load("rooms/table_room.py").manager
+    async with TestClient(manager, user="ann") as ann, TestClient(manager, user="bob") as bob:
+        await ann.join("table:1")
+        await bob.join("table:1")
+        assert (await ann.request({"type": "sit", "room": "table:1"}))["data"] == 1
+        assert (await bob.request({"type": "sit", "room": "table:1"}))["data"] == 2
+        assert (await ann.request({"type": "sit", "room": "table:1"}))["data"] == 1
+        dice = (await ann.request({"type": "roll", "room": "table:1"}))["data"]
+        assert len(dice) == 2 and all(1 <= die <= 6 for die in dice)
+        rolled = await bob.receive_type("rolled")
+        assert rolled["data"] == {"user": "ann", "dice": dice}
+
+
+@pytest.mark.timeout(30)
+async def test_rooms_handlers_and_choose_room() -> None:
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "rooms"):
+        whoami = load("rooms/whoami.py").manager
+        my_rooms = load("rooms/my_rooms.py").manager
+        choose = load("rooms/choose_room.py")
+    async with TestClient(whoami, user="ann") as ann:
+        await ann.join("lobby")
+        await ann.send({"type": "whoami"})
+        assert (await ann.receive_type("you"))["data"] == {"user": "ann", "rooms": ["lobby"]}
+    async with TestClient(my_rooms, user="ann") as ann:
+        await ann.join("lobby")
+        await ann.join("chat:1")
+        assert (await ann.request({"type": "my_rooms"}))["data"] == ["chat:1", "lobby"]
+    assert choose.choose_room("lobby") is choose.LobbyRoom
+    assert choose.choose_room("chat:1") is choose.ChatRoom
+    async with TestClient(choose.manager, user="ann") as ann:
+        check_error(await ann.join("elsewhere"), "forbidden", ann._ref)
+        assert (await ann.join("chat:1"))["type"] == "joined"
