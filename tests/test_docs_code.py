@@ -57,7 +57,6 @@ NOT_YET_CONVERTED = {
     "deployment.md",
     "index.md",
     "limits.md",
-    "server-api.md",
     "testing.md",
 }
 
@@ -475,3 +474,54 @@ async def test_rooms_handlers_and_choose_room() -> None:
     async with TestClient(choose.manager, user="ann") as ann:
         check_error(await ann.join("elsewhere"), "forbidden", ann._ref)
         assert (await ann.join("chat:1"))["type"] == "joined"
+
+
+# 7. Server-side API: connection hooks, the portal from Flask's threads, a background loop.
+
+
+@pytest.mark.timeout(30)
+async def test_server_api_online_users() -> None:
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "server_api"):
+        module = load("server_api/online.py")
+    async with TestClient(module.manager, path="/ws?user=ann") as ann:
+        assert (await ann.receive_type("online"))["data"] == ["ann"]
+        async with TestClient(module.manager, path="/ws?user=bob") as bob:
+            assert (await bob.receive_type("online"))["data"] == ["ann", "bob"]
+        await wait_for(lambda: dict(module.online) == {"ann": 1})
+    await wait_for(lambda: not module.online)
+
+
+@pytest.mark.timeout(30)
+async def test_server_api_flask_views_reach_the_rooms() -> None:
+    with on_path(DOCS_SRC / "server_api"):
+        module = load("server_api/flask_news.py")
+    flask = module.app.test_client()
+    async with websockets_sync_server(module.manager) as url:
+        reader = await Client.connect(url, "/ws?user=mallory")
+        await reader.join("news")
+        answer = await asyncio.to_thread(flask.post, "/announce", json={"text": "hi"})
+        assert answer.get_json() == {"id": 1, "readers": ["mallory"]}
+        message = check_frame(await reader.recv_type("message"), "message")
+        assert message["data"] == {"text": "hi"}
+        answer = await asyncio.to_thread(flask.post, "/ban/mallory")
+        assert answer.get_json() == {"closed": 1}
+        assert await reader.wait_closed() == 4003
+
+
+@pytest.mark.timeout(30)
+async def test_server_api_feed_and_background_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    with on_path(DOCS_SRC / "server_api"):
+        feed = load("server_api/feed.py").feed
+        background = load("server_api/background_loop.py")
+    await asyncio.to_thread(background.main)
+    assert capsys.readouterr().out == "None\n"
+    manager = ConnectionManager()
+    async with websockets_asyncio_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("prices")
+        prices = iter([{"ACME": 100.0}, {"ACME": 101.0}])
+        await asyncio.to_thread(feed, manager, prices)
+        received = [await client.recv_type("message") for _ in range(2)]
+        assert [frame["data"] for frame in received] == [{"ACME": 100.0}, {"ACME": 101.0}]
