@@ -21,6 +21,7 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -56,7 +57,6 @@ NOT_YET_CONVERTED = {
     "browser-client.md",
     "deployment.md",
     "index.md",
-    "limits.md",
     "testing.md",
 }
 
@@ -179,16 +179,20 @@ async def chat(url: str, path: str = "/ws") -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(main: Callable[[], Any], module: ModuleType) -> AsyncIterator[str]:
-    """Run a page's ``async def main()`` with its ``serve`` on port 0; yield the URL."""
+async def running(
+    main: Callable[[], Any], module: ModuleType, host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
+    """Run a page's ``async def main()`` with its ``serve`` (on ``host``, port 8765) on
+    127.0.0.1 and port 0; yield the URL."""
     from wsroom.adapters import websockets as adapter
 
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    expected_host = host
 
     @contextlib.asynccontextmanager
     async def serve(manager: ConnectionManager, host: str, port: int, **options: Any) -> Any:
-        assert (host, port) == ("127.0.0.1", 8765)
-        async with adapter.serve(manager, host, 0, **options) as server:
+        assert (host, port) == (expected_host, 8765)
+        async with adapter.serve(manager, "127.0.0.1", 0, **options) as server:
             started.set_result(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
             yield server
 
@@ -525,3 +529,36 @@ async def test_server_api_feed_and_background_loop(capsys: pytest.CaptureFixture
         await asyncio.to_thread(feed, manager, prices)
         received = [await client.recv_type("message") for _ in range(2)]
         assert [frame["data"] for frame in received] == [{"ACME": 100.0}, {"ACME": 101.0}]
+
+
+# 8. Limits: the settings build, and SIGTERM shuts the server down gracefully.
+
+
+@pytest.mark.timeout(30)
+async def test_limits_settings() -> None:
+    from wsroom import Limits
+
+    with on_path(DOCS_SRC / "limits"):
+        chat = load("limits/chat_limits.py")
+        load_test = load("limits/load_test_limits.py")
+    assert chat.manager.limits.max_frame_size == 16 * 1024
+    assert chat.manager.limits.rate == 20.0
+    assert load_test.limits.max_queue == 4096
+    assert load_test.manager.limits == Limits.without_rate_limits()
+
+
+@pytest.mark.timeout(30)
+async def test_limits_sigterm_closes_the_server_gracefully(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    handlers: dict[int, Callable[[], object]] = {}
+    # The handler the program installs, called as the loop would on SIGTERM.
+    monkeypatch.setattr(loop, "add_signal_handler", lambda sig, fn: handlers.__setitem__(sig, fn))
+    with on_path(DOCS_SRC / "limits"):
+        module = load("limits/sigterm.py")
+    async with running(module.main, module, host="") as url:
+        client = await Client.connect(url)
+        await wait_for(lambda: signal.SIGTERM in handlers)
+        handlers[signal.SIGTERM]()
+        assert await client.wait_closed() == 1001
