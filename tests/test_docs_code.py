@@ -57,7 +57,6 @@ NOT_YET_CONVERTED = {
     "browser-client.md",
     "deployment.md",
     "index.md",
-    "testing.md",
 }
 
 # Languages whose blocks must be included files rather than inline code.
@@ -562,3 +561,26 @@ async def test_limits_sigterm_closes_the_server_gracefully(
         await wait_for(lambda: signal.SIGTERM in handlers)
         handlers[signal.SIGTERM]()
         assert await client.wait_closed() == 1001
+
+
+# 9. Testing: the page's test modules pass under pytest, as a reader runs them.
+
+
+@pytest.mark.timeout(120)
+def test_the_testing_pages_tests_pass() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "docs_src/testing"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    # Every test of the page ran and passed, none skipped.
+    tests = sum(
+        len(re.findall(r"^(?:async )?def test_", path.read_text(encoding="utf-8"), re.M))
+        for path in (DOCS_SRC / "testing").glob("test_*.py")
+    )
+    assert re.search(rf"^{tests} passed in ", result.stdout, re.M), result.stdout
