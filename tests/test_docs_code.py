@@ -27,12 +27,13 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.helpers import (
+    ADAPTERS,
     ROOT,
     TIMEOUT,
     Client,
@@ -51,7 +52,6 @@ DOCS_SRC = ROOT / "docs_src"
 # The pages that still show Python, JavaScript or HTML inline. A page leaves this list once
 # each such block is an included file; the list shrinks to nothing.
 NOT_YET_CONVERTED = {
-    "adapters.md",
     "api.md",
     "authentication.md",
     "browser-client.md",
@@ -146,8 +146,14 @@ def on_path(folder: Path) -> Iterator[None]:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", DOCS_SRC_FILES, ids=_rel)
 def test_every_docs_src_file_imports(path: Path) -> None:
+    adapters = dict(ADAPTERS)
     with on_path(path.parent):
-        namespace = runpy.run_path(str(path), run_name="docs_src")
+        try:
+            namespace = runpy.run_path(str(path), run_name="docs_src")
+        finally:
+            # adapters.md's factory registers itself, as it would in a clone's helpers.py.
+            ADAPTERS.clear()
+            ADAPTERS.update(adapters)
     # A program keeps what it does behind main(): importing it starts nothing.
     assert namespace["__name__"] == "docs_src"
 
@@ -584,3 +590,264 @@ def test_the_testing_pages_tests_pass() -> None:
         for path in (DOCS_SRC / "testing").glob("test_*.py")
     )
     assert re.search(rf"^{tests} passed in ", result.stdout, re.M), result.stdout
+
+
+# 10. Adapters: each program serves a real client, and stops the way the page says.
+
+
+def on_port_zero(original: Callable[..., Any], servers: list[Any], *, sync: bool = False) -> Any:
+    """``original(handler, host, port, ...)`` on 127.0.0.1 and port 0 instead, as the
+    same kind of context manager; what it yields is appended to ``servers``."""
+    if sync:
+
+        @contextlib.contextmanager
+        def serve_sync(first: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            with original(first, "127.0.0.1", 0, *args, **kwargs) as server:
+                servers.append(server)
+                yield server
+
+        return serve_sync
+
+    @contextlib.asynccontextmanager
+    async def serve(first: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        async with original(first, "127.0.0.1", 0, *args, **kwargs) as server:
+            servers.append(server)
+            yield server
+
+    return serve
+
+
+def url_of(server: Any) -> str:
+    sock = server.socket if hasattr(server, "socket") else server.sockets[0]
+    return f"ws://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def say_hello(url: str, room: str = "lobby", path: str = "/ws") -> None:
+    """Join ``room`` and get one's own message back."""
+    client = await Client.connect(url, path)
+    try:
+        check_frame(await client.join(room), "joined")
+        await client.send({"type": "message", "room": room, "data": "hello"})
+        assert (await client.recv_type("message"))["data"] == "hello"
+    finally:
+        await client.close()
+
+
+def http_status(url: str) -> int:
+    import urllib.error
+
+    try:
+        return _get(url.replace("ws:", "http:"))[0]
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def until_serving(servers: list[Any], count: int = 1) -> None:
+    await wait_for(lambda: len(servers) >= count)
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_asyncio_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/websockets_serve.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers))
+    task = asyncio.create_task(module.main(ConnectionManager(), "127.0.0.1", 8765))
+    try:
+        await until_serving(servers)
+        await say_hello(url_of(servers[0]))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_own_websockets_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    handlers: dict[int, Callable[[], object]] = {}
+    monkeypatch.setattr(loop, "add_signal_handler", lambda sig, fn: handlers.__setitem__(sig, fn))
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/own_websockets_server.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers))
+    task = asyncio.create_task(module.main())
+    await until_serving(servers)
+    url = url_of(servers[0])
+    assert await asyncio.to_thread(http_status, url + "/healthz") == 200
+    assert await asyncio.to_thread(http_status, url + "/elsewhere") == 404
+    await say_hello(url)
+    client = await Client.connect(url)
+    handlers[signal.SIGTERM]()
+    assert await client.wait_closed() == 1001
+    await asyncio.wait_for(task, TIMEOUT)
+
+
+async def run_in_thread(main: Callable[[], object], servers: list[Any]) -> threading.Thread:
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    await until_serving(servers)
+    return thread
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_threading_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/sync_serve.py")
+    servers: list[Any] = []
+    from wsroom.adapters import websockets_sync
+
+    serve = on_port_zero(websockets_sync.serve, servers, sync=True)
+    monkeypatch.setattr(module, "websockets_sync", SimpleNamespace(serve=serve))
+    thread = await run_in_thread(
+        lambda: module.main(ConnectionManager(), "127.0.0.1", 8765), servers
+    )
+    await say_hello(url_of(servers[0]))
+    await asyncio.to_thread(servers[0].shutdown)
+    await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_threading_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsroom.adapters import websockets_sync
+
+    handlers: dict[int, Callable[[int, object], object]] = {}
+    monkeypatch.setattr(signal, "signal", lambda sig, fn: handlers.__setitem__(sig, fn))
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/sync_sigterm.py")
+    servers: list[Any] = []
+    serve = on_port_zero(websockets_sync.serve, servers, sync=True)
+    monkeypatch.setattr(module, "websockets_sync", SimpleNamespace(serve=serve))
+    thread = await run_in_thread(module.main, servers)
+    client = await Client.connect(url_of(servers[0]))
+    await wait_for(lambda: signal.SIGTERM in handlers)
+    handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert await client.wait_closed() == 1001
+    await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_blocking_work_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/archived_room.py")
+    saved: list[tuple[str, str | None, object]] = []
+    monkeypatch.setattr(module, "save_to_database", lambda *args: saved.append(args))
+    async with TestClient(ConnectionManager(module.ArchivedRoom), user="ann") as ann:
+        await ann.join("lobby")
+        await ann.message("lobby", "hi")
+    assert saved == [("lobby", "ann", "hi")]
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_own_threaded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/own_sync_server.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers, sync=True))
+    thread = await run_in_thread(module.main, servers)
+    url = url_of(servers[0])
+    assert await asyncio.to_thread(http_status, url + "/healthz") == 200
+    assert await asyncio.to_thread(http_status, url + "/elsewhere") == 404
+    await say_hello(url)
+    client = await Client.connect(url)
+    # What Ctrl+C does: serve_forever() returns, then the rooms shut down.
+    await asyncio.to_thread(servers[0].shutdown)
+    assert await client.wait_closed() == 1001
+    await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_both_servers_share_the_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/both_servers.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers))
+    monkeypatch.setattr(module, "sync_serve", on_port_zero(module.sync_serve, servers, sync=True))
+    task = asyncio.create_task(module.main())
+    try:
+        await until_serving(servers, 2)
+        ann = await Client.connect(url_of(servers[0]))
+        bob = await Client.connect(url_of(servers[1]))
+        await ann.join("lobby")
+        await bob.join("lobby")
+        await bob.send({"type": "message", "room": "lobby", "data": "across"})
+        assert (await ann.recv_type("message"))["data"] == "across"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "name", ["starlette_routes", "starlette_endpoint", "uvicorn_run", "uvicorn_server_config"]
+)
+async def test_adapters_starlette_apps(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load(f"adapters/{name}.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        await say_hello(f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}")
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_fastapi_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/fastapi_depends.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        await say_hello(url, path="/ws?user=ann")
+        with pytest.raises(websockets.InvalidStatus):
+            await Client.connect(url, "/ws")
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    adapters = dict(ADAPTERS)
+    try:
+        with on_path(DOCS_SRC / "adapters"):
+            factory = load("adapters/task_adapter_factory.py").task_adapter_server
+            serving = load("adapters/task_adapter_serve.py")
+            assert ADAPTERS["task"] is factory
+            async with factory(ConnectionManager()) as url:
+                await say_hello(url)
+    finally:
+        ADAPTERS.clear()
+        ADAPTERS.update(adapters)
+    servers: list[Any] = []
+    monkeypatch.setattr(serving, "serve", on_port_zero(serving.serve, servers))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serving.main(ConnectionManager(), stop))
+    await until_serving(servers)
+    await say_hello(url_of(servers[0]))
+    stop.set()
+    await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.timeout(300)
+def test_adapters_task_adapter_passes_the_conformance_suite() -> None:
+    # As the page says to run it, with the page's factory registering the page's adapter
+    # (loaded as a pytest plugin, so it is in ADAPTERS before the tests are collected).
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *("-p", "task_adapter_factory", "-k", "task"),
+            *("tests/conformance", "tests/test_slow_client.py"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(DOCS_SRC / "adapters")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    passed = re.search(r"^(\d+) passed", result.stdout, re.M)
+    assert passed and int(passed[1]) > 100, result.stdout
