@@ -55,7 +55,6 @@ NOT_YET_CONVERTED = {
     "api.md",
     "authentication.md",
     "browser-client.md",
-    "deployment.md",
     "index.md",
 }
 
@@ -130,13 +129,17 @@ def _rel(path: Path) -> str:
 
 @contextlib.contextmanager
 def on_path(folder: Path) -> Iterator[None]:
-    """``folder`` first on ``sys.path``; the modules imported from it forgotten after."""
+    """``folder`` first on ``sys.path``, then Getting started's (whose ``server.py``, the
+    pages' running example, other pages import); the modules imported from them forgotten
+    after."""
     before = set(sys.modules)
-    sys.path.insert(0, str(folder))
+    folders = [str(folder), str(DOCS_SRC / "getting_started")]
+    sys.path[:0] = folders
     try:
         yield
     finally:
-        sys.path.remove(str(folder))
+        for entry in folders:
+            sys.path.remove(entry)
         for name in set(sys.modules) - before:
             file = getattr(sys.modules[name], "__file__", None) or ""
             if file.startswith(str(DOCS_SRC)):
@@ -851,3 +854,80 @@ def test_adapters_task_adapter_passes_the_conformance_suite() -> None:
     assert result.returncode == 0, result.stdout
     passed = re.search(r"^(\d+) passed", result.stdout, re.M)
     assert passed and int(passed[1]) > 100, result.stdout
+
+
+# 11. Deployment: two nodes of the page's chat share a room through Redis.
+
+
+@pytest.mark.timeout(60)
+async def test_deployment_two_nodes_share_a_room(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.redis_support import delete_prefix, fresh_prefix, shared_redis_url
+    from wsroom.backplane.redis import RedisBackplane
+
+    url = shared_redis_url()
+    if url is None:
+        pytest.skip("no Redis server (scripts/test.sh starts one)")
+    test_prefix = fresh_prefix()
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "add_signal_handler", lambda sig, fn: None)
+    with on_path(DOCS_SRC / "deployment"):
+        node = load("deployment/chat_node.py")
+        clients = load("deployment/two_clients.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(node, "REDIS_URL", url)
+    # A prefix of the test's own, on a Redis other tests share.
+    monkeypatch.setattr(
+        node, "RedisBackplane", lambda u, prefix: RedisBackplane(u, prefix=test_prefix)
+    )
+    monkeypatch.setattr(node, "serve", on_port_zero(node.serve, servers))
+    nodes = [asyncio.create_task(node.main(port)) for port in (8001, 8002)]
+    try:
+        await until_serving(servers, 2)
+        ports = {
+            ":8001/": f":{servers[0].sockets[0].getsockname()[1]}/",
+            ":8002/": f":{servers[1].sockets[0].getsockname()[1]}/",
+        }
+        connect = clients.connect
+
+        def to_the_nodes(address: str, **kwargs: Any) -> Any:
+            for old, new in ports.items():
+                address = address.replace(old, new)
+            return connect(address, open_timeout=TIMEOUT, **kwargs)
+
+        monkeypatch.setattr(clients, "connect", to_the_nodes)
+        await asyncio.wait_for(clients.main(), TIMEOUT * 2)
+    finally:
+        for task in nodes:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*nodes, return_exceptions=True), TIMEOUT)
+        await delete_prefix(url, test_prefix)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("node ") and out[1].startswith("node ")
+    assert out[2:4] == ["['alice']", "['alice', 'bob']"]
+    assert "'event': 'join', 'user': 'bob'" in out[4]
+    assert "'from': 'bob', 'data': 'hi'" in out[5]
+
+
+@pytest.mark.timeout(30)
+async def test_deployment_settings_and_publishers() -> None:
+    with on_path(DOCS_SRC / "deployment"):
+        burst = load("deployment/publish_burst.py")
+        limits = load("deployment/shared_address_limits.py").limits
+        proxy = load("deployment/proxy_manager.py").manager
+    assert limits.address_rate == 1000.0 and limits.handshake_burst == 200
+    from wsroom.testing import TestClient
+
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    async with TestClient(proxy, path="/ws?user=ann", headers=forwarded) as ann:
+        assert ann.connection is not None
+        assert ann.connection.handshake.client_address == "203.0.113.9"
+    manager = ConnectionManager()
+    async with websockets_asyncio_server(manager) as url:
+        client = await Client.connect(url)
+        await client.join("prices")
+        assert await burst.publish(manager, [{"p": 1}, {"p": 2}]) == [1, 2]
+        await asyncio.to_thread(burst.publish_from_thread, manager, [{"p": 3}])
+        ids = [(await client.recv_type("message"))["id"] for _ in range(3)]
+        assert ids == [1, 2, 3]
