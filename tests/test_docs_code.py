@@ -53,9 +53,7 @@ DOCS_SRC = ROOT / "docs_src"
 # each such block is an included file; the list shrinks to nothing.
 NOT_YET_CONVERTED = {
     "api.md",
-    "authentication.md",
     "browser-client.md",
-    "index.md",
 }
 
 # Languages whose blocks must be included files rather than inline code.
@@ -931,3 +929,65 @@ async def test_deployment_settings_and_publishers() -> None:
         await asyncio.to_thread(burst.publish_from_thread, manager, [{"p": 3}])
         ids = [(await client.recv_type("message"))["id"] for _ in range(3)]
         assert ids == [1, 2, 3]
+
+
+# 12. Authentication and the home page.
+
+
+@pytest.mark.timeout(30)
+async def test_authentication_sessions() -> None:
+    import websockets
+    from websockets.typing import Origin
+
+    with on_path(DOCS_SRC / "authentication"):
+        module = load("authentication/sessions.py")
+    app = Origin("https://app.example.com")
+
+    def cookie(token: str) -> dict[str, str]:
+        return {"Cookie": f"session={token}"}
+
+    async with running(module.main, module) as url:
+
+        async def refused(**kwargs: Any) -> int:
+            with pytest.raises(websockets.InvalidStatus) as refusal:
+                await Client.connect(url, **kwargs)
+            return refusal.value.response.status_code
+
+        assert await refused(origin=app) == 401
+        assert await refused(additional_headers=cookie("tok-eve"), origin=app) == 403
+        evil = Origin("https://evil.example")
+        assert await refused(additional_headers=cookie("tok-bob"), origin=evil) == 403
+        alice = await Client.connect(url, additional_headers=cookie("tok-alice"), origin=app)
+        bearer = {"Authorization": "Bearer tok-bob"}
+        bob = await Client.connect(url, additional_headers=bearer, origin=app)
+        assert (alice.welcome["user"], bob.welcome["user"]) == ("alice", "bob")
+        check_frame(await alice.join("admin:ops"), "joined")
+        denied = await bob.request({"type": "join", "room": "admin:ops"})
+        check_error(denied, "forbidden", bob._ref)
+        note = await alice.request({"type": "direct", "to": "alice", "data": "note"})
+        check_error(note, "forbidden", alice._ref)
+        assert (await alice.request({"type": "direct", "to": "bob", "data": "hi"}))["type"] == "ack"
+
+
+@pytest.mark.timeout(30)
+async def test_authentication_strict_origins() -> None:
+    from wsroom import HandshakeRejected
+    from wsroom.testing import TestClient
+
+    with on_path(DOCS_SRC / "authentication"):
+        manager = load("authentication/strict_origins.py").manager
+    with pytest.raises(HandshakeRejected) as refused:
+        async with TestClient(manager):
+            pass
+    assert refused.value.status == 403
+    async with TestClient(manager, headers={"Origin": "https://app.example.com"}) as client:
+        assert client.welcome is not None
+
+
+@pytest.mark.timeout(30)
+async def test_index_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with on_path(DOCS_SRC / "index"):
+        module = load("index/many_processes.py")
+    async with running(module.main, module, host="") as url:
+        await say_hello(url)
