@@ -53,7 +53,6 @@ DOCS_SRC = ROOT / "docs_src"
 # each such block is an included file; the list shrinks to nothing.
 NOT_YET_CONVERTED = {
     "api.md",
-    "browser-client.md",
 }
 
 # Languages whose blocks must be included files rather than inline code.
@@ -394,6 +393,9 @@ def test_included_scripts_type_check_against_the_declarations(tmp_path: Path) ->
                 script.write_text(code, encoding="utf-8")
                 files.append(str(script))
     assert files
+    shims = tmp_path / "shims.d.ts"
+    shims.write_text('declare module "ws" { export const WebSocket: unknown; }\n')
+    files.append(str(shims))
     tsc = require_tsc()
     declarations = ROOT / "src" / "wsroom" / "browser" / "wsroom.d.ts"
     config = {
@@ -407,8 +409,9 @@ def test_included_scripts_type_check_against_the_declarations(tmp_path: Path) ->
             "checkJs": True,
             "strict": True,
             "noEmit": True,
-            # Pages import the script the server serves; wsroom.d.ts declares it.
-            "paths": {"/wsroom.js": [str(declarations)]},
+            # Pages import the script the server serves, Node.js programs the package;
+            # wsroom.d.ts declares both. ws, untyped, is declared below.
+            "paths": {"/wsroom.js": [str(declarations)], "wsroom": [str(declarations)]},
         },
         "files": files,
     }
@@ -990,4 +993,54 @@ async def test_index_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     with on_path(DOCS_SRC / "index"):
         module = load("index/many_processes.py")
     async with running(module.main, module, host="") as url:
+        await say_hello(url)
+
+
+# 13. Browser client: each adapter serves wsroom.js beside the WebSocket.
+
+
+def script_status(url: str) -> int:
+    status, body = _get(url.replace("ws:", "http:") + "/wsroom.js")
+    assert b"export function connect(" in body
+    return status
+
+
+@pytest.mark.timeout(30)
+async def test_browser_client_script_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "browser_client"):
+        module = load("browser_client/script_asyncio.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers))
+    task = asyncio.create_task(module.main(ConnectionManager()))
+    try:
+        await until_serving(servers)
+        assert await asyncio.to_thread(script_status, url_of(servers[0])) == 200
+        await say_hello(url_of(servers[0]))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+async def test_browser_client_script_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    with on_path(DOCS_SRC / "browser_client"):
+        module = load("browser_client/script_threaded.py")
+    servers: list[Any] = []
+    monkeypatch.setattr(module, "serve", on_port_zero(module.serve, servers, sync=True))
+    thread = await run_in_thread(lambda: module.main(ConnectionManager()), servers)
+    assert await asyncio.to_thread(script_status, url_of(servers[0])) == 200
+    await say_hello(url_of(servers[0]))
+    await asyncio.to_thread(servers[0].shutdown)
+    await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_browser_client_script_starlette() -> None:
+    with on_path(DOCS_SRC / "browser_client"):
+        module = load("browser_client/script_starlette.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        assert await asyncio.to_thread(script_status, url) == 200
         await say_hello(url)
