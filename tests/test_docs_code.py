@@ -69,11 +69,13 @@ INCLUDE = re.compile(r'^--8<-- "(?P<path>[^"]+)"$')
 
 
 class Block:
-    def __init__(self, page: str, line: int, language: str, body: list[str]) -> None:
+    def __init__(self, page: str, line: int, language: str, body: list[str], section: str) -> None:
         self.page = page
         self.line = line
         self.language = language
         self.body = body
+        self.section = section
+        """The ``## `` heading the block is under."""
 
     def __repr__(self) -> str:
         return f"{self.page}:{self.line} ({self.language})"
@@ -91,9 +93,12 @@ def blocks(page: Path) -> list[Block]:
     found = []
     lines = page.read_text(encoding="utf-8").splitlines()
     index = 0
+    section = ""
     while index < len(lines):
         opening = FENCE.match(lines[index])
         if opening is None:
+            if lines[index].startswith("## "):
+                section = lines[index][3:].strip()
             index += 1
             continue
         language = opening["info"].strip().split(" ")[0].lstrip(".").lower()
@@ -106,7 +111,7 @@ def blocks(page: Path) -> list[Block]:
                 break
             body.append(lines[index])
             index += 1
-        found.append(Block(page.name, start, language, body))
+        found.append(Block(page.name, start, language, body, section))
         index += 1
     return found
 
@@ -1044,3 +1049,51 @@ async def test_browser_client_script_starlette() -> None:
         url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         assert await asyncio.to_thread(script_status, url) == 200
         await say_hello(url)
+
+
+# 14. JSON: every frame a page shows is one the protocol allows, in its direction.
+
+
+def client_fields() -> dict[str, set[str]]:
+    """The fields of each built-in client type, from protocol.md's "Client to server"
+    table (as tests/test_frames.py reads it), with ``type`` and ``ref``."""
+    section = (DOCS / "protocol.md").read_text(encoding="utf-8").split("\n## Client to server\n")[1]
+    fields = {}
+    for line in section.split("\n## ")[0].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) < 2:
+            continue
+        names = re.findall(r"`([^`]+)`", re.sub(r"\([^)]*\)", "", cells[1]))
+        fields[re.findall(r"`([^`]+)`", cells[0])[0]] = {"type", "ref", *names}
+    return fields
+
+
+JSON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "json"]
+
+
+def test_there_are_json_frames_to_check() -> None:
+    assert len([block for block in JSON_BLOCKS if block.page == "protocol.md"]) >= 20
+
+
+@pytest.mark.parametrize("block", JSON_BLOCKS, ids=repr)
+def test_json_blocks_are_protocol_frames(block: Block) -> None:
+    from wsroom import frames
+    from wsroom.protocol import MessageProtocol
+
+    frame = json.loads("\n".join(block.body))
+    assert isinstance(frame, dict) and isinstance(frame.get("type"), str), block
+    kind = frame["type"]
+    from_server = block.section == "Server to client" or (
+        kind in frames.SERVER_TYPES and kind not in frames.CLIENT_TYPES
+    )
+    if from_server and kind in frames.SERVER_TYPES:
+        check_frame(frame)
+    elif from_server:
+        # An application event, as Room.broadcast_event and manager.send_all make them.
+        assert frame == frames.event(kind, frame.get("data"), frame.get("room")), block
+    else:
+        # What the server's own parser accepts, with only the fields the table lists.
+        MessageProtocol().decode(json.dumps(frame))
+        if kind in frames.CLIENT_TYPES:
+            allowed = client_fields()[kind]
+            assert set(frame) <= allowed, (block, set(frame) - allowed)
