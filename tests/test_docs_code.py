@@ -49,11 +49,9 @@ from wsroom import ConnectionManager
 DOCS = ROOT / "docs"
 DOCS_SRC = ROOT / "docs_src"
 
-# The pages that still show Python, JavaScript or HTML inline. A page leaves this list once
-# each such block is an included file; the list shrinks to nothing.
-NOT_YET_CONVERTED = {
-    "api.md",
-}
+# api.md's Python blocks are signatures, kept inline: test_api_signatures_match_the_code
+# checks each against the object it names.
+SIGNATURE_PAGE = "api.md"
 
 # Languages whose blocks must be included files rather than inline code.
 INCLUDED_LANGUAGES = {"python", "py", "js", "javascript", "html", "ts", "typescript"}
@@ -295,25 +293,16 @@ def inline_blocks(page: Path) -> list[Block]:
     return [
         block
         for block in blocks(page)
-        if block.language in INCLUDED_LANGUAGES and block.include is None
+        if block.language in INCLUDED_LANGUAGES
+        and block.include is None
+        and not (page.name == SIGNATURE_PAGE and block.language == "python")
     ]
 
 
-@pytest.mark.parametrize(
-    "page", [page for page in PAGES if page.name not in NOT_YET_CONVERTED], ids=lambda p: p.name
-)
-def test_converted_pages_have_no_inline_code(page: Path) -> None:
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_pages_have_no_inline_code(page: Path) -> None:
     inline = inline_blocks(page)
     assert not inline, f"inline code blocks, to move to docs_src/: {inline}"
-
-
-@pytest.mark.parametrize("page", sorted(NOT_YET_CONVERTED))
-def test_pages_left_to_convert_still_have_inline_code(page: str) -> None:
-    assert inline_blocks(DOCS / page), f"{page} is converted: take it off NOT_YET_CONVERTED"
-
-
-def test_the_list_of_pages_to_convert_names_pages() -> None:
-    assert {page.name for page in PAGES} >= NOT_YET_CONVERTED
 
 
 @pytest.mark.parametrize("path", INCLUDES)
@@ -1097,3 +1086,190 @@ def test_json_blocks_are_protocol_frames(block: Block) -> None:
         if kind in frames.CLIENT_TYPES:
             allowed = client_fields()[kind]
             assert set(frame) <= allowed, (block, set(frame) - allowed)
+
+
+# 15. api.md: its signature blocks stay inline, but each one names a real object with the
+# parameters the page gives it (names and kinds, in order).
+
+SIGNATURE_START = re.compile(
+    r"^(?P<indent>\s*)(?:async\s+)?def\s+(?P<name>\w+)\s*\(|^(?P<call>[A-Z]\w*)\("
+)
+CLASS_LINE = re.compile(r"^class\s+(?P<name>\w+)")
+ATTRIBUTE_LINE = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Za-z_]\w*)\s*(?::[^=]+)?(?:=.*)?$")
+IMPORT_LINE = re.compile(r"^from\s+(?P<module>[\w.]+)\s+import\s+(?P<names>.+)$")
+
+
+def api_blocks() -> list[tuple[str, Block]]:
+    """api.md's Python blocks, each with the module of the ``## `wsroom...` `` section."""
+    return [
+        (block.section.strip("`"), block)
+        for block in blocks(DOCS / "api.md")
+        if block.language == "python" and block.include is None
+    ]
+
+
+def parameters_of_text(text: str) -> list[tuple[str, str]]:
+    """(name, kind) of each parameter of ``name(...)`` as written in the docs."""
+    inner = text[text.index("(") + 1 : _closing(text, text.index("("))]
+    import ast
+
+    args = ast.parse(f"def f({inner}): ...").body[0].args  # type: ignore[attr-defined]
+    found = [(arg.arg, "POSITIONAL_ONLY") for arg in args.posonlyargs]
+    found += [(arg.arg, "POSITIONAL_OR_KEYWORD") for arg in args.args]
+    if args.vararg:
+        found.append((args.vararg.arg, "VAR_POSITIONAL"))
+    found += [(arg.arg, "KEYWORD_ONLY") for arg in args.kwonlyargs]
+    if args.kwarg:
+        found.append((args.kwarg.arg, "VAR_KEYWORD"))
+    return found
+
+
+def _closing(text: str, opening: int) -> int:
+    depth = 0
+    for index in range(opening, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        if depth == 0:
+            return index
+    raise AssertionError(f"unbalanced: {text}")
+
+
+def parameters_of(obj: Any) -> list[tuple[str, str]]:
+    import inspect
+
+    return [(p.name, p.kind.name) for p in inspect.signature(obj).parameters.values()]
+
+
+def signatures(block: Block) -> Iterator[tuple[str | None, str, str]]:
+    """(class or None, name, signature text) of each def or constructor call in a block."""
+    lines = block.body
+    owner: str | None = None
+    index = 0
+    while index < len(lines):
+        line = lines[index].split("  #")[0].rstrip()
+        if CLASS_LINE.match(line):
+            owner = CLASS_LINE.match(line)["name"]  # type: ignore[index]
+        elif line and not line[0].isspace() and not line.startswith(("@", "def ", "async ")):
+            owner = None if not line.startswith("class ") else owner
+        start = SIGNATURE_START.match(line)
+        if start:
+            text = line
+            while text.count("(") > text.count(")"):
+                index += 1
+                text += "\n" + lines[index].split("  #")[0].rstrip()
+            nested = bool(start["indent"])
+            yield (owner if nested else None), start["name"] or start["call"], text
+        index += 1
+
+
+def names_imported(block: Block) -> dict[str, str]:
+    found = {}
+    for line in block.body:
+        match = IMPORT_LINE.match(line)
+        if match:
+            for name in match["names"].split(","):
+                found[name.strip()] = match["module"]
+    return found
+
+
+API_BLOCKS = api_blocks()
+
+
+def test_api_blocks_are_under_module_sections() -> None:
+    assert len(API_BLOCKS) >= 40
+    for module, block in API_BLOCKS:
+        assert module.startswith("wsroom"), block
+
+
+@pytest.mark.parametrize(
+    ("module_name", "block"), API_BLOCKS, ids=lambda v: repr(v) if isinstance(v, Block) else v
+)
+def test_api_signatures_match_the_code(module_name: str, block: Block) -> None:
+    import dataclasses
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    imported = names_imported(block)
+
+    def resolve(name: str) -> Any:
+        source = importlib.import_module(imported[name]) if name in imported else module
+        assert hasattr(source, name), f"{block}: {source.__name__} has no {name}"
+        return getattr(source, name)
+
+    checked = 0
+    classes = {}
+    for line in block.body:
+        match = CLASS_LINE.match(line)
+        if match:
+            classes[match["name"]] = resolve(match["name"])
+    for owner, name, text in signatures(block):
+        documented = parameters_of_text(text)
+        if owner is None:
+            target = resolve(name)
+        else:
+            attribute = inspect.getattr_static(classes[owner], name)
+            assert attribute is not None, f"{block}: {owner} has no {name}"
+            if isinstance(attribute, property):
+                target = attribute.fget
+            elif isinstance(attribute, classmethod | staticmethod):
+                target = getattr(classes[owner], name)
+                if isinstance(attribute, classmethod):
+                    documented = documented[1:]  # cls
+            else:
+                target = attribute
+        actual = parameters_of(target)
+        assert documented == actual, f"{block}: {owner or ''}.{name}{text[len(name) :]}\n{actual}"
+        checked += 1
+    # Attributes and module-level names the block lists exist too.
+    owner = None
+    depth = 0  # inside a signature's parentheses, checked above
+    for line in block.body:
+        line = line.split("  #")[0].rstrip()
+        inside, depth = depth > 0, depth + line.count("(") - line.count(")")
+        if inside or not line or line.startswith(("@", "from ", "import ")):
+            continue
+        if SIGNATURE_START.match(line):
+            continue
+        if CLASS_LINE.match(line):
+            owner = classes[CLASS_LINE.match(line)["name"]]  # type: ignore[index]
+            checked += 1
+            continue
+        attribute = ATTRIBUTE_LINE.match(line)
+        if attribute is None or attribute["name"] in {"def", "async", "class", "return"}:
+            continue
+        if attribute["indent"] and owner is not None:
+            name = attribute["name"]
+            fields = (
+                {f.name for f in dataclasses.fields(owner)}
+                if dataclasses.is_dataclass(owner)
+                else set()
+            )
+            annotated = {
+                key for cls in owner.__mro__ for key in getattr(cls, "__annotations__", {})
+            }
+            source = inspect.getsource(owner)
+            assert (
+                name in fields
+                or name in annotated
+                or hasattr(owner, name)
+                or f"self.{name}" in source
+            ), f"{block}: {owner.__name__} has no {name}"
+            checked += 1
+        elif not attribute["indent"]:
+            owner = None
+            resolve(attribute["name"])
+            checked += 1
+    assert checked, f"{block}: nothing to check"
+    # A dataclass's block lists its public fields, all of them, in order.
+    if "@dataclass" in "\n".join(block.body):
+        for cls in classes.values():
+            documented_fields = [
+                match["name"]
+                for line in block.body
+                if (match := ATTRIBUTE_LINE.match(line.split("  #")[0].rstrip()))
+                and match["indent"]
+                and not SIGNATURE_START.match(line)
+                and not line.strip().startswith("@")
+            ]
+            public = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+            assert documented_fields == public, f"{block}: {cls.__name__} fields {public}"
