@@ -1,14 +1,15 @@
-"""Every code block of the documentation is a file the tests run or import, so no page can
-show code that no longer works.
+"""Every code block of the documentation is a file the tests run or import, or is checked
+against the code, so no page can show code that no longer works.
 
-A page's Python, JavaScript and HTML blocks are only ``--8<-- "path"`` lines, included by
-pymdownx.snippets from ``docs_src/<page>/`` (or ``examples/``). This module checks that:
-
-- every ``docs_src`` Python file imports (with its folder on ``sys.path``, as its page says
-  to save it), and the servers of the pages serve a real client on 127.0.0.1;
-- no converted page has an inline block in those languages, and every include names a file
-  that exists and that a test exercises;
-- the shell commands of the pages name modules and files that exist.
+- A page's Python, JavaScript and HTML blocks are only ``--8<-- "path"`` lines, included
+  by pymdownx.snippets from ``docs_src/<page>/`` (or ``examples/``). Every ``docs_src``
+  Python file imports (with its folder on ``sys.path``, as its page says to save it), and
+  the tests below run the pages' programs against real clients on 127.0.0.1. Scripts
+  type-check against wsroom.d.ts. Every included file exists and a test exercises it.
+- api.md's Python blocks are signatures, kept inline and checked against the objects
+  they name.
+- JSON blocks are protocol frames the server would send or accept.
+- Shell commands name modules, files, CLI options, extras and groups that exist.
 """
 
 from __future__ import annotations
@@ -332,14 +333,19 @@ def test_every_docs_src_file_is_on_a_page() -> None:
     assert files - set(INCLUDES) == set()
 
 
-# 4. Shell commands name what exists.
+# 4. Shell commands stay inline, but name modules, files, options, extras and groups that
+# exist.
 
 COMMAND_MODULE = re.compile(r"python3? -m (?P<module>[\w.]+)")
+SHELL_LANGUAGES = {"sh", "bash", "console", "shell"}
+SHELL_TEXT = "\n".join(
+    "\n".join(block.body) for block in ALL_BLOCKS if block.language in SHELL_LANGUAGES
+)
 
 
-def test_shell_commands_name_modules_that_exist() -> None:
+def test_shell_commands_name_modules_and_files_that_exist() -> None:
     for block in ALL_BLOCKS:
-        if block.language not in {"sh", "bash", "console", "shell"}:
+        if block.language not in SHELL_LANGUAGES:
             continue
         text = "\n".join(block.body)
         for match in COMMAND_MODULE.finditer(text):
@@ -347,8 +353,39 @@ def test_shell_commands_name_modules_that_exist() -> None:
             if module.split(".")[0] in {"pip", "venv", "pytest", "uvicorn", "http"}:
                 continue
             assert importlib.util.find_spec(module) is not None, (block, module)
-        for path in re.findall(r"(?<![\w/.-])((?:examples|docs_src|scripts|tests)/[\w./-]+)", text):
+        pattern = r"(?<![\w/.$-])((?:benchmarks|docs|docs_src|examples|scripts|tests)/[\w./-]*\w)"
+        for path in re.findall(pattern, text):
             assert (ROOT / path).exists(), (block, path)
+
+
+@pytest.mark.timeout(60)
+def test_shell_commands_use_options_the_cli_has() -> None:
+    commands = re.findall(r"(?:^|\s)(?:python -m )?wsroom (\w+)([^\n#&]*)", SHELL_TEXT, re.M)
+    assert commands
+    helps: dict[str, str] = {}
+    for command, arguments in commands:
+        if command not in helps:
+            helps[command] = subprocess.run(
+                [sys.executable, "-m", "wsroom", command, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        for option in re.findall(r"(--[\w-]+)", arguments):
+            assert option in helps[command], f"wsroom {command} has no {option}"
+
+
+def test_pip_commands_name_extras_and_groups_that_exist() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = set(project["project"]["optional-dependencies"])
+    groups = set(project["dependency-groups"])
+    for listed in re.findall(r"wsroom\[([\w,]+)\]", SHELL_TEXT):
+        assert set(listed.split(",")) <= extras, listed
+    for group in re.findall(r"--group (\w+)", SHELL_TEXT):
+        assert group in groups, group
 
 
 # 5. JavaScript: each included script (a .js file, or the module scripts of an .html page)
