@@ -4,6 +4,7 @@ with the Cookie headers real browsers send."""
 from __future__ import annotations
 
 import re
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _docs_example() -> dict[str, Any]:
-    """The first Python block of docs/authentication.md, run as a module (not __main__)."""
+    """The first program of docs/authentication.md, run as a module (not __main__)."""
     text = (ROOT / "docs" / "authentication.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", text, re.S)[0]
-    namespace: dict[str, Any] = {"__name__": "authentication_example"}
-    exec(compile(block, "docs/authentication.md", "exec"), namespace)
-    return namespace
+    path = re.findall(r'```python\n--8<-- "([^"]+)"', text)[0]
+    return runpy.run_path(str(ROOT / path), run_name="authentication_example")
 
 
 # Each holds the session cookie of alice after something SimpleCookie refused.
