@@ -240,7 +240,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.mark.timeout(30)
-async def test_getting_started_threading_server() -> None:
+async def test_getting_started_threading_server(monkeypatch: pytest.MonkeyPatch) -> None:
     from wsroom.adapters import websockets_sync
 
     with on_path(DOCS_SRC / "getting_started"):
@@ -254,7 +254,7 @@ async def test_getting_started_threading_server() -> None:
                 servers.append(server)
                 yield server
 
-        module.websockets_sync = type("Adapter", (), {"serve": staticmethod(serve)})  # type: ignore[attr-defined]
+        monkeypatch.setattr(module, "websockets_sync", SimpleNamespace(serve=serve))
         thread = threading.Thread(target=module.main, daemon=True)
         thread.start()
         try:
