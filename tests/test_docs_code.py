@@ -1077,6 +1077,65 @@ async def test_browser_client_script_starlette() -> None:
         await say_hello(url)
 
 
+# 13b. Coming from a hand-written ConnectionManager: the seed runs as the tutorials show it,
+# and the same chat on wsroom serves a real client.
+
+
+@pytest.mark.timeout(30)
+async def test_coming_from_connectionmanager_seed() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "coming_from_connectionmanager"):
+        module = load("coming_from_connectionmanager/seed_chat.py")
+    # The seed has no wsroom manager; an idle one only satisfies the server helper.
+    async with uvicorn_server(ConnectionManager(), module.app) as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        async with (
+            websockets.connect(f"{url}/ws/1", open_timeout=TIMEOUT) as one,
+            websockets.connect(f"{url}/ws/2", open_timeout=TIMEOUT) as two,
+        ):
+            await wait_for(lambda: len(module.manager.active_connections) == 2)
+            await one.send("hi")
+            assert await asyncio.wait_for(one.recv(), TIMEOUT) == "You wrote: hi"
+            assert await asyncio.wait_for(one.recv(), TIMEOUT) == "Client #1 says: hi"
+            assert await asyncio.wait_for(two.recv(), TIMEOUT) == "Client #1 says: hi"
+            await two.close()
+            assert await asyncio.wait_for(one.recv(), TIMEOUT) == "Client #2 left the chat"
+        await wait_for(lambda: not module.manager.active_connections)
+
+
+@pytest.mark.timeout(30)
+async def test_coming_from_connectionmanager_on_wsroom() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "coming_from_connectionmanager"):
+        module = load("coming_from_connectionmanager/wsroom_chat.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        await chat(url)
+        # Refused before the upgrade, with the status the page names.
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, "/ws")
+        assert refused.value.response.status_code == 401
+        assert await asyncio.to_thread(http_status, f"{url}/ws") == 401
+        assert await asyncio.to_thread(http_status, f"{url}/ws?user=ann") == 426
+        assert await asyncio.to_thread(script_status, url) == 200
+        # What the seed's "left the chat" broadcast becomes: presence, and history on join.
+        ann = await Client.connect(url, "/ws?user=ann")
+        bob = await Client.connect(url, "/ws?user=bob")
+        try:
+            check_frame(await ann.request({"type": "join", "room": "lobby"}), "joined")
+            joined = check_frame(await bob.request({"type": "join", "room": "lobby"}), "joined")
+            assert [entry["data"] for entry in joined["history"]] == ["hello"]
+            presence = check_frame(await ann.recv_type("presence"), "presence")
+            assert (presence["event"], presence["user"]) == ("join", "bob")
+            await bob.close()
+            presence = check_frame(await ann.recv_type("presence"), "presence")
+            assert (presence["event"], presence["user"]) == ("leave", "bob")
+        finally:
+            await ann.close()
+
+
 # 14. JSON: every frame a page shows is one the protocol allows, in its direction.
 
 
