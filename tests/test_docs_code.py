@@ -1317,11 +1317,14 @@ def test_api_signatures_match_the_code(module_name: str, block: Block) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_coming_from_socketio_the_peer_program_imports() -> None:
+async def test_coming_from_socketio_the_peer_program_imports() -> None:
     pytest.importorskip("socketio")
     with on_path(DOCS_SRC / "coming_from_socketio"):
         module = load("coming_from_socketio/socketio_chat.py")
     assert {"connect", "join", "leave", "message", "disconnect"} <= set(module.sio.handlers["/"])
+    # A bad token is refused before any session is saved.
+    assert await module.connect("sid", {}, {"token": "wrong"}) is False
+    assert await module.connect("sid", {}, None) is False
 
 
 @pytest.mark.timeout(30)
@@ -1346,6 +1349,8 @@ async def test_coming_from_socketio_the_wsroom_program() -> None:
         check_error(refused_text, "invalid_message", ann._ref)
         answer = await ann.request({"type": "my_rooms", "room": "lobby"})
         assert (answer["type"], answer["data"]) == ("ack", ["lobby"])
+        elsewhere = {"type": "message", "room": "elsewhere", "data": {"text": "hi"}}
+        check_error(await bob.request(elsewhere), "not_joined", bob._ref)
         await bob.send({"type": "direct", "to": "ann", "data": "psst"})
         direct = check_frame(await ann.recv_type("direct"), "direct")
         assert (direct["from"], direct["data"]) == ("bob", "psst")
