@@ -1369,3 +1369,83 @@ def test_api_signatures_match_the_code(module_name: str, block: Block) -> None:
             ]
             public = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
             assert documented_fields == public, f"{block}: {cls.__name__} fields {public}"
+
+
+# 16. Coming from python-socketio and Django Channels: the peer's program imports, and
+# wsroom's serves real clients.
+
+
+@pytest.mark.timeout(30)
+async def test_coming_from_socketio_the_peer_program_imports() -> None:
+    pytest.importorskip("socketio")
+    with on_path(DOCS_SRC / "coming_from_socketio"):
+        module = load("coming_from_socketio/socketio_chat.py")
+    assert {"connect", "join", "leave", "message", "disconnect"} <= set(module.sio.handlers["/"])
+    # A bad token is refused before any session is saved.
+    assert await module.connect("sid", {}, {"token": "wrong"}) is False
+    assert await module.connect("sid", {}, None) is False
+
+
+@pytest.mark.timeout(30)
+async def test_coming_from_socketio_the_wsroom_program() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "coming_from_socketio"):
+        module = load("coming_from_socketio/wsroom_chat.py")
+    async with running(module.main, module) as url:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, "/ws?token=wrong")
+        assert refused.value.response.status_code == 401
+        ann = await Client.connect(url, "/ws?token=tok-ann")
+        bob = await Client.connect(url, "/ws?token=tok-bob")
+        check_frame(await ann.join("lobby"), "joined")
+        joined = check_frame(await bob.join("lobby"), "joined")
+        assert joined["members"] == ["ann", "bob"]
+        await ann.send({"type": "message", "room": "lobby", "data": {"text": "hi"}})
+        message = check_frame(await bob.recv_type("message"), "message")
+        assert (message["from"], message["data"]) == ("ann", {"text": "hi"})
+        refused_text = await ann.request({"type": "message", "room": "lobby", "data": "hi"})
+        check_error(refused_text, "invalid_message", ann._ref)
+        answer = await ann.request({"type": "my_rooms", "room": "lobby"})
+        assert (answer["type"], answer["data"]) == ("ack", ["lobby"])
+        elsewhere = {"type": "message", "room": "elsewhere", "data": {"text": "hi"}}
+        check_error(await bob.request(elsewhere), "not_joined", bob._ref)
+        await bob.send({"type": "direct", "to": "ann", "data": "psst"})
+        direct = check_frame(await ann.recv_type("direct"), "direct")
+        assert (direct["from"], direct["data"]) == ("bob", "psst")
+        await ann.close()
+        await bob.close()
+
+
+@pytest.mark.timeout(30)
+async def test_coming_from_channels_wsroom_next_to_django() -> None:
+    import websockets
+
+    async def django_stand_in(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"django: " + scope["path"].encode()})
+
+    with on_path(DOCS_SRC / "coming_from_channels"):
+        module = load("coming_from_channels/django_next_door.py")
+    app = module.application(django_stand_in)
+    async with uvicorn_server(module.manager, app) as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        status, body = await asyncio.to_thread(_get, url.replace("ws:", "http:") + "/admin/")
+        assert (status, body) == (200, b"django: /admin/")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, "/ws")
+        assert refused.value.response.status_code == 401
+        ann = await Client.connect(url, "/ws", additional_headers={"Cookie": "sessionid=k4ann"})
+        bob = await Client.connect(url, "/ws", additional_headers={"Cookie": "sessionid=k4bob"})
+        assert (ann.welcome["user"], bob.welcome["user"]) == ("ann", "bob")
+        check_frame(await ann.join("staff:ops"), "joined")
+        denied = await bob.request({"type": "join", "room": "staff:ops"})
+        check_error(denied, "forbidden", bob._ref)
+        await bob.join("lobby")
+        await ann.join("lobby")
+        await ann.send({"type": "message", "room": "lobby", "data": "hello"})
+        message = check_frame(await bob.recv_type("message"), "message")
+        assert (message["from"], message["data"]) == ("ann", "hello")
+        await ann.close()
+        await bob.close()
