@@ -1391,7 +1391,7 @@ async def test_coming_from_socketio_the_wsroom_program() -> None:
     import websockets
 
     with on_path(DOCS_SRC / "coming_from_socketio"):
-        module = load("coming_from_socketio/wsroom_chat.py")
+        module = load("coming_from_socketio/chat_on_wsroom.py")
     async with running(module.main, module) as url:
         with pytest.raises(websockets.InvalidStatus) as refused:
             await Client.connect(url, "/ws?token=wrong")
