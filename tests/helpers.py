@@ -539,3 +539,26 @@ async def example_command(
         # wait() also waits for the output pipe, which workers of the process may hold.
         await asyncio.wait_for(process.wait(), TIMEOUT)
         example._reader.cancel()
+
+
+async def http_request(
+    port: int, path: str, *, method: str = "GET", headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request to 127.0.0.1:``port`` over a socket of its own (``headers``:
+    extra header lines, each ending in CRLF); the status, the response's headers (names in
+    lower case) and its body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}"
+        writer.write(f"{head}Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    raw_head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = raw_head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), fields, body

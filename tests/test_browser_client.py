@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import wsroom.browser
 from tests.helpers import (
     TIMEOUT,
     Client,
+    http_request,
     uvicorn_server,
     websockets_asyncio_server,
     websockets_sync_server,
@@ -63,31 +63,11 @@ SERVERS: dict[str, Served] = {
 }
 
 
-async def http(
-    port: int, path: str, *, method: str = "GET", headers: str = ""
-) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}"
-        writer.write(f"{head}Connection: close\r\n\r\n".encode())
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), TIMEOUT)
-    finally:
-        writer.close()
-    raw_head, _, body = response.partition(b"\r\n\r\n")
-    status_line, *lines = raw_head.decode("latin-1").split("\r\n")
-    fields = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    return int(status_line.split(" ", 2)[1]), fields, body
-
-
 @pytest.mark.parametrize("served", SERVERS.values(), ids=SERVERS.keys())
 async def test_each_adapter_serves_the_script_and_lets_the_rest_through(served: Served) -> None:
     manager = ConnectionManager(Room)
     async with served(manager, "/static/wsroom.js") as port:
-        status, headers, body = await http(port, "/static/wsroom.js")
+        status, headers, body = await http_request(port, "/static/wsroom.js")
         assert status == 200
         assert body == wsroom.browser.script()
         assert headers["content-type"] == "text/javascript; charset=utf-8"
@@ -99,11 +79,11 @@ async def test_each_adapter_serves_the_script_and_lets_the_rest_through(served: 
         assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
 
         # A current copy costs a 304 without a body; a stale one gets the script.
-        status, headers, body = await http(
+        status, headers, body = await http_request(
             port, "/static/wsroom.js", headers=f"If-None-Match: {etag}\r\n"
         )
         assert (status, body, headers["etag"]) == (304, b"", etag)
-        status, _, body = await http(
+        status, _, body = await http_request(
             port, "/static/wsroom.js?v=2", headers='If-None-Match: W/"stale", "older"\r\n'
         )
         assert status == 200 and body == wsroom.browser.script()
@@ -118,7 +98,7 @@ async def test_each_adapter_serves_the_script_and_lets_the_rest_through(served: 
 
 async def test_starlette_answers_head_with_the_length_of_the_script() -> None:
     async with on_starlette(ConnectionManager(Room), "/wsroom.js") as port:
-        status, headers, body = await http(port, "/wsroom.js", method="HEAD")
+        status, headers, body = await http_request(port, "/wsroom.js", method="HEAD")
     assert (status, body) == (200, b"")
     assert headers["content-length"] == str(len(wsroom.browser.script()))
 
@@ -198,10 +178,10 @@ async def test_a_plain_get_of_the_websocket_path_tells_a_refusal_from_426(served
 
     manager = ConnectionManager(Room, authenticate=authenticate)
     async with served(manager, "/wsroom.js") as port:
-        status, headers, _ = await http(port, "/ws")
+        status, headers, _ = await http_request(port, "/ws")
         assert status == 401 and headers["www-authenticate"] == 'Bearer realm="wsroom"'
-        assert (await http(port, "/ws?token=banned"))[0] == 403
-        status, headers, _ = await http(port, "/ws?token=alice")
+        assert (await http_request(port, "/ws?token=banned"))[0] == 403
+        status, headers, _ = await http_request(port, "/ws?token=alice")
         assert status == 426 and headers["upgrade"].lower() == "websocket"
 
 

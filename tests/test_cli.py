@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import wsroom
-from tests.helpers import TIMEOUT, Client, free_port
+from tests.helpers import TIMEOUT, Client, free_port, http_request
 
 TRANSPORTS = ["asyncio", "sync", "starlette"]
 
@@ -114,18 +114,6 @@ def test_starlette_without_the_extra_names_the_pip_command(missing: str) -> None
     assert line.endswith("pip install 'wsroom[starlette]'"), line
 
 
-async def _get(port: int, path: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), TIMEOUT)
-    writer.close()
-    await writer.wait_closed()
-    return response
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_demo_prints_no_line_per_request_or_connection(transport: str) -> None:
     port = free_port()
@@ -149,7 +137,7 @@ async def test_demo_prints_no_line_per_request_or_connection(transport: str) -> 
         # Two page loads, as a browser makes them, then two people chatting.
         for _ in range(2):
             for path in ("/", "/wsroom.js", "/favicon.svg"):
-                assert (await _get(port, path)).startswith(b"HTTP/1.1 200")
+                assert (await http_request(port, path))[0] == 200
         alice = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=alice")
         bob = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=bob")
         await alice.join("lobby")

@@ -14,41 +14,18 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 import wsroom.browser
-from tests.helpers import TIMEOUT, Client, demo_command
+from tests.helpers import TIMEOUT, Client, demo_command, http_request
 from wsroom.demo import MAX_NAME_LENGTH, demo_server, security_headers
 
 # The page speaks the protocol only through the browser client that the server serves.
 PAGE_IMPORT = b'import { connect } from "/wsroom.js";'
 
 
-async def _http_get(port: int, path: str) -> tuple[int, bytes]:
-    status, _, body = await _http_get_with_headers(port, path)
-    return status, body
-
-
-async def _http_get_with_headers(
-    port: int, path: str, extra: str = ""
-) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
-    writer.write(request.encode())
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), TIMEOUT)
-    writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split(" ", 2)[1]), headers, body
-
-
 async def check_page_and_doors(port: int) -> None:
     """What every demo transport must do besides chatting: a page that cannot be framed or
     run other scripts, 426 (not 404) for a plain GET of the WebSocket's path, and names
     that could pass for the page's own labels, or hide control characters, refused."""
-    status, headers, body = await _http_get_with_headers(port, "/")
+    status, headers, body = await http_request(port, "/")
     assert status == 200 and PAGE_IMPORT in body
     policy = headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
@@ -56,18 +33,18 @@ async def check_page_and_doors(port: int) -> None:
     assert "script-src 'self' 'sha256-" in policy and "unsafe-inline" not in policy
     assert headers["x-frame-options"] == "DENY"
     assert headers["x-content-type-options"] == "nosniff"
-    status, headers, body = await _http_get_with_headers(port, "/wsroom.js")
+    status, headers, body = await http_request(port, "/wsroom.js")
     assert status == 200 and body == wsroom.browser.script()
     assert headers["content-type"] == "text/javascript; charset=utf-8"
     assert headers["x-content-type-options"] == "nosniff"
     etag = headers["etag"]
-    status, headers, body = await _http_get_with_headers(
-        port, "/wsroom.js", f"If-None-Match: {etag}\r\n"
+    status, headers, body = await http_request(
+        port, "/wsroom.js", headers=f"If-None-Match: {etag}\r\n"
     )
     assert (status, body, headers["etag"]) == (304, b"", etag)
-    status, headers, _ = await _http_get_with_headers(port, "/favicon.svg")
+    status, headers, _ = await http_request(port, "/favicon.svg")
     assert status == 200 and headers["content-type"].startswith("image/svg+xml")
-    status, headers, _ = await _http_get_with_headers(port, "/ws")
+    status, headers, _ = await http_request(port, "/ws")
     assert status == 426
     assert headers["upgrade"].lower() == "websocket"
     url = f"ws://127.0.0.1:{port}"
@@ -104,10 +81,10 @@ def test_page_policy_allows_exactly_its_inline_blocks() -> None:
 async def test_demo_serves_page_and_chat() -> None:
     async with demo_server("127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        status, body = await _http_get(port, "/")
+        status, _, body = await http_request(port, "/")
         assert status == 200
         assert b"<title>" in body and PAGE_IMPORT in body
-        assert (await _http_get(port, "/missing"))[0] == 404
+        assert (await http_request(port, "/missing"))[0] == 404
 
         url = f"ws://127.0.0.1:{port}"
         alice = await Client.connect(url, "/ws?name=alice")
