@@ -127,10 +127,34 @@ async def uvicorn_server(
             await listener.wait_closed()
 
 
+@asynccontextmanager
+async def aiohttp_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
+    """``wsroom.adapters.aiohttp.setup`` in an ``aiohttp.web`` application on 127.0.0.1, on
+    the test's loop, stopped as ``web.run_app`` stops it (the manager's graceful shutdown
+    first); ``options`` go to ``setup`` (``heartbeat``, ``compress``...)."""
+    from aiohttp import web
+
+    from wsroom.adapters import aiohttp as wsroom_aiohttp
+
+    app = web.Application()
+    # Every path, as the other factories serve: tests connect to /ws and to paths of their own.
+    wsroom_aiohttp.setup(app, manager, "/{path:.*}", **options)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=TIMEOUT)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        sockets = runner.addresses
+        yield f"ws://127.0.0.1:{sockets[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 ADAPTERS: dict[str, ServerFactory] = {
     "websockets": websockets_asyncio_server,
     "websockets_sync": websockets_sync_server,
     "starlette": starlette_server,
+    "aiohttp": aiohttp_server,
 }
 
 

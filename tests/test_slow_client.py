@@ -23,7 +23,7 @@ from wsroom import Connection, ConnectionManager, Limits
 PAYLOAD = "x" * 2000
 # Adapters that can cut a stuck client's TCP connection; an ASGI application cannot, so
 # under Starlette the client is evicted from the rooms and its writes cancelled only.
-CUTS_TCP = {"websockets", "websockets_sync"}
+CUTS_TCP = {"websockets", "websockets_sync", "aiohttp"}
 ROOMS = ("alpha", "beta")
 
 
