@@ -16,7 +16,7 @@ import pytest
 import wsroom
 from tests.helpers import TIMEOUT, Client, free_port, http_request
 
-TRANSPORTS = ["asyncio", "sync", "starlette"]
+TRANSPORTS = ["asyncio", "sync", "starlette", "aiohttp"]
 
 
 def run_wsroom(*arguments: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -112,6 +112,13 @@ def test_starlette_without_the_extra_names_the_pip_command(missing: str) -> None
     line = one_line_error(result, 1)
     assert "needs Starlette and uvicorn" in line, line
     assert line.endswith("pip install 'wsroom[starlette]'"), line
+
+
+def test_aiohttp_without_the_extra_names_the_pip_command() -> None:
+    result = run_wsroom("demo", "--transport", "aiohttp", blocked=("aiohttp",))
+    line = one_line_error(result, 1)
+    assert "needs aiohttp" in line, line
+    assert line.endswith("pip install 'wsroom[aiohttp]'"), line
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -36,9 +36,11 @@ from ..room import Room
 
 __all__ = [
     "ChatRoom",
+    "aiohttp_app",
     "create_manager",
     "demo_server",
     "run",
+    "run_aiohttp",
     "run_starlette",
     "run_sync",
     "starlette_app",
@@ -289,6 +291,69 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
         starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
     )
     DemoServer(config, manager).run(sockets=sockets)
+
+
+def aiohttp_app(manager: ConnectionManager | None = None, *, shutdown_timeout: float = 5.0) -> Any:
+    """The demo as an ``aiohttp.web`` application: the page at ``/``, the WebSocket at
+    ``/ws``, the manager started and shut down gracefully with the application."""
+    from aiohttp import web
+
+    from ..adapters import aiohttp as wsroom_aiohttp
+
+    manager = manager if manager is not None else create_manager()
+
+    async def page(request: web.Request) -> web.Response:
+        routed = _route(request.path)
+        assert routed is not None
+        status, body, content_type = routed
+        headers = {"Cache-Control": "no-cache", **dict(security_headers(body))}
+        response = web.Response(body=body, status=status.value, headers=headers)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/", page),
+            web.get("/index.html", page),
+            web.get("/favicon.svg", page),
+            wsroom_aiohttp.client_route(),
+        ]
+    )
+    wsroom_aiohttp.setup(app, manager, "/ws", shutdown_timeout=shutdown_timeout)
+    return app
+
+
+async def run_aiohttp(
+    host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None
+) -> None:
+    """Serve the demo as an aiohttp application until SIGINT or SIGTERM, then shut down
+    gracefully (the manager first: every client gets 1001, then aiohttp stops).
+
+    Raises:
+        OSError: ``host``:``port`` cannot be listened on (a port in use, say).
+    """
+    from aiohttp import web
+
+    sockets = _listen(host, port)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _resolve, stop)
+    # No access log: the demo prints its address, then only warnings and errors.
+    runner = web.AppRunner(aiohttp_app(create_manager(redis_url)), access_log=None)
+    try:
+        await runner.setup()  # starts the manager: an unreachable Redis fails here
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        for address in runner.addresses:
+            _announce(address)
+        await stop
+        print("wsroom demo: shutting down", flush=True)
+    finally:
+        await runner.cleanup()
+        for sock in sockets:
+            sock.close()
 
 
 def _listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
