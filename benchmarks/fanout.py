@@ -78,10 +78,13 @@ class Variant:
     # Open files the server holds per connection: the websockets sync server has a socket
     # pair and a selector besides the connection's socket.
     files_per_connection: int = 1
+    # The server relays a client's message to the room (--relay).
+    relays: bool = False
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
 SOCKETIO = (("socketio", "python-socketio"), ("uvicorn", "uvicorn"))
+AIOHTTP = (("aiohttp", "aiohttp"),)
 REDIS = (("redis", "redis"),)
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -124,6 +127,34 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-starlette",
             kind="wsroom",
             needs=STARLETTE,
+        ),
+        Variant("seed-aiohttp", "seed loop, aiohttp", "seed-aiohttp", needs=AIOHTTP, relays=True),
+        Variant(
+            "socketio-aiohttp",
+            "python-socketio on aiohttp",
+            "socketio-aiohttp",
+            kind="socketio",
+            needs=(("socketio", "python-socketio"), *AIOHTTP),
+            relays=True,
+        ),
+        Variant(
+            "wsroom-aiohttp",
+            "wsroom, aiohttp",
+            "wsroom-aiohttp",
+            kind="wsroom",
+            needs=AIOHTTP,
+            relays=True,
+        ),
+        # Every frame through aiohttp's send_frame() (as compressed connections are sent):
+        # the adapter without its fast path.
+        Variant(
+            "wsroom-aiohttp-sendframe",
+            "wsroom, aiohttp, send_frame() per frame",
+            "wsroom-aiohttp",
+            kind="wsroom",
+            needs=AIOHTTP,
+            server_args=("--no-fastpath",),
+            relays=True,
         ),
         Variant(
             "wsroom-redis2",
@@ -190,15 +221,24 @@ class ClientProtocol:
     script: tuple[tuple[int, bytes], ...] = ()
     # Data frames the server sends before the client is in the room (welcome, joined...).
     setup_frames: int = 0
+    # What wraps a JSON message a client sends for the server to relay (--relay).
+    relay: tuple[bytes, bytes] = (b"", b"")
 
 
 PROTOCOLS = {
     "plain": ClientProtocol(),
     # welcome, then join -> joined; anonymous, so no presence traffic.
-    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2),
+    "wsroom": ClientProtocol(
+        script=((1, JOIN_FRAME),),
+        setup_frames=2,
+        relay=(b'{"type":"message","room":"bench","data":', b"}"),
+    ),
     # Engine.IO open, then Socket.IO connect -> connected, then the "join" event.
     "socketio": ClientProtocol(
-        path=SOCKETIO_PATH, script=((1, b"40"), (2, b'42["join"]')), setup_frames=2
+        path=SOCKETIO_PATH,
+        script=((1, b"40"), (2, b'42["join"]')),
+        setup_frames=2,
+        relay=(b'42["msg",', b"]"),
     ),
 }
 
@@ -645,6 +685,24 @@ class LoadClient:
             self._poll(min(0.5, max(0.0, deadline - time.monotonic())))
         return True
 
+    def relay(self, messages: int) -> None:
+        """Send ``messages`` messages from the first client, in one write, for the server to
+        relay to the room; each carries its creation time, as the server's own do."""
+        conn = self.conns[0]
+        before, after = self.protocol.relay
+        frames = []
+        for i in range(messages):
+            text = json.dumps({"t": time.time(), "i": i, "p": "x" * 56})
+            frames.append(client_frame(before + text.encode() + after))
+        # More than an empty socket buffer may take at once: blocking, briefly.
+        conn.sock.setblocking(True)
+        try:
+            conn.sock.sendall(b"".join(frames))
+        except OSError as exc:
+            self._fail(conn, f"send: {exc}")
+        finally:
+            conn.sock.setblocking(False)
+
     def reset(self, sample_every: int = 0) -> None:
         self.total = 0
         self.latencies = []
@@ -847,11 +905,13 @@ def run_once(
     compress: bool = False,
     rate: float | None = None,
     profile: Path | None = None,
+    relay: bool = False,
 ) -> Sample:
     """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
     server publishes ``rate`` messages per second, each carrying its due time; ``profile``:
     sample every server with py-spy during the measured burst, into ``<profile>-node<i>.txt``
-    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them)."""
+    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them); ``relay``: the first
+    client sends the messages and the server relays them to the room."""
     extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
@@ -879,13 +939,18 @@ def run_once(
             # At least 2k deliveries/s, after the paced schedule if any.
             deadline = time.monotonic() + 30 + n * count / 2_000 + (count / rate if rate else 0)
             start = time.perf_counter()
-            publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
+            if relay:
+                client.relay(count)
+            else:
+                publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
             if not client.expect(n * count, deadline):
                 raise BenchError(
                     f"{client.total} of {n * count} deliveries"
                     + (f"; {client.errors[0]}" if client.errors else "")
                 )
             elapsed = time.perf_counter() - start
+            if relay:
+                return elapsed, 0.0
             sent = float(publisher.expect("SENT", 60).split()[1])
             return elapsed, sent
 
@@ -1296,6 +1361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "back to back); --rate 1000 --messages 1000 is the latency run",
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="the first client sends the burst and the server relays each message to the "
+        "room (the chat pattern); only the variants whose server relays",
+    )
+    parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
     )
     args = parser.parse_args(argv)
@@ -1313,6 +1384,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("sizes, messages and repeat must be positive")
     if args.rate is not None and not args.rate > 0:
         parser.error("rate must be positive")
+    if args.relay and args.rate is not None:
+        parser.error("--relay sends back to back: it does not combine with --rate")
     return args
 
 
@@ -1361,6 +1434,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variant_names:
         variant = VARIANTS[name]
         reason = missing(variant, redis_url)
+        if reason is None and args.relay and not variant.relays:
+            reason = "its server does not relay client messages (--relay)"
         if reason is None:
             selected.append(variant)
         else:
@@ -1371,7 +1446,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "publishing: "
         + (
-            f"paced, {args.rate:g} messages/s, each carrying its due time"
+            "relayed: the first client sends the messages back to back, the server relays "
+            "each to the room"
+            if args.relay
+            else f"paced, {args.rate:g} messages/s, each carrying its due time"
             if args.rate
             else "back to back, each message carrying its creation time"
         )
@@ -1426,6 +1504,7 @@ def main(argv: list[str] | None = None) -> int:
                         quickack=args.quickack,
                         compress=args.compress,
                         rate=args.rate,
+                        relay=args.relay,
                         profile=(
                             args.profile / f"{variant.name}-n{n}-r{round_}"
                             if args.profile is not None
@@ -1505,6 +1584,7 @@ def main(argv: list[str] | None = None) -> int:
                 "deflate_offer": DEFLATE_OFFER if args.compress else None,
                 "inflated_conns": INFLATED_CONNS if args.compress else None,
                 "rate": args.rate,
+                "relay": args.relay,
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},
             "results": [

@@ -515,6 +515,112 @@ class WsroomStarlette(AsyncVariant):
         await serve_uvicorn(app, self)
 
 
+# aiohttp.web: the seed loop, python-socketio on aiohttp, and wsroom's adapter. With
+# --relay, a client's message is sent on to the room by the server (the chat pattern).
+
+
+async def serve_aiohttp(app: Any, variant: AsyncVariant) -> None:
+    from aiohttp import web
+
+    variant.loop = asyncio.get_running_loop()
+    sock = listening_socket()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    start_control(variant, sock.getsockname()[1])
+    await asyncio.Future()
+
+
+class AiohttpSeed(AsyncVariant):
+    """What users write by hand: a set of open ``WebSocketResponse``s and a loop of
+    ``await ws.send_str(...)``; a client's text is relayed the same way."""
+
+    def __init__(self) -> None:
+        self.clients: set[Any] = set()
+
+    def local_count(self) -> int:
+        return len(self.clients)
+
+    async def handler(self, request: Any) -> Any:
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.clients.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    for other in list(self.clients):
+                        with contextlib.suppress(Exception):
+                            await other.send_str(msg.data)
+        finally:
+            self.clients.discard(ws)
+        return ws
+
+    async def publish(self, messages: int) -> None:
+        async for msg in paced(messages, self.rate):
+            for ws in list(self.clients):
+                with contextlib.suppress(Exception):
+                    await ws.send_str(json.dumps(msg))
+
+    async def main(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/", self.handler)
+        await serve_aiohttp(app, self)
+
+
+class SocketIOAiohttp(SocketIOPeer):
+    """python-socketio's ``AsyncServer`` attached to an aiohttp application; a client's
+    ``msg`` event is emitted to the room."""
+
+    def __init__(self) -> None:
+        socketio = socketio_module()
+        self.redis_url = self.prefix = None
+        self.cleanup = False
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=600, ping_timeout=600)
+        self.members = set()
+        self.sio.on("join", self.join)
+        self.sio.on("disconnect", self.disconnect)
+        self.sio.on("msg", self.relay)
+
+    async def relay(self, sid: str, data: Any = None) -> None:
+        await self.sio.emit("bench", data, room=ROOM)
+
+    async def main(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        self.sio.attach(app)
+        await serve_aiohttp(app, self)
+
+
+class WsroomAiohttp(AsyncVariant):
+    """``wsroom.adapters.aiohttp.setup``; a client's ``message`` is relayed by the default
+    ``Room.on_message``."""
+
+    def __init__(self) -> None:
+        self.manager = wsroom_manager(None, None)
+
+    def local_count(self) -> int:
+        return wsroom_count(self.manager)
+
+    async def publish(self, messages: int) -> None:
+        broadcast = self.manager.broadcast
+        async for msg in paced(messages, self.rate):
+            await broadcast(ROOM, msg)
+
+    async def main(self) -> None:
+        from aiohttp import web
+
+        from wsroom.adapters import aiohttp as wsroom_aiohttp
+
+        app = web.Application()
+        wsroom_aiohttp.setup(app, self.manager, "/")
+        await serve_aiohttp(app, self)
+
+
 def delete_prefix(url: str, prefix: str) -> None:
     """Remove the run's keys from Redis (the node that quits last does it)."""
     import redis
@@ -556,6 +662,14 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
         return WsroomSync().main
     if name == "wsroom-starlette":
         return WsroomStarlette().main
+    if name == "seed-aiohttp":
+        return AiohttpSeed().main
+    if name == "socketio-aiohttp":
+        return SocketIOAiohttp().main
+    if name == "wsroom-aiohttp":
+        if args.no_fastpath:  # read when wsroom.adapters.aiohttp is imported, in main()
+            os.environ["WSROOM_AIOHTTP_FASTPATH"] = "0"
+        return WsroomAiohttp().main
     raise SystemExit(f"unknown server variant {name!r}")
 
 
@@ -569,6 +683,11 @@ def main() -> None:
         "--pipelined",
         action="store_true",
         help="wsroom asyncio: start every broadcast of a burst, then await them together",
+    )
+    parser.add_argument(
+        "--no-fastpath",
+        action="store_true",
+        help="wsroom on aiohttp: every frame through send_frame(), as compressed connections",
     )
     args = parser.parse_args()
     raise_open_file_limit()
