@@ -304,6 +304,8 @@ def refusal(exc: HandshakeRejected) -> web.Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
     for name, value in exc.headers.items():
         response.headers[name] = value
+    # The client asked to leave HTTP on this connection: it is not kept for another request.
+    response.force_close()
     return response
 
 
