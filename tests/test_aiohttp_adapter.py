@@ -8,6 +8,8 @@ import asyncio
 import base64
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -201,3 +203,18 @@ async def _running(app: web.Application) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+def test_the_adapter_without_aiohttp_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['aiohttp'] = None  # as if aiohttp were not installed\n"
+        "try:\n"
+        "    import wsroom.adapters.aiohttp\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
+    assert "pip install 'wsroom[aiohttp]'" in output.stdout

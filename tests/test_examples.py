@@ -69,6 +69,8 @@ async def closed_codes(*clients: Client) -> list[int | None]:
         ("chat", signal.SIGINT, -signal.SIGINT),
         ("chat_threaded", signal.SIGTERM, 0),
         ("chat_starlette", signal.SIGTERM, 0),
+        ("aiohttp_chat", signal.SIGINT, 0),
+        ("aiohttp_chat", signal.SIGTERM, 0),
     ],
 )
 async def test_chat_example_on_each_transport(module: str, stop_with: int, status: int) -> None:
