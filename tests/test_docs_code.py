@@ -842,6 +842,82 @@ async def test_adapters_fastapi_dependency(monkeypatch: pytest.MonkeyPatch) -> N
             await Client.connect(url, "/ws")
 
 
+@contextlib.asynccontextmanager
+async def aiohttp_running(app: Any) -> AsyncIterator[str]:
+    """An aiohttp application on 127.0.0.1 and port 0, stopped as ``web.run_app`` stops it."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["aiohttp_setup", "aiohttp_routes"])
+async def test_adapters_aiohttp_apps(name: str) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load(f"adapters/{name}.py")
+    async with aiohttp_running(module.app) as url:
+        await say_hello(url)
+        assert await asyncio.to_thread(http_status, url + "/ws") == 426
+        client = await Client.connect(url)
+        if name == "aiohttp_routes":
+            assert await asyncio.to_thread(http_status, url + "/wsroom.js") == 200
+    # The application's shutdown closed the client gracefully.
+    assert await client.wait_closed() == 1001
+    assert module.manager.closing
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_aiohttp_own_handler() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/aiohttp_serve.py")
+    async with aiohttp_running(module.app) as url:
+        await say_hello(url, path="/ws?user=ann")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, "/ws")
+        assert refused.value.response.status_code == 401
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_aiohttp_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp import web
+
+    loop = asyncio.get_running_loop()
+    handlers: dict[int, Callable[[], object]] = {}
+    monkeypatch.setattr(loop, "add_signal_handler", lambda sig, fn: handlers.__setitem__(sig, fn))
+    sites: list[Any] = []
+
+    class PortZero(web.TCPSite):
+        def __init__(self, runner: Any, host: str, port: int) -> None:
+            super().__init__(runner, "127.0.0.1", 0)
+            sites.append(self)
+
+    monkeypatch.setattr(web, "TCPSite", PortZero)
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/aiohttp_runner.py")
+    task = asyncio.create_task(module.main())
+    try:
+        await wait_for(lambda: signal.SIGTERM in handlers and bool(sites))
+        url = f"ws://127.0.0.1:{sites[0].port}"
+        await wait_for(lambda: sites[0].port != 0)
+        await say_hello(url)
+        client = await Client.connect(url)
+        handlers[signal.SIGTERM]()
+        assert await client.wait_closed() == 1001
+        await asyncio.wait_for(task, TIMEOUT)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.mark.timeout(30)
 async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     adapters = dict(ADAPTERS)
