@@ -72,8 +72,9 @@ HEARTBEAT = 20.0
 
 _UNSET: Any = object()
 
-# What a send raises once the connection is closing or gone: aiohttp's ClientConnectionResetError
-# (a ConnectionResetError), and RuntimeError from a WebSocketResponse that is closed.
+# What a send raises once the connection is closing or gone: aiohttp's
+# ClientConnectionResetError (a ConnectionResetError), and RuntimeError from a response
+# that is closed.
 _CLOSED = (ConnectionError, RuntimeError)
 
 
@@ -115,7 +116,7 @@ class AiohttpTransport(WriterTaskTransport):
         with contextlib.suppress(*_CLOSED):
             # aiohttp waits for the client's close frame at most its ``timeout`` seconds
             # (Limits.close_timeout, set by serve()); the core's deadline aborts before.
-            await self.ws.close(code=code, message=reason.encode()[:123])
+            await self.ws.close(code=code, message=_reason(reason))
 
     def abort(self) -> None:
         self.stop_writing()
@@ -139,6 +140,11 @@ async def _receive(ws: web.WebSocketResponse) -> str | bytes | None:
         if kind in _ENDED:
             return None
         # PING and PONG: aiohttp answers them itself (autoping).
+
+
+def _reason(reason: str) -> bytes:
+    """A close reason within the 123 bytes a close frame holds, cut between characters."""
+    return reason.encode()[:123].decode("utf-8", "ignore").encode()
 
 
 def _abort(transport: asyncio.Transport) -> None:
@@ -268,7 +274,7 @@ class _FramingTransport(Transport):
             await asyncio.shield(drain)
         self._flush()
         with contextlib.suppress(*_CLOSED):
-            await self.ws.close(code=code, message=reason.encode()[:123])
+            await self.ws.close(code=code, message=_reason(reason))
 
     def abort(self) -> None:
         self.stop_writing()
@@ -294,7 +300,7 @@ def handshake_of(request: web.BaseRequest) -> Handshake:
     headers = [
         (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers
     ]
-    return Handshake.from_target(request.path_qs, headers, address)
+    return Handshake.from_target(request.raw_path, headers, address)
 
 
 def refusal(exc: HandshakeRejected) -> web.Response:
