@@ -80,6 +80,22 @@ def test_fanout_quick_compressed_paced_smoke() -> None:
         assert row[-1] == "5/5", row  # every connection negotiated permessage-deflate
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["burst", "relay"])
+def test_fanout_aiohttp_variants_smoke(relay: bool) -> None:
+    """The aiohttp variants, server-published and, with --relay, sent by a client and
+    relayed by the server: each delivers every message to every client."""
+    variants = "seed-aiohttp,socketio-aiohttp,wsroom-aiohttp,wsroom-aiohttp-sendframe"
+    args = ("--sizes", "5", "--messages", "10", "--repeat", "1", "--variants", variants)
+    result = run_script("fanout.py", *args, *(("--relay",) if relay else ()), timeout=50)
+    if relay:
+        assert "publishing: relayed" in result.stdout, result.stdout
+    rows = _table_rows(result.stdout)
+    assert len(rows) == 4, result.stdout
+    for row in rows:
+        assert row[1] == "5", row
+        assert row[2] not in ("failed", "-"), row
+
+
 def _table_rows(stdout: str) -> list[list[str]]:
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
