@@ -1153,6 +1153,15 @@ async def test_browser_client_script_starlette() -> None:
         await say_hello(url)
 
 
+@pytest.mark.timeout(30)
+async def test_browser_client_script_aiohttp() -> None:
+    with on_path(DOCS_SRC / "browser_client"):
+        module = load("browser_client/script_aiohttp.py")
+    async with aiohttp_running(module.app) as url:
+        assert await asyncio.to_thread(script_status, url) == 200
+        await say_hello(url)
+
+
 # 13b. Coming from a hand-written ConnectionManager: the seed runs as the tutorials show it,
 # and the same chat on wsroom serves a real client.
 

@@ -3,6 +3,7 @@
 * ``wsroom.adapters.websockets``: a ``websockets`` asyncio server.
 * ``wsroom.adapters.websockets_sync``: a threaded ``websockets.sync`` server.
 * ``wsroom.adapters.starlette``: Starlette and FastAPI (extra ``wsroom[starlette]``).
+* ``wsroom.adapters.aiohttp``: an ``aiohttp.web`` application (extra ``wsroom[aiohttp]``).
 
 Each is imported from its own module, so that no framework is needed that you do not use.
 """

@@ -7,6 +7,7 @@ script from your server, at ``/wsroom.js`` by default:
 
 - websockets (asyncio or threading): ``process_request=wsroom.adapters.websockets.client_script()``
 - Starlette/FastAPI: ``wsroom.adapters.starlette.client_route()`` among your routes
+- aiohttp: ``wsroom.adapters.aiohttp.client_route()`` among your routes
 
 and a page imports it with ``import { connect } from "/wsroom.js"``.
 """
