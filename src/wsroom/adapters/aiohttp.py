@@ -77,6 +77,10 @@ _UNSET: Any = object()
 # that is closed.
 _CLOSED = (ConnectionError, RuntimeError)
 
+# What ends the receive loop: the client's close frame, aiohttp's own close under way, the
+# connection gone, or a protocol error aiohttp already answered with its close code.
+_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+
 
 class AiohttpTransport(WriterTaskTransport):
     """Moves one connection's queued frames onto an ``aiohttp`` ``WebSocketResponse``.
@@ -155,15 +159,17 @@ def _abort(transport: asyncio.Transport) -> None:
         transport.abort()
 
 
-_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
-
-
 FASTPATH_VARIABLE = "WSROOM_AIOHTTP_FASTPATH"
 """Set it to ``0`` before wsroom is imported to send every frame with ``send_frame()``."""
 
 FASTPATH = os.environ.get(FASTPATH_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
 """Whether uncompressed connections get frames framed once for all of them (see
 :class:`_FramingTransport`)."""
+
+if not FASTPATH:
+    logger.debug(
+        "aiohttp shared framing off (%s=0): every frame through send_frame()", FASTPATH_VARIABLE
+    )
 
 
 class _SharedFrames:
