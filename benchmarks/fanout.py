@@ -1120,6 +1120,7 @@ def environment(redis_url: str | None) -> dict[str, Any]:
         "uvicorn",
         "python-socketio",
         "python-engineio",
+        "aiohttp",
         "redis",
         "psutil",
         "matplotlib",
