@@ -95,7 +95,7 @@ def framed_by_websockets_ping(data: bytes) -> bytes:
     return b"".join(protocol.data_to_send())
 
 
-@pytest.mark.parametrize("adapter", ["websockets", "websockets_sync"])
+@pytest.mark.parametrize("adapter", ["websockets", "websockets_sync", "aiohttp"])
 async def test_compressed_and_plain_members_of_one_room_get_every_message(adapter: str) -> None:
     manager = ConnectionManager()
     async with ADAPTERS[adapter](manager) as url:
