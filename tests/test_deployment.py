@@ -233,7 +233,7 @@ async def test_workers_share_rooms_through_redis(name: str, shared_url: str) -> 
             assert (direct["from"], direct["data"]) == (b_user, "psst")
 
             assert await asyncio.wait_for(process.stop(signal.SIGTERM), EXIT_BOUND) == 0
-            assert await asyncio.gather(a.wait_closed(), b.wait_closed()) == [1001, 1001]
+            assert list(await asyncio.gather(a.wait_closed(), b.wait_closed())) == [1001, 1001]
         # Each worker's drain took its presence out of Redis.
         from redis import asyncio as aioredis
 
