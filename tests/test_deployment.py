@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -244,3 +248,88 @@ async def test_workers_share_rooms_through_redis(name: str, shared_url: str) -> 
             await redis.aclose()
     finally:
         await delete_prefix(shared_url, prefix)
+
+
+# The files shown but not run here: the docker-compose file and the systemd unit.
+
+COMPOSE = OPERATING / "docker-compose.yml"
+UNIT = OPERATING / "wsroom-chat.service"
+
+
+def gunicorn_accepts(arguments: list[str]) -> None:
+    """gunicorn loads node_app with these arguments (``--check-config``): every option
+    exists and the application imports."""
+    result = subprocess.run(
+        [PYTHON, "-m", "gunicorn", "--check-config", "--chdir", str(OPERATING), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_docker_compose_file() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert set(services) == {"app", "nginx", "redis"}
+    app, proxy = services["app"], services["nginx"]
+    assert app["command"][0] == "gunicorn"
+    gunicorn_accepts(app["command"][1:])
+    assert app["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert app["environment"]["CLIENT_ADDRESS_HEADER"] == "X-Forwarded-For"
+    assert "--bind=127.0.0.1:8000" in app["command"]  # what wsroom.conf's upstream names
+    # nginx shares the app's network namespace, and serves the tested configuration.
+    assert proxy["network_mode"] == "service:app"
+    [volume] = proxy["volumes"]
+    source, target, _ = volume.split(":")
+    assert (OPERATING / source).resolve() == OPERATING / "wsroom.conf"
+    assert target.startswith("/etc/nginx/conf.d/")
+    assert app["ports"] == ["80:80"] and "listen 80;" in (OPERATING / "wsroom.conf").read_text()
+
+
+def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit's sections and their settings (a key may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"a setting outside any section: {line}"
+        key, equals, value = line.partition("=")
+        assert equals and key.strip() and key.strip().isalnum(), line
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.mark.timeout(60)
+def test_the_systemd_unit(tmp_path: Path) -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    unit = unit_sections(text)
+    assert set(unit) == {"Unit", "Service", "Install"}
+    service = unit["Service"]
+    [exec_start] = service["ExecStart"]
+    executable, *arguments = shlex.split(exec_start)
+    assert executable.endswith("/gunicorn")
+    gunicorn_accepts(arguments)
+    # SIGTERM to gunicorn alone, which drains its workers, within the stop timeout.
+    assert service["KillSignal"] == ["SIGTERM"] and service["KillMode"] == ["mixed"]
+    graceful = float(arguments[arguments.index("--graceful-timeout") + 1])
+    assert 5 < graceful < float(service["TimeoutStopSec"][0])
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    # systemd's own check, with an executable that exists here.
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace(executable, str(Path(PYTHON).parent / "gunicorn")))
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stderr.strip()) == (0, ""), result.stderr

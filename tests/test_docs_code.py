@@ -63,6 +63,14 @@ EXAMPLE_TESTS = {
     "examples/browser_chat.html": "tests/test_browser_chat_example.py",
 }
 
+# Files under docs_src/ a page includes that are neither Python nor a page (configuration
+# files), and the test that runs or parses each one.
+CONFIG_TESTS = {
+    "docs_src/operating/wsroom.conf": "tests/nginx_support.py",
+    "docs_src/operating/docker-compose.yml": "tests/test_deployment.py",
+    "docs_src/operating/wsroom-chat.service": "tests/test_deployment.py",
+}
+
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$")
 INCLUDE = re.compile(r'^--8<-- "(?P<path>[^"]+)"$')
 
@@ -309,7 +317,10 @@ def test_pages_have_no_inline_code(page: Path) -> None:
 @pytest.mark.parametrize("path", INCLUDES)
 def test_every_included_file_exists_and_is_exercised(path: str) -> None:
     assert (ROOT / path).is_file(), path
-    if path.startswith("docs_src/"):
+    if path in CONFIG_TESTS:
+        test = (ROOT / CONFIG_TESTS[path]).read_text(encoding="utf-8")
+        assert Path(path).name in test, (path, CONFIG_TESTS[path])
+    elif path.startswith("docs_src/"):
         # Python files by test_every_docs_src_file_imports; HTML pages by the scripts' check.
         assert path.endswith((".py", ".html", ".js")), path
     else:
