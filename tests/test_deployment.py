@@ -67,6 +67,15 @@ async def server(name: str, env: dict[str, str] | None = None) -> AsyncIterator[
     """``SERVERS[name]`` running until every worker completed its startup; whatever is left
     of its processes at the end is killed, by PID."""
     command, workers = SERVERS[name]
+    async with running(command, workers, env) as process:
+        yield process
+
+
+@contextlib.asynccontextmanager
+async def running(
+    command: tuple[str, ...], workers: int = 1, env: dict[str, str] | None = None
+) -> AsyncIterator[ExampleProcess]:
+    """``command`` running until its ``workers`` completed their startup."""
     async with example_command(*command, ready="127.0.0.1:", env=env) as process:
         started = asyncio.create_task(
             process.wait_output("Application startup complete.", count=workers)
@@ -190,6 +199,126 @@ async def test_sigterm_drains_every_client_with_1001_after_what_was_acknowledged
     assert returncode in (0, -signal.SIGTERM), (returncode, process.log)
     await wait_for(lambda: not any(psutil.pid_exists(m.pid) for m in members), TIMEOUT)
     print(f"{name}: stopped {stopped:.2f} s after SIGTERM")
+
+
+# The other forms of the drain, and its edges, under the uvicorn command: applications
+# written next to node_app, in a module of the test's own.
+VARIANTS = """\
+import asyncio
+import contextlib
+
+from starlette.applications import Starlette
+
+from node_app import authenticate, manager
+from wsroom import ConnectionManager, Room
+from wsroom.adapters import uvicorn as wsroom_uvicorn
+from wsroom.adapters.starlette import routes
+
+
+@contextlib.asynccontextmanager
+async def own_lifespan(app):
+    print("own startup; wsroom started:", manager.loop is not None, flush=True)
+    yield
+    print("own shutdown; wsroom closing:", manager.closing, flush=True)
+
+
+# The middleware around an application with a lifespan of its own.
+middleware = wsroom_uvicorn.GracefulShutdown(
+    Starlette(routes=routes("/ws", manager), lifespan=own_lifespan), manager
+)
+
+# The middleware around an application that does not speak the lifespan protocol.
+plain = Starlette(routes=routes("/ws", manager))
+
+
+async def no_lifespan(scope, receive, send):
+    if scope["type"] == "lifespan":
+        raise RuntimeError("no lifespan here")
+    await plain(scope, receive, send)
+
+
+bare = wsroom_uvicorn.GracefulShutdown(no_lifespan, manager)
+
+# Installed twice for one manager: once is what happens.
+twice = wsroom_uvicorn.GracefulShutdown(
+    Starlette(routes=routes("/ws", manager), lifespan=wsroom_uvicorn.lifespan(manager)), manager
+)
+
+
+# A room whose hook hangs as its clients leave: the drain never ends by itself.
+class StuckRoom(Room):
+    async def on_leave(self, conn):
+        await asyncio.sleep(120)
+
+
+stuck_manager = ConnectionManager(StuckRoom, authenticate=authenticate)
+stuck = Starlette(
+    routes=routes("/ws", stuck_manager), lifespan=wsroom_uvicorn.lifespan(stuck_manager)
+)
+"""
+
+
+def variant(tmp_path: Path, name: str) -> tuple[str, ...]:
+    (tmp_path / "variants.py").write_text(VARIANTS, encoding="utf-8")
+    return (
+        *(PYTHON, "-m", "uvicorn", "--app-dir", str(OPERATING), f"variants:{name}"),
+        *("--port", "0"),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("name", "signum"),
+    [
+        ("middleware", signal.SIGTERM),
+        ("bare", signal.SIGTERM),
+        ("twice", signal.SIGTERM),
+        ("middleware", signal.SIGINT),  # Ctrl+C
+    ],
+)
+async def test_every_form_of_the_drain(tmp_path: Path, name: str, signum: int) -> None:
+    env = {"PYTHONPATH": str(tmp_path)}
+    async with running(variant(tmp_path, name), env=env) as process:
+        members = await connect_members(f"ws://127.0.0.1:{process.port}", 1)
+        for member in members:
+            await member.client.join("drain")
+        flowing = [asyncio.Event() for _ in members]
+        talking = [asyncio.create_task(talk(m, e)) for m, e in zip(members, flowing, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in flowing)), TIMEOUT)
+        returncode = await asyncio.wait_for(process.stop(signum), EXIT_BOUND)
+        await asyncio.wait_for(asyncio.gather(*talking), TIMEOUT)
+    # uvicorn re-raises SIGTERM once stopped; SIGINT's KeyboardInterrupt ends it with 0.
+    assert returncode == (-signum if signum == signal.SIGTERM else 0), process.log
+    assert [member.close_code for member in members] == [1001, 1001], process.log
+    acknowledged = members[0].acked | members[1].acked
+    assert acknowledged <= members[0].received and acknowledged <= members[1].received
+    if name == "middleware":
+        # The manager starts before the application's startup; its clients are closed
+        # before the application's shutdown runs.
+        assert "own startup; wsroom started: True" in process.log
+        assert "own shutdown; wsroom closing: True" in process.log
+    assert "not installed" not in process.log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_second_ctrl_c_stops_a_drain_that_hangs(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(tmp_path)}
+    async with running(variant(tmp_path, "stuck"), env=env) as process:
+        client = await Client.connect(f"ws://127.0.0.1:{process.port}", "/ws?user=ann")
+        await client.join("lobby")
+        process.process.send_signal(signal.SIGINT)
+        # The drain has begun: new clients are refused.
+        url = f"ws://127.0.0.1:{process.port}"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            while True:
+                await (await Client.connect(url, "/ws?user=bob")).close()
+                await asyncio.sleep(0.05)
+        assert refused.value.response.status_code == 503
+        # The room's hook would hold it for two minutes; Ctrl+C again stops it now.
+        returncode = await asyncio.wait_for(process.stop(signal.SIGINT), 3 * TIMEOUT)
+    assert returncode == 0, process.log
 
 
 @pytest.mark.slow

@@ -255,6 +255,14 @@ class _SignalDrain:
     def _previous(self, sig: int, frame: FrameType | None) -> None:
         self.previous[sig](sig, frame)
 
+    def _hurry(self, sig: int, frame: FrameType | None) -> None:
+        # A signal during the drain: uvicorn's first, then, for SIGINT, its second, which
+        # stops waiting for connections and tasks (a hook that hangs): Ctrl+C twice stops
+        # at once, as without wsroom.
+        self.previous[sig](sig, frame)
+        if sig == signal.SIGINT:
+            self.previous[sig](sig, frame)
+
     @classmethod
     def install(cls, manager: ConnectionManager, timeout: float) -> _SignalDrain | None:
         """Put a drain of ``manager`` in front of the running uvicorn's SIGINT and SIGTERM
@@ -276,7 +284,7 @@ class _SignalDrain:
             )
             return None
         drain = cls(manager, timeout, asyncio.get_running_loop(), then=_nothing, now=_nothing)
-        drain.then = drain.now = drain._previous
+        drain.then, drain.now = drain._previous, drain._hurry
         for sig, handler in current.items():
             drain.previous[sig] = cast(_SignalHandler, handler)
             signal.signal(sig, drain)
@@ -325,7 +333,8 @@ async def drain_on_signal(
     client receives what is queued for it, then a close frame with 1001 (at most
     ``shutdown_timeout`` seconds, after which the rest are cut) and new handshakes get
     HTTP 503; then uvicorn's own handler runs and uvicorn stops as usual. A second signal
-    goes to uvicorn at once (Ctrl+C twice stops without waiting).
+    goes to uvicorn at once: a second SIGTERM starts uvicorn's shutdown, a second SIGINT
+    (Ctrl+C twice) stops it without waiting for connections and tasks.
 
     It works by chaining in front of the handler uvicorn installed for the signals, in the
     process's main thread; where that is not uvicorn's (another ASGI server, a uvicorn in
