@@ -7,6 +7,7 @@ count each client, not nginx. (tests/conformance runs the whole protocol through
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 from typing import Any
@@ -117,3 +118,33 @@ async def test_the_limits_count_the_client_s_address_not_nginx_s() -> None:
             for client in (first, second, other):
                 await client.close()
     assert addresses == ["127.0.0.2", "127.0.0.2", "127.0.0.3"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_the_recipe_nginx_in_front_of_uvicorn_workers() -> None:
+    # node_app.py under uvicorn --workers 2, trusting the header nginx sets, as
+    # docs/operating.md runs it: each worker sees the client's address.
+    from tests.test_deployment import SERVERS, running
+
+    command, workers = SERVERS["uvicorn --workers 2"]
+    env = {"CLIENT_ADDRESS_HEADER": "X-Forwarded-For"}
+    async with running(command, workers, env=env) as process:
+        with nginx([process.port]) as proxy:
+            url = f"ws://127.0.0.1:{proxy.port}"
+            pids = set()
+            for number in range(40):
+                address = f"127.0.0.{2 + number % 2}"
+                client = await Client.connect(url, f"/ws?user=u{number}", local_addr=(address, 0))
+                ack = await client.request({"type": "node"})
+                assert ack["data"]["address"] == address
+                pids.add(ack["data"]["pid"])
+                await client.close()
+                if len(pids) == workers and number >= 3:
+                    break
+            assert len(pids) == workers
+            # SIGTERM to uvicorn behind nginx: the client gets wsroom's 1001 through it.
+            client = await Client.connect(url, "/ws?user=ann")
+            await client.join("lobby")
+            await process.stop(signal.SIGTERM)
+            assert await client.wait_closed() == 1001
