@@ -71,7 +71,8 @@ echo "== npm ci (tests/js: ws, typescript)"
 (cd "$ROOT/tests/js" && npm ci --no-audit --no-fund --loglevel=error)
 # With the tools installed, a JavaScript test that cannot run is a failure, not a skip.
 export WSROOM_REQUIRE_JS=1
-# The reliability suite measures what a reverse proxy in front of the server closes.
+# The reliability suite measures what a reverse proxy in front of the server closes; the
+# deployment recipes (docs/operating.md) and the conformance suite run behind nginx too.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     apt_install nginx
 fi

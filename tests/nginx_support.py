@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -36,11 +36,17 @@ _LISTEN = re.compile(r"^(\s*)listen 80;$", re.M)
 _UPSTREAM = re.compile(r"^(\s*)server 127\.0\.0\.1:8000;$", re.M)
 
 
-def site_config(listen: int, upstreams: Sequence[int]) -> str:
+def site_config(
+    listen: int, upstreams: Sequence[int], timeouts: Mapping[str, float] | None = None
+) -> str:
     """The documented configuration listening on 127.0.0.1:``listen``, in front of the
-    servers on 127.0.0.1 at ``upstreams``."""
+    servers on 127.0.0.1 at ``upstreams``; ``timeouts`` shortens some of its timeouts
+    (``{"client_header_timeout": 2}``), for tests that measure them."""
     text = SITE.read_text(encoding="utf-8")
     assert len(_LISTEN.findall(text)) == 1 and len(_UPSTREAM.findall(text)) == 1, SITE
+    for name, seconds in (timeouts or {}).items():
+        text, found = re.subn(rf"\b{name}(\s+)\d+s;", rf"{name}\g<1>{seconds:g}s;", text)
+        assert found == 1, f"{SITE} sets no {name}"
     text = _LISTEN.sub(lambda m: f"{m[1]}listen 127.0.0.1:{listen};", text)
     servers = "\n".join(f"    server 127.0.0.1:{port};" for port in upstreams)
     return _UPSTREAM.sub(lambda m: servers, text)
@@ -70,7 +76,9 @@ http {{
 class Nginx:
     """A running private nginx: its port, process and directory."""
 
-    def __init__(self, upstreams: Sequence[int]) -> None:
+    def __init__(
+        self, upstreams: Sequence[int], *, timeouts: Mapping[str, float] | None = None
+    ) -> None:
         assert NGINX is not None, "nginx is not installed"
         self._directory = tempfile.TemporaryDirectory(prefix="wsroom-nginx-")
         self.root = Path(self._directory.name)
@@ -81,7 +89,7 @@ class Nginx:
         try:
             for _ in range(3):  # another program may take the free port first
                 self.port = free_port()
-                site = site_config(self.port, upstreams)
+                site = site_config(self.port, upstreams, timeouts)
                 (self.root / "wsroom.conf").write_text(site, encoding="utf-8")
                 (self.root / "nginx.conf").write_text(main_config(self.root), encoding="utf-8")
                 self.process = subprocess.Popen(
@@ -146,9 +154,12 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def nginx(upstreams: Sequence[int]) -> Iterator[Nginx]:
-    """nginx with the documented configuration in front of ``upstreams``."""
-    proxy = Nginx(upstreams)
+def nginx(
+    upstreams: Sequence[int], *, timeouts: Mapping[str, float] | None = None
+) -> Iterator[Nginx]:
+    """nginx with the documented configuration in front of ``upstreams`` (see
+    :func:`site_config` for ``timeouts``)."""
+    proxy = Nginx(upstreams, timeouts=timeouts)
     try:
         yield proxy
     finally:
