@@ -28,6 +28,13 @@ What it sets up:
   queued for it (uvicorn alone would send 1012 first), then uvicorn stops.
 * Client protocol errors (invalid UTF-8, ...) are not logged with a traceback each: see
   :class:`QuietClientErrors`.
+
+Run by the ``uvicorn`` command instead (with or without ``--workers``) or by gunicorn's
+uvicorn workers, an application still gets the graceful shutdown from its lifespan::
+
+    app = Starlette(routes=..., lifespan=wsroom_uvicorn.lifespan(manager))
+
+See :func:`drain_on_signal`, :func:`lifespan` and :class:`GracefulShutdown`.
 """
 
 from __future__ import annotations
@@ -294,6 +301,7 @@ class _SignalDrain:
         """Give the signals back to the handlers found at :meth:`install`, unless another
         handler was put in front since (this one then passes the signals on)."""
         self._draining = True
+        self.now = self.then
         if threading.current_thread() is not threading.main_thread():
             return
         for sig, handler in self.previous.items():
@@ -398,7 +406,9 @@ class GracefulShutdown:
         shutdown_timeout: As :func:`drain_on_signal`'s.
     """
 
-    def __init__(self, app: Any, manager: ConnectionManager, *, shutdown_timeout: float = 5.0):
+    def __init__(
+        self, app: Any, manager: ConnectionManager, *, shutdown_timeout: float = 5.0
+    ) -> None:
         self.app = app
         self.manager = manager
         self.shutdown_timeout = shutdown_timeout
@@ -422,6 +432,7 @@ class _Lifespan:
         self.send = send
         self.to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.from_app: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.taken = 0  # messages the application received
 
     async def run(self) -> None:
         owner = self.owner
@@ -437,7 +448,7 @@ class _Lifespan:
             return
         app = asyncio.create_task(self._app())
         try:
-            answer = await self._forward(message, app)
+            answer = await self._forward(message)
             if answer["type"] == "lifespan.startup.failed":
                 await self.send(answer)
                 return
@@ -447,7 +458,7 @@ class _Lifespan:
             # shutdown closes.
             await drain.__aexit__(None, None, None)
             drain = None
-            await self.send(await self._forward(message, app))
+            await self.send(await self._forward(message))
         finally:
             if drain is not None:
                 await drain.__aexit__(None, None, None)
@@ -457,13 +468,21 @@ class _Lifespan:
 
     async def _app(self) -> None:
         try:
-            await self.owner.app(self.scope, self.to_app.get, self.from_app.put)
+            await self.owner.app(self.scope, self._take, self.from_app.put)
         except Exception:
-            pass  # an application without lifespan support raises: that is no failure
+            # Raising before taking a message is how an application says it does not speak
+            # the lifespan protocol; after, it failed.
+            if self.taken:
+                logger.exception("the application's lifespan failed")
         finally:
             await self.from_app.put(None)
 
-    async def _forward(self, message: dict[str, Any], app: asyncio.Task[None]) -> dict[str, Any]:
+    async def _take(self) -> dict[str, Any]:
+        message = await self.to_app.get()
+        self.taken += 1
+        return message
+
+    async def _forward(self, message: dict[str, Any]) -> dict[str, Any]:
         """Hand ``message`` to the application; its answer, or success when it has none."""
         await self.to_app.put(message)
         answer = await self.from_app.get()
