@@ -475,7 +475,7 @@ class WSRoomApp:
         try:
             await self.manager.start()
         except Exception as exc:
-            logger.exception("wsroom's manager failed to start")
+            # The server logs the message and does not serve (uvicorn exits).
             await send({"type": "lifespan.startup.failed", "message": f"wsroom: {exc}"})
             return False
         return True
