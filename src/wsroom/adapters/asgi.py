@@ -64,6 +64,9 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 """The ASGI ``send`` callable."""
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 """An ASGI 3 application."""
+# Frameworks type their scopes and messages each their own way (TypedDicts, mappings):
+# the application wrapped is taken as any of them.
+_AnyApp: TypeAlias = Callable[[Any, Any, Any], Awaitable[Any]]
 
 _client_gone: Any
 try:
@@ -426,7 +429,7 @@ class WSRoomApp:
         manager: ConnectionManager,
         *,
         path: str | None = None,
-        app: ASGIApp | None = None,
+        app: _AnyApp | None = None,
         client_path: str | None = None,
         shutdown_timeout: float = 5.0,
     ) -> None:
