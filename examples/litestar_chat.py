@@ -4,12 +4,12 @@
 
 Litestar serves its pages (``/``, and ``/rooms/{room}``, which asks the manager who is in
 a room) and routes ``/ws`` to wsroom's ASGI application
-(``ws://127.0.0.1:8765/ws?user=alice``) and ``/wsroom.js`` to the browser client's. The manager is one of the application's lifespan
-context managers: it starts with the application and, at shutdown, closes every client
-(1001) after what is queued for it. ``app`` runs under any ASGI server
-(``uvicorn examples.litestar_chat:app``); this command runs it through
-``wsroom.adapters.uvicorn``, for wsroom's frame limit and a graceful shutdown on Ctrl+C or
-SIGTERM.
+(``ws://127.0.0.1:8765/ws?user=alice``) and ``/wsroom.js`` to the browser client's. The
+manager is one of the application's lifespan context managers: it starts with the
+application and, at shutdown, closes every client (1001) after what is queued for it.
+``app`` runs under any ASGI server (``uvicorn examples.litestar_chat:app``); this command
+runs it through ``wsroom.adapters.uvicorn``, for wsroom's frame limit and a graceful
+shutdown on Ctrl+C or SIGTERM.
 """
 
 import sys

@@ -103,6 +103,7 @@ async def test_chat_example_on_each_transport(module: str, stop_with: int, statu
 @pytest.mark.parametrize(
     ("arguments", "page"),
     [
+        # examples/django_chat/asgi.py, then channels_asgi.py.
         (("-m", "examples.django_chat", "0"), b"A Django page"),
         (("-m", "examples.django_chat", "--channels", "0"), b"A Django page"),
         (("-m", "examples.quart_chat", "0"), b"A Quart page"),

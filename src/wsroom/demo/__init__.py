@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -33,6 +33,9 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import Message
 from ..room import Room
+
+if TYPE_CHECKING:
+    from ..adapters.asgi import WSRoomApp
 
 __all__ = [
     "ChatRoom",
@@ -261,7 +264,7 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
     return app
 
 
-def asgi_app(manager: ConnectionManager | None = None) -> Any:
+def asgi_app(manager: ConnectionManager | None = None) -> WSRoomApp:
     """The demo as a plain ASGI application (:mod:`wsroom.adapters.asgi`, no framework):
     the page at ``/``, ``/wsroom.js`` and the WebSocket at ``/ws``."""
     from ..adapters.asgi import Receive, Scope, Send, WSRoomApp, _respond
