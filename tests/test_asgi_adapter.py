@@ -239,3 +239,15 @@ async def test_refusal_headers_cannot_split_the_response() -> None:
         assert refusal.response.status_code == 403
         assert "Set-Cookie" not in refusal.response.headers
         assert refusal.response.headers["X-Why"] == "aSet-Cookie: x=1"
+
+
+@pytest.mark.timeout(30)
+async def test_an_applications_own_challenge_is_kept() -> None:
+    def authenticate(handshake: Any) -> str:
+        raise HandshakeRejected(401, "log in", headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    manager = ConnectionManager(authenticate=authenticate)
+    async with serving(manager, WSRoomApp(manager)) as port:
+        refusal = await refused(port, "/ws")
+        assert refusal.response.status_code == 401
+        assert refusal.response.headers.get_all("WWW-Authenticate") == ['Basic realm="x"']

@@ -283,7 +283,7 @@ def _refusal(exc: HandshakeRejected) -> tuple[int, list[tuple[str, str]], bytes]
         ("Content-Length", str(len(body))),
         *exc.headers.items(),
     ]
-    if exc.status == 401:
+    if exc.status == 401 and not any(n.lower() == "www-authenticate" for n in exc.headers):
         headers.append(("WWW-Authenticate", 'Bearer realm="wsroom"'))
     return exc.status, headers, body
 
