@@ -60,6 +60,10 @@ INCLUDED_LANGUAGES = {"python", "py", "js", "javascript", "html", "ts", "typescr
 # Files under examples/ that a page includes, and the test that runs or imports each one.
 EXAMPLE_TESTS = {
     "examples/fastapi_chat.py": "tests/test_examples.py",
+    "examples/django_chat/asgi.py": "tests/test_examples.py",
+    "examples/django_chat/channels_asgi.py": "tests/test_examples.py",
+    "examples/quart_chat.py": "tests/test_examples.py",
+    "examples/litestar_chat.py": "tests/test_examples.py",
     "examples/browser_chat.html": "tests/test_browser_chat_example.py",
 }
 
@@ -851,6 +855,41 @@ async def test_adapters_fastapi_dependency(monkeypatch: pytest.MonkeyPatch) -> N
         await say_hello(url, path="/ws?user=ann")
         with pytest.raises(websockets.InvalidStatus):
             await Client.connect(url, "/ws")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "prefix"), [("asgi_alone", ""), ("asgi_mount", "/rooms")])
+async def test_adapters_asgi_apps(name: str, prefix: str) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load(f"adapters/{name}.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        assert module.manager.loop is not None  # started by the lifespan
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        await say_hello(url, path=f"{prefix}/ws")
+        assert await asyncio.to_thread(http_status, f"{url}{prefix}/ws") == 426
+        status, body = await asyncio.to_thread(
+            _get, f"{url}{prefix}/wsroom.js".replace("ws:", "http:")
+        )
+        assert status == 200 and b"export function connect(" in body
+        client = await Client.connect(url, f"{prefix}/ws")
+        await server.lifespan.shutdown()
+        assert await client.wait_closed() == 1001
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_asgi_serve_from_an_endpoint() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/asgi_serve.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        client = await Client.connect(url, additional_headers={"X-API-Key": "k-7f3a"})
+        assert client.welcome["user"] == "build-bot"
+        await client.close()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, additional_headers={"X-API-Key": "guess"})
+        assert refused.value.response.status_code == 403
 
 
 @pytest.mark.timeout(30)

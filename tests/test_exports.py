@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "wsroom.adapters.websockets",
     "wsroom.adapters.websockets_sync",
     "wsroom.adapters.starlette",
+    "wsroom.adapters.asgi",
     "wsroom.backplane.redis",
     "wsroom.threads",
     "wsroom.demo",

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -34,11 +34,16 @@ from ..manager import ConnectionManager
 from ..protocol import Message
 from ..room import Room
 
+if TYPE_CHECKING:
+    from ..adapters.asgi import WSRoomApp
+
 __all__ = [
     "ChatRoom",
+    "asgi_app",
     "create_manager",
     "demo_server",
     "run",
+    "run_asgi",
     "run_starlette",
     "run_sync",
     "starlette_app",
@@ -259,6 +264,29 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
     return app
 
 
+def asgi_app(manager: ConnectionManager | None = None) -> WSRoomApp:
+    """The demo as a plain ASGI application (:mod:`wsroom.adapters.asgi`, no framework):
+    the page at ``/``, ``/wsroom.js`` and the WebSocket at ``/ws``."""
+    from ..adapters.asgi import Receive, Scope, Send, WSRoomApp, _respond
+
+    async def pages(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        routed = _route(str(scope.get("path", "/")))
+        assert routed is not None
+        status, body, content_type = routed
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            *security_headers(body),
+        ]
+        await _respond(send, status.value, headers, b"" if scope.get("method") == "HEAD" else body)
+
+    manager = manager if manager is not None else create_manager()
+    return WSRoomApp(manager, path="/ws", app=pages, client_path="/wsroom.js")
+
+
 def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
     """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM.
 
@@ -269,10 +297,25 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
         OSError: ``host``:``port`` cannot be listened on (a port in use, say), as with the
             other transports; uvicorn would log it and exit the process.
     """
+    manager = create_manager(redis_url)
+    _run_uvicorn(starlette_app(manager), manager, host, port)
+
+
+def run_asgi(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
+    """Serve the demo as a plain ASGI application (:func:`asgi_app`) under uvicorn until
+    SIGINT or SIGTERM, through :mod:`wsroom.adapters.uvicorn` as :func:`run_starlette` does.
+
+    Raises:
+        OSError: ``host``:``port`` cannot be listened on.
+    """
+    manager = create_manager(redis_url)
+    _run_uvicorn(asgi_app(manager), manager, host, port)
+
+
+def _run_uvicorn(app: Any, manager: ConnectionManager, host: str, port: int) -> None:
     from ..adapters import uvicorn as wsroom_uvicorn
 
     sockets = _listen(host, port)
-    manager = create_manager(redis_url)
 
     class DemoServer(wsroom_uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -286,7 +329,7 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
             super().handle_exit(sig, frame)
 
     config = wsroom_uvicorn.config(
-        starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
+        app, manager, host=host, port=port, log_level="warning", lifespan="off"
     )
     DemoServer(config, manager).run(sockets=sockets)
 
