@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from starlette.requests import Request
@@ -50,7 +50,12 @@ from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ._writer import WriterTaskTransport
 
-__all__ = ["StarletteTransport", "client_route", "endpoint", "routes", "serve"]
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..metrics import Authorize
+
+__all__ = ["StarletteTransport", "client_route", "endpoint", "metrics_route", "routes", "serve"]
 
 _client_gone: Any
 try:
@@ -216,15 +221,51 @@ def client_route(path: str = browser.SCRIPT_PATH) -> Route:
         answer = browser.script_response(
             request.headers.get("if-none-match"), head=request.method == "HEAD"
         )
-        headers = dict(answer.headers)
-        # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
-        length = headers.pop("Content-Length", None)
-        response = Response(answer.body, status_code=answer.status, headers=headers)
-        if length is not None:
-            response.headers["content-length"] = length
-        return response
+        return _response(answer.status, answer.headers, answer.body)
 
     return Route(path, wsroom_js, methods=["GET", "HEAD"])
+
+
+def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> Response:
+    """A Starlette response for one of wsroom's transport-neutral answers."""
+    fields = dict(headers)
+    # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
+    length = fields.pop("Content-Length", None)
+    response = Response(body, status_code=status, headers=fields)
+    if length is not None:
+        response.headers["content-length"] = length
+    return response
+
+
+def metrics_route(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> Route:
+    """A route serving the manager's Prometheus metrics at ``path`` (``GET`` and ``HEAD``;
+    needs ``pip install "wsroom[metrics]"``)::
+
+        app = Starlette(routes=[metrics_route(manager), *routes("/ws", manager)])
+
+    The metrics show no user data, but should not be public: serve them from an
+    application only your network reaches, or pass ``authorize``. See
+    :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
+    """
+    from .. import metrics
+
+    async def wsroom_metrics(request: Request) -> Response:
+        answer = metrics.metrics_response(
+            manager,
+            Handshake.from_asgi(request.scope),
+            method=request.method,
+            registry=registry,
+            authorize=authorize,
+        )
+        return _response(answer.status, answer.headers, answer.body)
+
+    return Route(path, wsroom_metrics, methods=["GET", "HEAD"])
 
 
 async def serve(
