@@ -114,6 +114,7 @@ def close_label(code: int | None) -> str:
 
 
 _ERROR_CODES = frozenset(code.value for code in ErrorCode)
+_HTTP_ERRORS = frozenset(range(400, 600))
 
 
 class Counters:
@@ -125,27 +126,31 @@ class Counters:
 
     __slots__ = (
         "bytes_received",
-        "bytes_sent",
         "closes",
+        "delivered_bytes",
         "deliveries",
         "dropped_frames",
         "errors",
         "errors_sent",
         "evictions",
         "frames_received",
-        "frames_sent",
         "handshakes_refused",
         "rate_limited",
         "refusals",
+        "replies",
+        "reply_bytes",
         "write_timeouts",
     )
 
     def __init__(self) -> None:
         self.frames_received = 0
         self.bytes_received = 0
-        self.frames_sent = 0
-        self.bytes_sent = 0
+        # Frames queued by a fan-out, and the others (answers, errors, events to one
+        # connection): a fan-out pays for two additions, not four.
         self.deliveries = 0
+        self.delivered_bytes = 0
+        self.replies = 0
+        self.reply_bytes = 0
         self.errors_sent = 0
         self.dropped_frames = 0
         self.evictions = 0
@@ -160,7 +165,8 @@ class Counters:
         """Count one handshake refused with HTTP ``status``."""
         if status == 429:
             self.handshakes_refused += 1
-        key = status if 400 <= status <= 599 else 0
+        # An application's hook chooses the status: whatever it is, the keys stay few.
+        key = status if status in _HTTP_ERRORS else 0
         self.refusals[key] = self.refusals.get(key, 0) + 1
 
     def error_sent(self, code: str) -> None:
@@ -217,8 +223,8 @@ class Delivery:
         """Queue an encoded frame to ``conn`` (evicting it if its queue overflows)."""
         if conn.push(frame):
             counters = self.counters
-            counters.frames_sent += 1
-            counters.bytes_sent += len(frame)
+            counters.replies += 1
+            counters.reply_bytes += len(frame)
         else:
             self.evict(conn)
 
@@ -263,17 +269,13 @@ class Delivery:
             overflowed = [conn for conn in members if conn.id != exclude and not push(conn, frame)]
             queued = len(members) - len(overflowed)
             if self._registry.connections.get(exclude) in members:
-                queued -= 1
+                queued -= 1  # the excluded connection is a member: it got nothing
         # Counted once per fan-out, not once per recipient: the loop above stays as it was.
-        self._count_deliveries(queued, len(frame))
-        for conn in overflowed:
-            self.evict(conn)
-
-    def _count_deliveries(self, queued: int, size: int) -> None:
         counters = self.counters
         counters.deliveries += queued
-        counters.frames_sent += queued
-        counters.bytes_sent += queued * size
+        counters.delivered_bytes += queued * len(frame)
+        for conn in overflowed:
+            self.evict(conn)
 
     def deliver_user(self, user: str, frame: bytes) -> int:
         """Queue an encoded frame to this process's connections of ``user``."""
@@ -287,7 +289,10 @@ class Delivery:
 
     def _deliver_each(self, conns: list[Connection], frame: bytes) -> None:
         overflowed = [conn for conn in conns if not conn.push(frame)]
-        self._count_deliveries(len(conns) - len(overflowed), len(frame))
+        queued = len(conns) - len(overflowed)
+        counters = self.counters
+        counters.deliveries += queued
+        counters.delivered_bytes += queued * len(frame)
         for conn in overflowed:
             self.evict(conn)
 
@@ -332,8 +337,8 @@ class Delivery:
             handshakes_refused=counters.handshakes_refused,
             memberships=memberships,
             bytes_received=counters.bytes_received,
-            frames_sent=counters.frames_sent,
-            bytes_sent=counters.bytes_sent,
+            frames_sent=counters.deliveries + counters.replies,
+            bytes_sent=counters.delivered_bytes + counters.reply_bytes,
             deliveries=counters.deliveries,
             write_timeouts=counters.write_timeouts,
             closes=dict(counters.closes),

@@ -40,16 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS",
-    "METRICS_PATH",
     "MetricInfo",
     "MetricsCollector",
     "MetricsResponse",
     "metric_families",
     "metrics_response",
 ]
-
-METRICS_PATH = "/metrics"
-"""Where the adapters' helpers serve the metrics unless told otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
