@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
+import sys
 import threading
+from collections.abc import Iterator
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -204,6 +209,7 @@ def test_labels_stay_bounded_whatever_is_counted(
         counters.handshake_refused(status)
     for error in errors:
         counters.error_sent(error)
+    counters.handshake_refused("418")  # type: ignore[arg-type]  # a hook's mistake
     assert set(counters.refusals) <= {0, *range(400, 600)}
     samples = render(
         snapshot(
@@ -657,3 +663,163 @@ async def test_the_demo_s_metrics_follow_redis_going_down_and_back() -> None:
             redis.start()
             up, _, reconnects = await until(lambda s: s[0] == 1 and s[2] >= 1)
             assert reconnects == 1
+
+
+# docs/operating.md's programs.
+
+
+TOKEN_HEADER = "Authorization: Bearer t0k3n\r\n"
+
+
+@contextlib.contextmanager
+def operating_page(name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """``docs_src/operating/<name>``, loaded as its page says to save it, with the
+    scraper's token set to ``t0k3n``."""
+    from tests.test_docs_code import DOCS_SRC, load, on_path
+
+    with on_path(DOCS_SRC / "operating"):
+        module = load(f"operating/{name}")
+        if "metrics_token" in sys.modules:
+            monkeypatch.setattr(sys.modules["metrics_token"], "TOKEN", "t0k3n")
+        yield module
+
+
+async def check_scrapes(port: int, url: str) -> None:
+    """/metrics refuses a request without the token and counts a client for one with it."""
+    assert (await http_request(port, "/metrics"))[0] == 403
+    client = await Client.connect(url)
+    try:
+        status, _, body = await http_request(port, "/metrics", headers=TOKEN_HEADER)
+        assert status == 200, body
+        assert value(parse(body.decode()), "wsroom_connections") == 1
+    finally:
+        await client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_operating_metrics_on_the_asyncio_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsroom.adapters import websockets as adapter
+
+    with operating_page("metrics_asyncio.py", monkeypatch) as module:
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        @contextlib.asynccontextmanager
+        async def serve(manager: ConnectionManager, host: str, port: int, **options: Any) -> Any:
+            assert (host, port) == ("", 8765)
+            async with adapter.serve(manager, "127.0.0.1", 0, **options) as server:
+                started.set_result(server.sockets[0].getsockname()[1])
+                yield server
+
+        monkeypatch.setattr(module, "serve", serve)
+        task = asyncio.create_task(module.main())
+        try:
+            port = await asyncio.wait_for(started, TIMEOUT)
+            await check_scrapes(port, f"ws://127.0.0.1:{port}")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+async def test_operating_metrics_on_the_threaded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsroom.adapters import websockets_sync
+
+    servers: list[websockets_sync.Server] = []
+
+    @contextlib.contextmanager
+    def serve(manager: ConnectionManager, host: str, port: int, **options: Any) -> Any:
+        assert (host, port) == ("", 8765)
+        with websockets_sync.serve(manager, "127.0.0.1", 0, **options) as server:
+            servers.append(server)
+            yield server
+
+    with operating_page("metrics_threaded.py", monkeypatch) as module:
+        monkeypatch.setattr(module, "websockets_sync", SimpleNamespace(serve=serve))
+        thread = threading.Thread(target=module.main, daemon=True)
+        thread.start()
+        try:
+            await wait_for(lambda: bool(servers))
+            port = servers[0].socket.getsockname()[1]
+            await check_scrapes(port, f"ws://127.0.0.1:{port}")
+            assert (await http_request(port, "/wsroom.js"))[0] == 200
+        finally:
+            if servers:
+                await asyncio.to_thread(servers[0].shutdown)
+            await asyncio.to_thread(thread.join, TIMEOUT)
+        assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+async def test_operating_metrics_on_starlette(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import uvicorn_server
+
+    with operating_page("metrics_starlette.py", monkeypatch) as module:
+        async with uvicorn_server(module.manager, module.app) as server:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            await check_scrapes(port, f"ws://127.0.0.1:{port}")
+
+
+@pytest.mark.timeout(30)
+async def test_operating_metrics_on_a_port_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client
+
+    from wsroom.adapters import websockets as adapter
+
+    registry = CollectorRegistry()
+    exporters: list[Any] = []
+
+    def start_http_server(port: int, addr: str) -> None:
+        assert (port, addr) == (9100, "10.0.0.5")
+        exporters.append(prometheus_client.start_http_server(0, "127.0.0.1", registry))
+
+    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @contextlib.asynccontextmanager
+    async def serve(manager: ConnectionManager, host: str, port: int) -> Any:
+        async with adapter.serve(manager, "127.0.0.1", 0) as server:
+            started.set_result(server.sockets[0].getsockname()[1])
+            yield server
+
+    with operating_page("metrics_own_port.py", monkeypatch) as module:
+        monkeypatch.setattr(
+            module,
+            "prometheus_client",
+            SimpleNamespace(REGISTRY=registry, start_http_server=start_http_server),
+        )
+        monkeypatch.setattr(module, "serve", serve)
+        task = asyncio.create_task(module.main())
+        try:
+            port = await asyncio.wait_for(started, TIMEOUT)
+            client = await Client.connect(f"ws://127.0.0.1:{port}")
+            exporter, _ = exporters[0]
+            # prometheus_client's server reads the counters from its own thread.
+            status, _, body = await http_request(exporter.server_port, "/metrics")
+            assert status == 200, body
+            assert value(parse(body.decode()), "wsroom_connections") == 1
+            await client.close()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, TIMEOUT)
+            for exporter, thread in exporters:
+                exporter.shutdown()
+                exporter.server_close()
+                await asyncio.to_thread(thread.join, TIMEOUT)
+
+
+def test_the_metrics_reference_names_every_metric_and_nothing_else() -> None:
+    from tests.helpers import ROOT
+
+    page = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    section = page.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(wsroom_\w+)` \| (counter|gauge) \| ([^|]*) \|", section, re.M)
+    documented = {name: (kind, labels.strip()) for name, kind, labels in rows}
+    assert list(documented) == [info.name for info in METRICS]
+    for info in METRICS:
+        labels = ", ".join(f"`{label}`" for label in info.labels) or "none"
+        assert documented[info.name] == (info.type, labels), info.name
+    known = {info.name for info in METRICS}
+    # Every name the page uses (in its PromQL too) is one wsroom exposes.
+    for name in set(re.findall(r"\bwsroom_\w+", section)):
+        assert name in known, name
