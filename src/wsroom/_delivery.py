@@ -72,8 +72,8 @@ class Statistics:
     ``Limits.write_timeout`` (the others overflowed their queue)."""
     closes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """Connections ended since start, by who closed first (``"server"`` or ``"client"``)
-    and close code, as :func:`close_label` names it (``"1000"``, ``"1013"``,
-    ``"application"``...)."""
+    and close code: ``"1000"`` to ``"1015"``, ``"application"`` (3000 to 4999), ``"none"``
+    (no code known) or ``"other"``."""
     handshakes_refused_by_status: Mapping[int, int] = field(default_factory=dict)
     """Handshakes refused since start, every reason, by HTTP status (400 to 599; any
     other status an application refuses with is counted under 0)."""
