@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import browser
 from ..exceptions import HandshakeRejected
@@ -43,6 +43,11 @@ from ..frames import CloseCode
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ._writer import WriterTaskTransport
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..metrics import Authorize
 
 __all__ = [
     "ASGIApp",
@@ -52,6 +57,7 @@ __all__ = [
     "Send",
     "WSRoomApp",
     "client_app",
+    "metrics_app",
     "serve",
 ]
 
@@ -385,6 +391,54 @@ def client_app() -> ASGIApp:
     given (mount it at ``/wsroom.js``), with its ``ETag`` and a 304 for a current copy;
     other methods get 405. :class:`WSRoomApp`'s ``client_path`` serves it too."""
     return _ClientScript()
+
+
+class _Metrics:
+    """The ASGI application serving a manager's metrics (see :func:`metrics_app`)."""
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        registry: CollectorRegistry | None,
+        authorize: Authorize | None,
+    ) -> None:
+        self.manager = manager
+        self.registry = registry
+        self.authorize = authorize
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .. import metrics
+
+        kind = scope.get("type")
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODE, "reason": ""})
+            return
+        if kind != "http":
+            return
+        answer = metrics.metrics_response(
+            self.manager,
+            Handshake.from_asgi(scope),
+            method=str(scope.get("method", "GET")),
+            registry=self.registry,
+            authorize=self.authorize,
+        )
+        await _respond(send, answer.status, answer.headers, answer.body)
+
+
+def metrics_app(
+    manager: ConnectionManager,
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> ASGIApp:
+    """An ASGI application serving ``manager``'s Prometheus metrics on any path it is given
+    (mount it at ``/metrics``; needs ``pip install "wsroom[metrics]"``).
+
+    The metrics show no user data, but should not be public: serve them from an
+    application only your network reaches, or pass ``authorize``. See
+    :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
+    """
+    return _Metrics(manager, registry, authorize)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -29,7 +29,7 @@ ends the handler; the socket itself is released by the ASGI server's own timeout
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -44,7 +44,12 @@ from ..manager import ConnectionManager
 from . import asgi
 from .asgi import ASGITransport
 
-__all__ = ["StarletteTransport", "client_route", "endpoint", "routes", "serve"]
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..metrics import Authorize
+
+__all__ = ["StarletteTransport", "client_route", "endpoint", "metrics_route", "routes", "serve"]
 
 # Sending after a close, or to a peer that went away, raises one of these depending on the
 # Starlette and ASGI server versions (WebSocketDisconnect, Starlette's RuntimeError
@@ -126,6 +131,29 @@ def client_route(path: str = browser.SCRIPT_PATH) -> Route:
         app = Starlette(routes=[client_route(), *routes("/ws", manager)])
     """
     return Route(path, asgi.client_app(), methods=["GET", "HEAD"])
+
+
+def metrics_route(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> Route:
+    """A route serving the manager's Prometheus metrics at ``path`` (``GET`` and ``HEAD``;
+    needs ``pip install "wsroom[metrics]"``)::
+
+        app = Starlette(routes=[metrics_route(manager), *routes("/ws", manager)])
+
+    The metrics show no user data, but should not be public: serve them from an
+    application only your network reaches, or pass ``authorize``. See
+    :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
+    """
+    return Route(
+        path,
+        asgi.metrics_app(manager, registry=registry, authorize=authorize),
+        methods=["GET", "HEAD"],
+    )
 
 
 async def serve(

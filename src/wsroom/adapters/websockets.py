@@ -34,10 +34,23 @@ from ..exceptions import HandshakeRejected
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from . import _websockets_fastpath as fastpath
-from ._websockets_common import AdapterBase, client_script, policy_violation, send_at_once
+from ._websockets_common import (
+    AdapterBase,
+    client_script,
+    metrics_endpoint,
+    policy_violation,
+    send_at_once,
+)
 from ._writer import WriterTaskTransport
 
-__all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "client_script", "serve"]
+__all__ = [
+    "Server",
+    "WebsocketsAdapter",
+    "WebsocketsTransport",
+    "client_script",
+    "metrics_endpoint",
+    "serve",
+]
 
 ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
 

@@ -43,11 +43,17 @@ from ..exceptions import HandshakeRejected
 from ..manager import ConnectionManager
 from ..threads import BackgroundLoop
 from . import _websockets_fastpath as fastpath
-from ._websockets_common import AdapterBase, client_script, policy_violation, shut_down
+from ._websockets_common import (
+    AdapterBase,
+    client_script,
+    metrics_endpoint,
+    policy_violation,
+    shut_down,
+)
 
 logger = logging.getLogger("wsroom.transport")
 
-__all__ = ["Server", "SyncAdapter", "SyncTransport", "client_script", "serve"]
+__all__ = ["Server", "SyncAdapter", "SyncTransport", "client_script", "metrics_endpoint", "serve"]
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 

@@ -264,10 +264,23 @@ class Backplane(ABC):
     timeout: float = 2.0
     """The longest the cluster layer waits for this node's own copy of a message."""
 
+    kind: ClassVar[str] = "custom"
+    """A short name for the kind of store (``"memory"``, ``"redis"``): the ``backplane``
+    label of the metrics. Keep it constant per class."""
+
+    reconnects: int = 0
+    """Times the bus came back after it was lost, since start (for monitoring)."""
+
     @property
     def available(self) -> bool:
         """Whether the store answered its last operation."""
         return True
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds the store took to answer the last health check (a heartbeat), for
+        monitoring; ``None`` when there is none (a store in this process)."""
+        return None
 
     @abstractmethod
     async def start(self, receiver: BusReceiver) -> None:

@@ -108,6 +108,8 @@ class Cluster:
         """Malformed bus messages received and dropped."""
         self.messages_published = 0
         """Room messages this node stored and sent since start."""
+        self.gaps = 0
+        """``gap`` frames this node fanned out to its members of a room since start."""
         self._node = node
         self._remote = type(backplane).remote
         self._tracks: dict[str, _Track] = {}
@@ -465,6 +467,7 @@ class Cluster:
         track.delivered(id_)
 
     def _gap(self, room: str, epoch: str, offset: int) -> None:
+        self.gaps += 1
         self._node.deliver_room(room, self._node.encode(frames.gap(room, epoch, offset)), None)
 
     def _appended(self, append: Append, appended: Appended) -> None:

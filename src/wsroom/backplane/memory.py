@@ -38,6 +38,7 @@ class MemoryBackplane(Backplane):
     """
 
     remote = False
+    kind = "memory"
 
     def __init__(self) -> None:
         self._receiver: BusReceiver | None = None

@@ -1,5 +1,6 @@
-"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js`` and the WebSocket at
-``/ws``, on one port.
+"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js``, the WebSocket at
+``/ws`` and, with ``wsroom[metrics]`` installed, Prometheus metrics at ``/metrics`` (for
+requests from this machine only), on one port.
 
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
@@ -160,14 +162,53 @@ def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
         return HTTPStatus.OK, _page(), "text/html; charset=utf-8"
     if path == "/favicon.svg":
         return HTTPStatus.OK, _favicon(), "image/svg+xml"
+    if path == "/metrics":  # served here only when prometheus-client is missing
+        return HTTPStatus.NOT_FOUND, _METRICS_MISSING, "text/plain; charset=utf-8"
     return HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8"
 
 
 _serve_script = client_script()
 
+_METRICS_MISSING = b"Not Found: /metrics needs prometheus-client: pip install 'wsroom[metrics]'\n"
+
+
+def _from_this_machine(request: Handshake) -> bool:
+    """Whether a request comes from a loopback address: the demo's metrics are for the
+    machine it runs on, even when it listens on every interface."""
+    peer = request.remote_address
+    if peer is None:
+        return False
+    try:
+        return ipaddress.ip_address(peer[0].partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+_ProcessRequest = Callable[[Any, Request], Response | None]
+
+
+def _serve_metrics(manager: ConnectionManager) -> _ProcessRequest | None:
+    try:
+        from ..adapters.websockets import metrics_endpoint
+
+        return metrics_endpoint(manager, authorize=_from_this_machine)
+    except ImportError:
+        return None
+
+
+def _serve_pages(manager: ConnectionManager) -> _ProcessRequest:
+    """websockets' ``process_request``, for both its asyncio and its threading server."""
+    metrics = _serve_metrics(manager)
+
+    def serve_page(connection: Any, request: Request) -> Response | None:
+        if metrics is not None and (answer := metrics(connection, request)) is not None:
+            return answer
+        return _serve_page(connection, request)
+
+    return serve_page
+
 
 def _serve_page(connection: Any, request: Request) -> Response | None:
-    # websockets' process_request, for both its asyncio and its threading server.
     script = _serve_script(connection, request)
     if script is not None:
         return script
@@ -192,7 +233,7 @@ async def demo_server(
 ) -> AsyncIterator[Server]:
     """Start the demo server (websockets asyncio); on exit, shut it down gracefully."""
     manager = manager if manager is not None else create_manager()
-    async with serve(manager, host, port, process_request=_serve_page) as server:
+    async with serve(manager, host, port, process_request=_serve_pages(manager)) as server:
         yield server
 
 
@@ -218,7 +259,9 @@ def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = 
     from ..adapters import websockets_sync
 
     manager = create_manager(redis_url)
-    with websockets_sync.serve(manager, host, port, process_request=_serve_page) as server:
+    with websockets_sync.serve(
+        manager, host, port, process_request=_serve_pages(manager)
+    ) as server:
 
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever() to return: call it from another thread.
@@ -251,12 +294,19 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
             body, status_code=status.value, media_type=content_type, headers=headers
         )
 
+    try:
+        from ..adapters.starlette import metrics_route
+
+        metrics = metrics_route(manager, authorize=_from_this_machine)
+    except ImportError:
+        metrics = Route("/metrics", page)
     app = Starlette(
         routes=[
             Route("/", page),
             Route("/index.html", page),
             Route("/favicon.svg", page),
             client_route(),
+            metrics,
             *routes("/ws", manager),
         ]
     )

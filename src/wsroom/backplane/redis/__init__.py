@@ -57,6 +57,7 @@ class RedisBackplane(Backplane):
     """
 
     remote = True
+    kind = "redis"
 
     def __init__(
         self,
@@ -101,6 +102,9 @@ class RedisBackplane(Backplane):
         self._dirty: asyncio.Event | None = None
         # Whether the subscription came back after a loss and its rooms await a repair.
         self._repair_pending = False
+        self.reconnects = 0
+        """Times the subscription came back after it was lost."""
+        self._round_trip: float | None = None
 
     @property
     def dropped_messages(self) -> int:
@@ -118,6 +122,12 @@ class RedisBackplane(Backplane):
     def available(self) -> bool:
         """Whether Redis answered the last command."""
         return self._link.available
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds Redis took to answer the last heartbeat; ``None`` before the first, or
+        when the last one failed."""
+        return self._round_trip
 
     @property
     def _halted(self) -> bool:
@@ -353,6 +363,7 @@ class RedisBackplane(Backplane):
                 if self._dirty is not None:
                     self._dirty.set()
                 if not first:  # the subscription was lost: Redis may have restarted
+                    self.reconnects += 1
                     await self._link.drop_idle()
                 delay = 0.05
                 await self._read(pubsub, connected, repair=not first)
@@ -436,10 +447,12 @@ class RedisBackplane(Backplane):
         healthy = True
         while not self._stopping:
             try:
+                sent = time.monotonic()
                 async with asyncio.timeout(self.timeout):
                     added = await self._link.client.zadd(
                         self._keys.nodes, {self.node_id: _now_ms()}
                     )
+                self._round_trip = time.monotonic() - sent
                 self._link.set_available(True)
                 if added or not healthy:
                     # Redis restarted or was out of reach: the idle pooled connections
@@ -458,6 +471,7 @@ class RedisBackplane(Backplane):
                 if healthy:
                     self._link.set_available(False, exc)
                 healthy = False
+                self._round_trip = None
             await asyncio.sleep(self.heartbeat)
 
     async def _reap(self, node_id: str, *, cutoff: float) -> None:
