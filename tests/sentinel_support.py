@@ -76,8 +76,77 @@ class SentinelProcess:
                 self.process.wait()
 
 
+class ReplicationLink:
+    """A relay in front of the primary, through which everyone reaches it (so Sentinel sees
+    the replica replicate from the address it monitors), whose replication stream the test
+    can hold so that the replica falls behind: what the primary sends meanwhile stays here,
+    and is dropped when the relay closes. Redis replication is asynchronous: acknowledged
+    writes the replica did not get die with the primary."""
+
+    def __init__(self, primary_port: int) -> None:
+        self.primary_port = primary_port
+        self.port = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.primary_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers += [writer, up_writer]
+        replication = asyncio.Event()  # a replica's connection, once it says so
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, upstream: bool
+        ) -> None:
+            try:
+                while data := await src.read(65536):
+                    if upstream and (b"REPLCONF" in data or b"PSYNC" in data):
+                        replication.set()
+                    if replication.is_set():
+                        await self.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer, upstream=True)),
+            asyncio.create_task(pipe(up_reader, writer, upstream=False)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def hold(self) -> None:
+        """Keep what the primary and its replica send each other from now on."""
+        self.flowing.clear()
+
+    async def close(self) -> None:
+        """Drop the connections and whatever they held."""
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class FailoverSet:
-    """A primary, one replica of it and ``count`` Sentinels watching them."""
+    """A primary, one replica of it and ``count`` Sentinels watching them. With ``link``,
+    the primary is reached through that relay."""
 
     def __init__(
         self,
@@ -88,10 +157,17 @@ class FailoverSet:
         quorum: int = 2,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
+        link: ReplicationLink | None = None,
     ) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="wsroom-sentinel-"))
         self.primary = PrivateRedis(server)
-        self.replica = PrivateRedis(server, ["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.link = link
+        if link is not None:
+            link.primary_port = self.primary.port
+        # With a relay, the primary's address for the replica and the Sentinels is the
+        # relay's (a Sentinel would point a replica elsewhere back at the primary).
+        self.address = link.port if link is not None else self.primary.port
+        self.replica = PrivateRedis(server, ["--replicaof", "127.0.0.1", str(self.address)])
         self.command = command
         self.count = count
         self.settings = {
@@ -112,7 +188,7 @@ class FailoverSet:
         self.replica.start()
         for _ in range(self.count):
             self.sentinels.append(
-                SentinelProcess(self.command, self.folder, self.primary.port, **self.settings)
+                SentinelProcess(self.command, self.folder, self.address, **self.settings)
             )
         deadline = time.monotonic() + TIMEOUT * 2
         while not all(s.started() for s in self.sentinels):
@@ -179,17 +255,23 @@ class FailoverSet:
 
 
 @asynccontextmanager
-async def failover_set(**options: Any) -> AsyncIterator[FailoverSet]:
-    """A started :class:`FailoverSet` whose Sentinels watch it; stopped after, by PID."""
+async def failover_set(*, held: bool = False, **options: Any) -> AsyncIterator[FailoverSet]:
+    """A started :class:`FailoverSet` whose Sentinels watch it; stopped after, by PID.
+    With ``held``, its replica replicates through a :class:`ReplicationLink`."""
     import pytest
 
     server, command = redis_server_path(), sentinel_command()
     if server is None or command is None:
         pytest.skip("redis-server or redis-sentinel is not installed (scripts/test.sh installs it)")
-    cluster = FailoverSet(server, command, **options)
+    link = ReplicationLink(0) if held else None
+    if link is not None:
+        await link.start()
+    cluster = FailoverSet(server, command, link=link, **options)
     try:
         await asyncio.to_thread(cluster.start)
         await cluster.watching()
         yield cluster
     finally:
+        if link is not None:
+            await link.close()
         await asyncio.to_thread(cluster.stop)
