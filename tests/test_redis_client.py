@@ -127,9 +127,9 @@ async def test_the_client_is_checked_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="master_for"):
         RedisBackplane(client=sentinel.slave_for("mymaster"))
     RedisBackplane(client=sentinel.master_for("mymaster"))
-    with pytest.raises(ValueError, match="at least two connections"):
-        RedisBackplane(client=aioredis.Redis(max_connections=1))
-    RedisBackplane(client=aioredis.Redis(max_connections=2))
+    with pytest.raises(ValueError, match="at least three connections"):
+        RedisBackplane(client=aioredis.Redis(max_connections=2))
+    RedisBackplane(client=aioredis.Redis(max_connections=3))
     blocking = aioredis.BlockingConnectionPool(max_connections=2)
     RedisBackplane(client=aioredis.Redis(connection_pool=blocking))
     with pytest.raises(ValueError, match="max_connections"):
@@ -312,3 +312,27 @@ async def test_tls_with_a_client(tmp_path: Path) -> None:
         with pytest.raises(BackplaneError, match=rf"rediss://127\.0\.0\.1:{tls_port}/0"):
             await ConnectionManager(backplane=untrusted).start()
         await untrusted.client.aclose()
+
+
+async def test_a_full_pool_the_application_shares_is_not_a_redis_down(shared_url: str) -> None:
+    client = aioredis.Redis.from_url(shared_url, max_connections=3)
+    prefix = fresh_prefix()
+    # A heartbeat that stays quiet during the test: only the subscription holds a connection.
+    backplane = RedisBackplane(client=client, prefix=prefix, heartbeat=30, node_ttl=60)
+    manager = ConnectionManager(backplane=backplane)
+    pool = client.connection_pool
+    try:
+        async with websockets_asyncio_server(manager):
+            assert await manager.broadcast("feed", 1) == 1
+            await wait_for(lambda: in_use(client) == 1)
+            # The application takes every connection the subscription left.
+            held = [await pool.get_connection() for _ in range(2)]  # type: ignore[no-untyped-call]
+            with pytest.raises(BackplaneError):
+                await manager.broadcast("feed", 2)
+            assert backplane.available
+            for connection in held:
+                await pool.release(connection)
+            assert await manager.broadcast("feed", 3) >= 2
+    finally:
+        await delete_prefix(shared_url, prefix)
+        await client.aclose()

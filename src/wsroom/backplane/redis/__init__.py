@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ...exceptions import BackplaneError
 from ..base import Append, Appended, Backplane, BusReceiver, RoomLog, new_epoch
 from . import _scripts
-from ._link import Link, check_client
+from ._link import Link, check_client, pool_full
 from ._scripts import Keys
 
 __all__ = ["RedisBackplane"]
@@ -64,12 +64,14 @@ class RedisBackplane(Backplane):
             random jitter of -50% to +50%).
         max_connections: Redis commands in flight at once (the subscription has its own
             connection); more wait for one, within ``timeout``. With a URL, the size of
-            the backplane's pool; a client's pool must allow that many plus one, or block.
+            the backplane's pool; with a client, also no more than its pool holds beside
+            the subscription and the heartbeat, when that pool fails rather than waits.
 
     Raises:
         TypeError: ``client`` is not a ``redis.asyncio.Redis``.
         ValueError: both ``url`` and ``client``; a client that decodes responses, is a
-            replica's, or whose pool cannot hold ``max_connections``; a bad ``prefix``;
+            replica's, or whose pool fails when full and holds fewer than three
+            connections; ``max_connections`` below 1; a bad ``prefix``;
             ``node_ttl`` not longer than ``heartbeat``.
     """
 
@@ -486,9 +488,10 @@ class RedisBackplane(Backplane):
                     if _text(dead) != self.node_id:
                         await self._reap(_text(dead), cutoff=cutoff)
             except (RedisError, OSError, TimeoutError, BackplaneError) as exc:
-                if healthy:
-                    self._link.set_available(False, exc)
-                healthy = False
+                if not pool_full(exc):  # a pool the application shares may be full: not down
+                    if healthy:
+                        self._link.set_available(False, exc)
+                    healthy = False
             await asyncio.sleep(self.heartbeat)
 
     async def _reap(self, node_id: str, *, cutoff: float) -> None:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from ...exceptions import BackplaneError
 
-__all__ = ["Link", "check_client", "describe", "safe_url"]
+__all__ = ["Link", "check_client", "describe", "pool_full", "safe_url"]
 
 logger = logging.getLogger("wsroom.backplane")
 
@@ -39,7 +39,8 @@ class Link:
         health_check: Seconds after which an idle pooled connection is checked first (for
             the pool made from a URL; a given client keeps its own settings).
         max_connections: Commands in flight at once; more wait for one of them to end (with
-            a given client, also no more than its pool holds beside the subscription).
+            a given client, also no more than its pool holds beside the subscription and
+            the heartbeat).
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class Link:
             # stopped answering and makes every call fail fast until it answers again.
             raise BackplaneError("Redis did not answer in time") from exc
         except (RedisError, OSError) as exc:
-            if isinstance(exc, _POOL_FULL) or str(exc) == "Too many connections":
+            if pool_full(exc):
                 raise BackplaneError(f"no Redis connection free: {exc}") from exc
             self.set_available(False, exc)
             raise BackplaneError(f"Redis command failed: {exc}") from exc
@@ -171,6 +172,17 @@ def safe_url(url: str) -> str:
             for name in (part.partition("=")[0],)
         )
     return f"{scheme}{sep}{address}{mark}{query}"
+
+
+def pool_full(exc: BaseException | None) -> bool:
+    """Whether a failure (or what caused it) is only a pool without a free connection."""
+    while exc is not None:
+        if isinstance(exc, _POOL_FULL) or (
+            isinstance(exc, RedisError) and str(exc) == "Too many connections"
+        ):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def describe(client: aioredis.Redis) -> str:
@@ -212,16 +224,18 @@ def check_client(client: object, max_connections: int) -> None:
         )
     if slots(client, max_connections) < 1:
         raise ValueError(
-            "the client's pool has room for the backplane's subscription only: it needs at"
-            " least two connections (or a BlockingConnectionPool)"
+            "the client's pool fails when full and has room for the backplane's"
+            " subscription and heartbeat only: give it at least three connections, or use"
+            " a BlockingConnectionPool"
         )
 
 
 def slots(client: aioredis.Redis, max_connections: int) -> int:
     """Commands the backplane may have in flight on a client's pool: ``max_connections``,
-    and no more than a pool that fails when full holds beside the subscription."""
+    and no more than a pool that fails when full holds beside the subscription and the
+    heartbeat (which take theirs outside :meth:`Link.call`)."""
     pool = client.connection_pool
     limit = getattr(pool, "max_connections", None)
     if isinstance(pool, aioredis.BlockingConnectionPool) or not isinstance(limit, int):
         return max_connections
-    return min(max_connections, limit - 1)
+    return min(max_connections, limit - 2)
