@@ -308,8 +308,3 @@ async def test_c18_sentinel_failover_under_a_conversation() -> None:
     )
     record("C18", "acked messages the promoted replica lacked", behind, "messages")
     record("C18", "acked messages missed (each covered by a gap)", max(lost.values()), "messages")
-    print(
-        f"promoted {promotion:.2f} s, resubscribed {resubscribed_after:.2f} s,"
-        f" across {delivered_after}, behind {behind}, refused {len(failed)}/{len(talkers.sent)},"
-        f" lost {lost}"
-    )
