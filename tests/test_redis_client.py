@@ -320,18 +320,19 @@ async def test_a_full_pool_the_application_shares_is_not_a_redis_down(shared_url
     # A heartbeat that stays quiet during the test: only the subscription holds a connection.
     backplane = RedisBackplane(client=client, prefix=prefix, heartbeat=30, node_ttl=60)
     manager = ConnectionManager(backplane=backplane)
-    pool = client.connection_pool
     try:
         async with websockets_asyncio_server(manager):
             assert await manager.broadcast("feed", 1) == 1
             await wait_for(lambda: in_use(client) == 1)
-            # The application takes every connection the subscription left.
-            held = [await pool.get_connection() for _ in range(2)]  # type: ignore[no-untyped-call]
+            # The application's own subscriptions take every connection the backplane's left.
+            held = [client.pubsub() for _ in range(2)]
+            for n, pubsub in enumerate(held):
+                await pubsub.subscribe(f"{prefix}:app:{n}")
             with pytest.raises(BackplaneError):
                 await manager.broadcast("feed", 2)
             assert backplane.available
-            for connection in held:
-                await pool.release(connection)
+            for pubsub in held:
+                await pubsub.aclose()
             assert await manager.broadcast("feed", 3) >= 2
     finally:
         await delete_prefix(shared_url, prefix)
