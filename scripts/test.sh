@@ -79,6 +79,14 @@ fi
 
 # Tests that kill or restart Redis start their own redis-server from this path.
 export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
+# A failover under Sentinel (tests/reliability/test_redis_failover.py) runs Debian's
+# redis-sentinel; the backplane over TLS needs certificates made by openssl.
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+    apt_install redis-sentinel
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl
+fi
 
 echo "== ruff"
 "$ROOT/.venv/bin/ruff" check src tests examples benchmarks docs_src
