@@ -413,6 +413,27 @@ async def test_the_starlette_route_serves_the_metrics() -> None:
         await client.close()
 
 
+async def test_the_plain_asgi_app_serves_the_metrics_beside_the_rooms() -> None:
+    """``metrics_app`` as the application ``WSRoomApp`` hands other paths to: no framework."""
+    from tests.helpers import uvicorn_server
+    from wsroom.adapters.asgi import WSRoomApp, metrics_app
+
+    manager = ConnectionManager()
+    app = WSRoomApp(manager, path="/ws", app=metrics_app(manager))
+    async with uvicorn_server(manager, app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        client = await Client.connect(f"ws://127.0.0.1:{port}")
+        status, headers, body = await http_request(port, "/metrics")
+        assert status == 200, body
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert value(parse(body.decode()), "wsroom_connections") == 1
+        status, headers, body = await http_request(port, "/metrics", method="HEAD")
+        assert status == 200 and body == b""
+        assert int(headers["content-length"]) > 1000
+        assert (await http_request(port, "/metrics", method="POST"))[0] == 405
+        await client.close()
+
+
 # A known load over real sockets, scraped over HTTP.
 
 
