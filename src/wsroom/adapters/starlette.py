@@ -45,12 +45,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .. import browser
+from ..admin import ADMIN_PATH, AdminView, Authorize
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ._writer import WriterTaskTransport
 
-__all__ = ["StarletteTransport", "client_route", "endpoint", "routes", "serve"]
+__all__ = ["StarletteTransport", "admin_routes", "client_route", "endpoint", "routes", "serve"]
 
 _client_gone: Any
 try:
@@ -216,15 +217,55 @@ def client_route(path: str = browser.SCRIPT_PATH) -> Route:
         answer = browser.script_response(
             request.headers.get("if-none-match"), head=request.method == "HEAD"
         )
-        headers = dict(answer.headers)
-        # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
-        length = headers.pop("Content-Length", None)
-        response = Response(answer.body, status_code=answer.status, headers=headers)
-        if length is not None:
-            response.headers["content-length"] = length
-        return response
+        return _plain(answer.status, answer.headers, answer.body)
 
     return Route(path, wsroom_js, methods=["GET", "HEAD"])
+
+
+def admin_routes(
+    manager: ConnectionManager,
+    authorize: Authorize,
+    *,
+    path: str = ADMIN_PATH,
+    **options: Any,
+) -> list[BaseRoute]:
+    """The routes of the admin view (:mod:`wsroom.admin`) of ``manager`` under ``path``::
+
+        app = Starlette(routes=[*admin_routes(manager, is_operator), *routes("/ws", manager)])
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``, given the request
+            as a :class:`~wsroom.Handshake`; ``True`` lets it in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    view = AdminView(manager, authorize, path=path, **options)
+
+    async def admin(request: Request) -> Response:
+        answer = await view.respond(Handshake.from_asgi(request.scope), request.method)
+        if answer is None:  # pragma: no cover - the routes match the view's paths only
+            return PlainTextResponse("Not Found\n", status_code=404)
+        return _plain(answer.status, answer.headers, answer.body)
+
+    methods = ["GET", "HEAD"]
+    return [
+        Route(path, admin, methods=methods),
+        Route(path + "/{name:path}", admin, methods=methods),
+    ]
+
+
+def _plain(status: int, fields: list[tuple[str, str]], body: bytes) -> Response:
+    """A Starlette response with exactly these headers and body."""
+    headers = dict(fields)
+    # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
+    length = headers.pop("Content-Length", None)
+    response = Response(body, status_code=status, headers=headers)
+    if length is not None:
+        response.headers["content-length"] = length
+    return response
 
 
 async def serve(

@@ -4,6 +4,9 @@
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
 no password, so never deploy it as is.
+
+With ``--admin`` it also serves the admin view (:mod:`wsroom.admin`) at ``/admin/``, behind
+a random token made at startup: the address it prints carries it (``/admin/?token=...``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -26,7 +30,8 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ..adapters.websockets import Server, client_script, serve
+from ..adapters.websockets import Server, admin_view, client_script, serve
+from ..admin import Authorize
 from ..connection import Connection
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
@@ -36,6 +41,7 @@ from ..room import Room
 
 __all__ = [
     "ChatRoom",
+    "admin_token_check",
     "create_manager",
     "demo_server",
     "run",
@@ -181,39 +187,111 @@ def _serve_page(connection: Any, request: Request) -> Response | None:
     return Response(status.value, status.phrase, headers, body)
 
 
+# The demo's admin view: a token made at startup, in the address it prints.
+
+
+def admin_token_check(token: str) -> Authorize:
+    """The demo's check for the admin view: the request's ``token`` query parameter must be
+    ``token`` (compared in constant time). Fit for a demo on one's own machine; an
+    application checks its operators' own credentials."""
+    expected = token.encode()
+
+    def authorize(request: Handshake) -> bool:
+        given = request.query.get("token", "").encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given, expected)
+
+    return authorize
+
+
+def _asyncio_requests(manager: ConnectionManager, admin_token: str | None) -> Any:
+    """The demo's ``process_request`` on websockets asyncio: the admin view, if any, first."""
+    if admin_token is None:
+        return _serve_page
+    admin = admin_view(manager, admin_token_check(admin_token))
+
+    async def process_request(connection: Any, request: Request) -> Response | None:
+        answer = await admin(connection, request)
+        return answer if answer is not None else _serve_page(connection, request)
+
+    return process_request
+
+
 @asynccontextmanager
 async def demo_server(
-    host: str = "127.0.0.1", port: int = 8765, manager: ConnectionManager | None = None
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    manager: ConnectionManager | None = None,
+    *,
+    admin_token: str | None = None,
 ) -> AsyncIterator[Server]:
-    """Start the demo server (websockets asyncio); on exit, shut it down gracefully."""
+    """Start the demo server (websockets asyncio); on exit, shut it down gracefully.
+
+    With ``admin_token``, the admin view is served at ``/admin/?token=<admin_token>``.
+    """
     manager = manager if manager is not None else create_manager()
-    async with serve(manager, host, port, process_request=_serve_page) as server:
+    process_request = _asyncio_requests(manager, admin_token)
+    async with serve(manager, host, port, process_request=process_request) as server:
         yield server
 
 
-def _announce(address: Any) -> None:
-    print(f"wsroom demo: open http://{_url_host(str(address[0]))}:{address[1]}/", flush=True)
+def _announce(address: Any, admin_token: str | None = None) -> None:
+    base = f"http://{_url_host(str(address[0]))}:{address[1]}"
+    print(f"wsroom demo: open {base}/", flush=True)
+    if admin_token is not None:
+        print(f"wsroom demo: admin view at {base}/admin/?token={admin_token}", flush=True)
 
 
-async def run(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully."""
+def _new_token(admin: bool) -> str | None:
+    return secrets.token_urlsafe(18) if admin else None
+
+
+async def run(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
-    async with demo_server(host, port, create_manager(redis_url)) as server:
+    token = _new_token(admin)
+    async with demo_server(host, port, create_manager(redis_url), admin_token=token) as server:
         for sock in server.sockets:
-            _announce(sock.getsockname())
+            _announce(sock.getsockname(), token)
         await stop
         print("wsroom demo: shutting down", flush=True)
 
 
-def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM."""
+def run_sync(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     from ..adapters import websockets_sync
 
     manager = create_manager(redis_url)
-    with websockets_sync.serve(manager, host, port, process_request=_serve_page) as server:
+    token = _new_token(admin)
+    process_request: Any = _serve_page
+    if token is not None:
+        admin_page = websockets_sync.admin_view(manager, admin_token_check(token))
+
+        def process_request(connection: Any, request: Request) -> Response | None:
+            answer = admin_page(connection, request)
+            return answer if answer is not None else _serve_page(connection, request)
+
+    with websockets_sync.serve(manager, host, port, process_request=process_request) as server:
 
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever() to return: call it from another thread.
@@ -221,19 +299,22 @@ def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = 
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        _announce(server.socket.getsockname())
+        _announce(server.socket.getsockname(), token)
         server.serve_forever()
         print("wsroom demo: shutting down", flush=True)
 
 
-def starlette_app(manager: ConnectionManager | None = None) -> Any:
-    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``."""
+def starlette_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> Any:
+    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``, and
+    with ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HTTPRequest
     from starlette.responses import Response as HTTPResponse
     from starlette.routing import Route
 
-    from ..adapters.starlette import client_route, routes
+    from ..adapters.starlette import admin_routes, client_route, routes
 
     manager = manager if manager is not None else create_manager()
 
@@ -253,14 +334,26 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
             Route("/favicon.svg", page),
             client_route(),
             *routes("/ws", manager),
+            *(
+                admin_routes(manager, admin_token_check(admin_token))
+                if admin_token is not None
+                else ()
+            ),
         ]
     )
     app.state.manager = manager
     return app
 
 
-def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM.
+def run_starlette(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM (with
+    ``admin``, the admin view too, behind a token printed with its address).
 
     Through :mod:`wsroom.adapters.uvicorn`: uvicorn gets wsroom's frame limit, a deadline
     for request heads, quiet logging of client errors and a graceful shutdown.
@@ -273,20 +366,26 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
 
     sockets = _listen(host, port)
     manager = create_manager(redis_url)
+    token = _new_token(admin)
 
     class DemoServer(wsroom_uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             for server in self.servers:
                 for sock in server.sockets:
-                    _announce(sock.getsockname())
+                    _announce(sock.getsockname(), token)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             print("wsroom demo: shutting down", flush=True)
             super().handle_exit(sig, frame)
 
     config = wsroom_uvicorn.config(
-        starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
+        starlette_app(manager, admin_token=token),
+        manager,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
     )
     DemoServer(config, manager).run(sockets=sockets)
 
