@@ -4,6 +4,7 @@
 
 const POLL_MS = 1000;
 const CHART_SECONDS = 120;
+const MIN_SPAN = 10;
 // The page's own query string (a token, say) goes with every request for the snapshot, as
 // the cookies and the credentials of HTTP authentication do by themselves.
 const SNAPSHOT_URL = `snapshot.json${location.search}`;
@@ -178,14 +179,16 @@ function drawChart() {
     g.textAlign = "right";
     g.fillText(rate((ceiling * step) / 4), left - 6, y);
   }
+  // The time axis spans what was seen, up to CHART_SECONDS: a page just opened fills it.
+  const end = samples.length ? samples[samples.length - 1].time : 0;
+  const span = samples.length ? Math.min(CHART_SECONDS, Math.max(MIN_SPAN, end - samples[0].time)) : CHART_SECONDS;
   g.textAlign = "left";
   g.textBaseline = "alphabetic";
-  g.fillText(`${CHART_SECONDS} s ago`, left, height - 4);
+  g.fillText(`${Math.round(span)} s ago`, left, height - 4);
   g.textAlign = "right";
   g.fillText("now", left + plotWidth, height - 4);
   if (!samples.length) return;
-  const end = samples[samples.length - 1].time;
-  const x = (time) => left + plotWidth - ((end - time) / CHART_SECONDS) * plotWidth;
+  const x = (time) => left + plotWidth - ((end - time) / span) * plotWidth;
   const y = (value) => top + plotHeight - (value / ceiling) * plotHeight;
   const trace = (key) => {
     g.beginPath();
