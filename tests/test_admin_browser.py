@@ -9,10 +9,7 @@ Screenshots are saved under tests/artifacts/ for a person to look at.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
-import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -21,7 +18,8 @@ from urllib.parse import quote
 import pytest
 from playwright.async_api import Dialog, Page, expect
 
-from tests.helpers import TIMEOUT, Client, wait_for
+from tests import helpers
+from tests.helpers import Client, wait_for
 from tests.playwright_support import ARTIFACTS, CHROMIUM, DESKTOP, PHONE, REFUSED, Pages
 from wsroom import ConnectionManager
 from wsroom.demo import create_manager, demo_server
@@ -36,52 +34,18 @@ TOKEN = "test-token-0123456789"
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-def _stuck_reader(port: int, name: str, room: str) -> socket.socket:
-    """A client that completes the handshake, joins ``room`` and never reads again (with a
-    4 KiB receive buffer, so that the server's queue for it fills soon)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws?name={name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        assert chunk, "closed during the handshake"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response[:100]
-    payload = json.dumps({"type": "join", "room": room, "ref": 1}).encode()
-    mask = os.urandom(4)
-    assert len(payload) < 126
-    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-    return sock
-
-
 async def stuck_reader(
     manager: ConnectionManager, port: int, name: str, *, evicted: bool
 ) -> socket.socket:
     """Connect a reader that stops reading, alone in a room, and publish to that room until
-    frames wait in its queue, or until it is evicted (bounded in messages and time)."""
+    frames wait in its queue, or until it is evicted."""
     room = f"slow-{name}"
-    stuck = await asyncio.to_thread(_stuck_reader, port, name, room)
+    stuck = await asyncio.to_thread(helpers.stuck_reader, port, f"/ws?name={name}", room)
     await wait_for(lambda: bool(manager.connections_in(room)))
     conn = manager.connections_in(room)[0]
-    chunk = "x" * 60_000
-    done = (lambda: conn.closed) if evicted else (lambda: conn.queued_frames >= 3)
-    async with asyncio.timeout(TIMEOUT * 2):
-        for _ in range(2000):
-            if done():
-                break
-            await manager.broadcast(room, chunk)
-            await asyncio.sleep(0)
-    assert done()
+    await helpers.fall_behind(
+        manager, room, (lambda: conn.closed) if evicted else (lambda: conn.queued_frames >= 3)
+    )
     assert conn.close_code == (1013 if evicted else None)
     return stuck
 
@@ -166,7 +130,9 @@ async def test_admin_page_shows_the_server_live(pages: Pages) -> None:
             await expect(page.locator("#connections")).to_contain_text(HOSTILE)
             await expect(page.locator("#backplane")).to_contain_text("memory")
             # Messages per second, from the counters between two snapshots.
-            await expect(page.locator("#total-rate")).not_to_have_text(re.compile(r"^(–|0\.0)$"))
+            await expect(page.locator("#total-rate")).not_to_have_text(
+                re.compile("^(\u2013|0\\.0)$")
+            )
 
             # Live: more clients join, the counts follow without a reload.
             more = []

@@ -154,6 +154,7 @@ class CloseLog:
     def record(self, conn: Connection, code: int | None, reason: str | None) -> None:
         """``conn`` ended: closed by the server for ``reason``, or by the client when
         ``reason`` is ``None``."""
+        code = None if code is None else int(code)  # a CloseCode is shown as its number
         entry = (time.time(), conn.id, conn.user, code, reason or "", reason is not None)
         self.everything.append(entry)
         if reason is not None:
