@@ -21,6 +21,7 @@ PUBLIC_MODULES = [
     "wsroom.threads",
     "wsroom.demo",
     "wsroom.browser",
+    "wsroom.admin",
     "wsroom.exceptions",
     "wsroom.protocol",
     "wsroom.handshake",

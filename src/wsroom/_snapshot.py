@@ -1,10 +1,11 @@
 """What the admin view shows: a bounded picture of one manager, ready for JSON.
 
 Nothing here runs unless someone looks, except :meth:`CloseLog.record`, one append to a
-bounded deque where a connection already ends. A snapshot walks the connections once (as
-:meth:`ConnectionManager.statistics <wsroom.ConnectionManager.statistics>` does) and keeps
-the top of each list with :func:`heapq.nlargest`: whatever the number of rooms and
-connections, what it returns holds at most the sizes it was asked for.
+bounded deque where a connection already ends. A snapshot takes the totals of
+:meth:`ConnectionManager.statistics <wsroom.ConnectionManager.statistics>`, walks the
+connections once more only when frames are queued, walks the rooms once, and keeps the top
+of each list with :func:`heapq.nlargest`: whatever the number of rooms and connections,
+what it returns holds at most the sizes it was asked for.
 """
 
 from __future__ import annotations
@@ -185,9 +186,11 @@ def build_snapshot(
     """The snapshot, from the manager's parts (see :class:`AdminSnapshot`)."""
     now = time.monotonic()
     newest = itertools.islice(reversed(registry.connections.values()), connections)
-    waiting = (conn for conn in registry.connections.values() if conn.queued_frames)
-    fullest = heapq.nlargest(queues, waiting, key=lambda c: (c.queued_bytes, c.queued_frames))
-    biggest = heapq.nlargest(rooms, registry.rooms.values(), key=_room_size)
+    fullest: list[Connection] = []
+    if statistics.queued_frames and queues:  # else no queue holds a frame: no second walk
+        waiting = (conn for conn in registry.connections.values() if conn.queued_frames)
+        fullest = heapq.nlargest(queues, waiting, key=lambda c: (c.queued_bytes, c.queued_frames))
+    biggest = heapq.nlargest(rooms, registry.rooms.values(), key=_member_count)
     return {
         "version": 1,
         "time": time.time(),
@@ -229,8 +232,9 @@ def build_snapshot(
     }
 
 
-def _room_size(state: RoomState) -> tuple[int, int]:
-    return state.member_count, len(state.connections)
+def _member_count(state: RoomState) -> int:
+    # RoomState.member_count without the property's call: it runs for every room.
+    return len(state.users) + state.anonymous
 
 
 def _room(state: RoomState, members: int) -> RoomInfo:

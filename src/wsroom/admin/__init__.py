@@ -145,7 +145,8 @@ class AdminView:
         queues: The fullest outgoing queues listed.
         closes: The latest connection ends listed.
         min_interval: Seconds during which a snapshot is reused: however many pages are
-            open, the manager builds at most one snapshot per interval.
+            open (each polls once a second), the manager builds at most one snapshot per
+            interval.
     """
 
     def __init__(
@@ -159,7 +160,7 @@ class AdminView:
         members: int = 50,
         queues: int = 10,
         closes: int = 20,
-        min_interval: float = 0.5,
+        min_interval: float = 1.0,
     ) -> None:
         if not callable(authorize):
             raise TypeError(
