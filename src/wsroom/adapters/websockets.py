@@ -272,7 +272,10 @@ def admin_view(
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if not view.handles(request.path.partition("?")[0]):
             return None
-        answer = await view.respond(handshake_of(connection, request))
+        # Recent websockets parse other methods than GET (HEAD, POST); older ones refuse them.
+        answer = await view.respond(
+            handshake_of(connection, request), getattr(request, "method", "GET")
+        )
         return admin_response(answer) if answer is not None else None
 
     return process_request

@@ -442,8 +442,9 @@ def admin_view(
         loop = manager.loop
         if loop is None or loop.is_closed():
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        # Recent websockets parse other methods than GET (HEAD, POST); older ones refuse them.
         answering = asyncio.run_coroutine_threadsafe(
-            view.respond(handshake_of(connection, request)), loop
+            view.respond(handshake_of(connection, request), getattr(request, "method", "GET")), loop
         )
         try:
             answer = answering.result(timeout)

@@ -116,6 +116,16 @@ function backplaneFacts(bp) {
 
 const words = (name) => name.replaceAll("_", " ");
 
+// A counter is a number, or numbers by kind (closes by reason, say): shown as text either way.
+function counter(value) {
+  if (typeof value === "number") return count(value);
+  if (value && typeof value === "object") {
+    const parts = Object.entries(value).map(([kind, n]) => `${kind}: ${typeof n === "number" ? count(n) : String(n)}`);
+    return parts.length ? parts.join(", ") : "none";
+  }
+  return String(value);
+}
+
 /* ---------- the chart ---------- */
 const samples = []; // { time, messages, frames }: per second, oldest first
 let previous = null;
@@ -235,7 +245,7 @@ function show(snapshot) {
   fill($("server-closes"), snapshot.server_closes, closeRow, "None since start.");
   fill($("closes"), snapshot.closes, closeRow, "None since start.");
   backplaneFacts(snapshot.backplane);
-  facts($("counters"), Object.entries(stats).map(([name, value]) => [words(name), count(value)]));
+  facts($("counters"), Object.entries(stats).map(([name, value]) => [words(name), counter(value)]));
   drawChart();
 }
 
