@@ -126,6 +126,13 @@ VARIANTS: dict[str, Variant] = {
             needs=STARLETTE,
         ),
         Variant(
+            "wsroom-asgi",
+            "wsroom, plain ASGI/uvicorn",
+            "wsroom-asgi",
+            kind="wsroom",
+            needs=(("uvicorn", "uvicorn"),),
+        ),
+        Variant(
             "wsroom-redis2",
             "wsroom, 2 nodes over Redis",
             "wsroom-redis",

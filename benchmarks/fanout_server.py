@@ -515,6 +515,13 @@ class WsroomStarlette(AsyncVariant):
         await serve_uvicorn(app, self)
 
 
+class WsroomASGI(WsroomStarlette):
+    async def main(self) -> None:
+        from wsroom.adapters.asgi import WSRoomApp
+
+        await serve_uvicorn(WSRoomApp(self.manager), self)
+
+
 def delete_prefix(url: str, prefix: str) -> None:
     """Remove the run's keys from Redis (the node that quits last does it)."""
     import redis
@@ -556,6 +563,8 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
         return WsroomSync().main
     if name == "wsroom-starlette":
         return WsroomStarlette().main
+    if name == "wsroom-asgi":
+        return WsroomASGI().main
     raise SystemExit(f"unknown server variant {name!r}")
 
 

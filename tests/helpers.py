@@ -86,6 +86,18 @@ async def starlette_server(manager: ConnectionManager, **options: Any) -> AsyncI
 
 
 @asynccontextmanager
+async def asgi_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
+    """The plain ASGI adapter (``wsroom.adapters.asgi.WSRoomApp``, every path), under
+    uvicorn as ``wsroom.adapters.uvicorn`` runs it, on the test's loop; ``options`` go to
+    ``uvicorn.Config``."""
+    from wsroom.adapters.asgi import WSRoomApp
+
+    async with uvicorn_server(manager, WSRoomApp(manager), **options) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@asynccontextmanager
 async def uvicorn_server(
     manager: ConnectionManager, app: Any, **options: Any
 ) -> AsyncIterator[Any]:
@@ -131,6 +143,7 @@ ADAPTERS: dict[str, ServerFactory] = {
     "websockets": websockets_asyncio_server,
     "websockets_sync": websockets_sync_server,
     "starlette": starlette_server,
+    "asgi": asgi_server,
 }
 
 

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 
 from tests.helpers import TIMEOUT
@@ -54,7 +54,7 @@ async def delete_prefix(url: str, prefix: str) -> None:
         await client.aclose()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -64,9 +64,11 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own on a free port, to kill, stop and restart by PID."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, extra: Sequence[str] = ()) -> None:
         self.path = path
-        self.port = _free_port()
+        self.extra = list(extra)
+        """More ``redis-server`` options (TLS, replication...)."""
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="wsroom-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -87,6 +89,7 @@ class PrivateRedis:
                 self.dir,
                 "--logfile",
                 "",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -135,13 +138,13 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
+def private_redis(extra: Sequence[str] = ()) -> Iterator[PrivateRedis]:
     path = redis_server_path()
     if path is None:
         import pytest
 
         pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-    server = PrivateRedis(path)
+    server = PrivateRedis(path, extra)
     server.start()
     try:
         yield server

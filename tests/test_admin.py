@@ -77,7 +77,23 @@ async def starlette_admin(manager: ConnectionManager, authorize: Any) -> AsyncIt
         yield server.servers[0].sockets[0].getsockname()[1]
 
 
-SERVERS = {"websockets": websockets_admin, "sync": sync_admin, "starlette": starlette_admin}
+@asynccontextmanager
+async def asgi_admin(manager: ConnectionManager, authorize: Any) -> AsyncIterator[int]:
+    """The plain ASGI adapter: the rooms at /ws, the admin view behind them."""
+    from tests.helpers import uvicorn_server
+    from wsroom.adapters.asgi import WSRoomApp, admin_app
+
+    app = WSRoomApp(manager, path="/ws", app=admin_app(manager, authorize))
+    async with uvicorn_server(manager, app) as server:
+        yield server.servers[0].sockets[0].getsockname()[1]
+
+
+SERVERS = {
+    "websockets": websockets_admin,
+    "sync": sync_admin,
+    "starlette": starlette_admin,
+    "asgi": asgi_admin,
+}
 
 
 def operator(request: Handshake) -> bool:
@@ -137,6 +153,9 @@ async def test_snapshot_lists_the_biggest_rooms_newest_connections_and_closes() 
         assert snapshot["statistics"]["connections"] == 6
         assert snapshot["statistics"]["rooms"] == 7
         assert snapshot["statistics"]["evictions"] == 1
+        # Counts by a pair of labels are keyed by both, as JSON allows.
+        assert snapshot["statistics"]["closes"]["server 1013"] == 1
+        assert snapshot["statistics"]["closes"]["client 1000"] == 1
         assert [room["name"] for room in snapshot["rooms"]] == ["big", "r6", "r5"]
         big = snapshot["rooms"][0]
         assert big["members"] == 6 and big["connections"] == 6 and big["anonymous"] == 0
@@ -336,7 +355,7 @@ async def test_admin_view_over_http(server: str, check: Any) -> None:
 async def test_admin_view_answers_head_and_refuses_other_methods(server: str) -> None:
     from websockets.http11 import Request
 
-    if server != "starlette" and "method" not in Request.__dataclass_fields__:
+    if server in ("websockets", "sync") and "method" not in Request.__dataclass_fields__:
         pytest.skip("this websockets parses GET requests only")
     manager = ConnectionManager()
     async with SERVERS[server](manager, operator) as port:

@@ -32,6 +32,12 @@ def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert "deliveries/s" in capsys.readouterr().out
 
 
+def test_fanout_call_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    module = runpy.run_path(str(BENCHMARKS / "fanout_call.py"), run_name="smoke")
+    module["main"](["--members", "1,5", "--deliveries", "50", "--repeat", "2"])
+    assert "ns per delivery" in capsys.readouterr().out
+
+
 def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The socket benchmark's --quick mode: a server process per variant, a row for each,
     and its JSON, which --replot draws again when matplotlib is there.

@@ -17,7 +17,7 @@ import pytest
 import wsroom
 from tests.helpers import TIMEOUT, Client, demo_command, free_port, http_request
 
-TRANSPORTS = ["asyncio", "sync", "starlette"]
+TRANSPORTS = ["asyncio", "sync", "starlette", "asgi"]
 
 
 def run_wsroom(*arguments: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -113,6 +113,13 @@ def test_starlette_without_the_extra_names_the_pip_command(missing: str) -> None
     line = one_line_error(result, 1)
     assert "needs Starlette and uvicorn" in line, line
     assert line.endswith("pip install 'wsroom[starlette]'"), line
+
+
+def test_asgi_without_uvicorn_names_the_pip_command() -> None:
+    result = run_wsroom("demo", "--transport", "asgi", blocked=("uvicorn",))
+    line = one_line_error(result, 1)
+    assert "--transport asgi needs uvicorn" in line, line
+    assert line.endswith("pip install 'wsroom[uvicorn]'"), line
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -60,7 +60,19 @@ INCLUDED_LANGUAGES = {"python", "py", "js", "javascript", "html", "ts", "typescr
 # Files under examples/ that a page includes, and the test that runs or imports each one.
 EXAMPLE_TESTS = {
     "examples/fastapi_chat.py": "tests/test_examples.py",
+    "examples/django_chat/asgi.py": "tests/test_examples.py",
+    "examples/django_chat/channels_asgi.py": "tests/test_examples.py",
+    "examples/quart_chat.py": "tests/test_examples.py",
+    "examples/litestar_chat.py": "tests/test_examples.py",
     "examples/browser_chat.html": "tests/test_browser_chat_example.py",
+}
+
+# Files under docs_src/ a page includes that are neither Python nor a page (configuration
+# files), and the test that runs or parses each one.
+CONFIG_TESTS = {
+    "docs_src/operating/wsroom.conf": "tests/nginx_support.py",
+    "docs_src/operating/docker-compose.yml": "tests/test_deployment.py",
+    "docs_src/operating/wsroom-chat.service": "tests/test_deployment.py",
 }
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$")
@@ -309,7 +321,10 @@ def test_pages_have_no_inline_code(page: Path) -> None:
 @pytest.mark.parametrize("path", INCLUDES)
 def test_every_included_file_exists_and_is_exercised(path: str) -> None:
     assert (ROOT / path).is_file(), path
-    if path.startswith("docs_src/"):
+    if path in CONFIG_TESTS:
+        test = (ROOT / CONFIG_TESTS[path]).read_text(encoding="utf-8")
+        assert Path(path).name in test, (path, CONFIG_TESTS[path])
+    elif path.startswith("docs_src/"):
         # Python files by test_every_docs_src_file_imports; HTML pages by the scripts' check.
         assert path.endswith((".py", ".html", ".js")), path
     else:
@@ -840,6 +855,41 @@ async def test_adapters_fastapi_dependency(monkeypatch: pytest.MonkeyPatch) -> N
         await say_hello(url, path="/ws?user=ann")
         with pytest.raises(websockets.InvalidStatus):
             await Client.connect(url, "/ws")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "prefix"), [("asgi_alone", ""), ("asgi_mount", "/rooms")])
+async def test_adapters_asgi_apps(name: str, prefix: str) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load(f"adapters/{name}.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        assert module.manager.loop is not None  # started by the lifespan
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        await say_hello(url, path=f"{prefix}/ws")
+        assert await asyncio.to_thread(http_status, f"{url}{prefix}/ws") == 426
+        status, body = await asyncio.to_thread(
+            _get, f"{url}{prefix}/wsroom.js".replace("ws:", "http:")
+        )
+        assert status == 200 and b"export function connect(" in body
+        client = await Client.connect(url, f"{prefix}/ws")
+        await server.lifespan.shutdown()
+        assert await client.wait_closed() == 1001
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_asgi_serve_from_an_endpoint() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/asgi_serve.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        client = await Client.connect(url, additional_headers={"X-API-Key": "k-7f3a"})
+        assert client.welcome["user"] == "build-bot"
+        await client.close()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, additional_headers={"X-API-Key": "guess"})
+        assert refused.value.response.status_code == 403
 
 
 @pytest.mark.timeout(30)

@@ -23,6 +23,8 @@ _EXTRA_HINTS = {
     "pip install 'wsroom[redis]'",
     "starlette": "wsroom demo --transport starlette needs Starlette and uvicorn, which are "
     "not installed here: pip install 'wsroom[starlette]'",
+    "asgi": "wsroom demo --transport asgi needs uvicorn, which is not installed here: "
+    "pip install 'wsroom[uvicorn]'",
 }
 
 
@@ -58,10 +60,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     demo.add_argument(
         "--transport",
-        choices=("asyncio", "sync", "starlette"),
+        choices=("asyncio", "sync", "starlette", "asgi"),
         default="asyncio",
-        help="websockets asyncio (default), websockets threading, or Starlette under uvicorn "
-        "(needs pip install 'wsroom[starlette]')",
+        help="websockets asyncio (default), websockets threading, Starlette under uvicorn "
+        "(needs pip install 'wsroom[starlette]'), or wsroom's plain ASGI application under "
+        "uvicorn (needs pip install 'wsroom[uvicorn]')",
     )
     demo.add_argument(
         "--redis",
@@ -108,6 +111,8 @@ def _demo(demo: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             chat_demo.run_sync(args.host, args.port, args.redis, admin=args.admin)
         elif args.transport == "starlette":
             chat_demo.run_starlette(args.host, args.port, args.redis, admin=args.admin)
+        elif args.transport == "asgi":
+            chat_demo.run_asgi(args.host, args.port, args.redis, admin=args.admin)
         else:
             asyncio.run(chat_demo.run(args.host, args.port, args.redis, admin=args.admin))
     except BackplaneError as exc:
@@ -122,9 +127,10 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
     try:
         if args.transport == "starlette":
             import starlette  # noqa: F401
+        if args.transport in ("starlette", "asgi"):
             import uvicorn  # noqa: F401
     except ImportError:
-        return "starlette"
+        return str(args.transport)
     try:
         if args.redis is not None:
             import redis  # noqa: F401

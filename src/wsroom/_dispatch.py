@@ -125,6 +125,10 @@ class Dispatcher:
         """Close a client that does not read fast enough, with 1013."""
         self._delivery.evict(conn, reason)
 
+    def send_bytes(self, conn: Connection, frame: bytes) -> None:
+        """Queue an encoded frame to ``conn`` (evicting it if its queue overflows)."""
+        self._delivery.send_bytes(conn, frame)
+
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The names of the rooms ``conn`` is in."""
         return self._registry.rooms_of(conn)
@@ -157,6 +161,9 @@ class Dispatcher:
         ``reason`` is the server's when it closed the connection, ``None`` when the client
         did."""
         self.closes.record(conn, code, reason)
+        # Called once per connection: by its close (close_code set first), or when the
+        # client went first.
+        self._delivery.counters.closed(conn.close_code is not None, code)
         left = self._registry.remove_connection(conn)
         return functools.partial(self._finish_leaving, conn, left, code)
 
@@ -212,12 +219,19 @@ class Dispatcher:
         now = time.monotonic()
         conn.last_seen = now
         delivery = self._delivery
-        delivery.counters.frames_received += 1
+        counters = delivery.counters
+        counters.frames_received += 1
+        # Text frames: a str that is ASCII (known without a scan) has as many bytes.
+        counters.bytes_received += (
+            len(frame)
+            if isinstance(frame, bytes) or frame.isascii()
+            else len(frame.encode("utf-8", "surrogatepass"))
+        )
         if self._too_large(frame):
             conn.begin_close(CloseCode.MESSAGE_TOO_BIG, "frame too large", grace=ABUSE_CLOSE_GRACE)
             return
         if not conn.allow_frame(now):
-            delivery.counters.rate_limited += 1
+            counters.rate_limited += 1
             ref = self._protocol.peek_ref(frame)
             delivery.send_error(conn, ErrorCode.RATE_LIMITED, "slow down: too many frames", ref)
             if conn.note_violation(now):

@@ -14,8 +14,9 @@ import heapq
 import itertools
 import time
 from collections import deque
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Literal, TypedDict
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .frames import CloseCode
 
@@ -121,9 +122,10 @@ class AdminSnapshot(TypedDict):
     """1; a later version adds keys and keeps these."""
     time: float
     """When it was taken (seconds since the epoch)."""
-    statistics: dict[str, int]
-    """:class:`~wsroom.Statistics`, as a dict (the counters give rates, such as messages
-    per second, between two snapshots)."""
+    statistics: dict[str, Any]
+    """:class:`~wsroom.Statistics`, as a dict of JSON types (the counters give rates, such
+    as messages per second, between two snapshots); a count by a pair of labels, such as
+    ``closes``, is keyed by the two labels and a space (``"server 1013"``)."""
     limits: dict[str, int]
     """The queue bounds, ``max_queue`` and ``max_queue_bytes``, to read the queues against."""
     connections: list[ConnectionInfo]
@@ -194,7 +196,7 @@ def build_snapshot(
     return {
         "version": 1,
         "time": time.time(),
-        "statistics": asdict(statistics),
+        "statistics": _plain(statistics),
         "limits": {"max_queue": limits.max_queue, "max_queue_bytes": limits.max_queue_bytes},
         "connections": [
             {
@@ -230,6 +232,19 @@ def build_snapshot(
             "dropped_messages": dropped_messages,
         },
     }
+
+
+def _plain(statistics: Statistics) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for field in fields(statistics):
+        value = getattr(statistics, field.name)
+        if isinstance(value, Mapping):
+            value = {
+                " ".join(map(str, key)) if isinstance(key, tuple) else str(key): count
+                for key, count in value.items()
+            }
+        plain[field.name] = value
+    return plain
 
 
 def _member_count(state: RoomState) -> int:

@@ -107,6 +107,10 @@ class ConnectionHost(Protocol):
         """Close a client whose queue overflowed, with 1013."""
         ...
 
+    def send_bytes(self, conn: Connection, frame: bytes) -> None:
+        """Queue an encoded frame to ``conn`` (evicting it if its queue overflows)."""
+        ...
+
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The names of the rooms ``conn`` is in."""
         ...
@@ -266,8 +270,7 @@ class Connection:
             require_room_name(room)
         if self._closed:
             raise ConnectionClosedError(f"connection {self.id} is closed")
-        if not self.push(self._host.encode(frames.event(type, data, room))):
-            self._host.evict(self)
+        self._host.send_bytes(self, self._host.encode(frames.event(type, data, room)))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close this connection with ``code``, after the frames already queued are sent.

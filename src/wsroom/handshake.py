@@ -404,7 +404,8 @@ class HandshakePolicy:
         limits: The budgets shared beyond one connection (handshakes per address).
         client_address_header: The request header a trusted reverse proxy puts the
             client's address in, or ``None`` to use the socket's peer address.
-        refused: Called once for every handshake refused for its rate (HTTP 429).
+        refused: Called with the HTTP status of every handshake refused, whatever the
+            reason (:meth:`authorize` and :meth:`admit`).
     """
 
     def __init__(
@@ -416,7 +417,7 @@ class HandshakePolicy:
         closing: Callable[[], bool],
         limits: SharedLimits | None = None,
         client_address_header: str | None = None,
-        refused: Callable[[], None] | None = None,
+        refused: Callable[[int], None] | None = None,
     ) -> None:
         self.authenticate = authenticate
         """The authentication hook, or ``None``."""
@@ -450,12 +451,20 @@ class HandshakePolicy:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self._admit(handshake)
-        if self.authenticate is None:
-            return None
-        user = await self._run_hook(handshake)
-        self.check_user(user)
+        try:
+            self._admit(handshake)
+            if self.authenticate is None:
+                return None
+            user = await self._run_hook(handshake)
+            self.check_user(user)
+        except HandshakeRejected as exc:
+            self._count(exc)
+            raise
         return user
+
+    def _count(self, exc: HandshakeRejected) -> None:
+        if self._refused is not None:
+            self._refused(exc.status)
 
     def check_user(self, user: str | None) -> None:
         """Refuse (HTTP 403) a user id that PROTOCOL.md does not allow, and tell the
@@ -496,8 +505,12 @@ class HandshakePolicy:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self._admit(handshake)
-        self.check_user(user)
+        try:
+            self._admit(handshake)
+            self.check_user(user)
+        except HandshakeRejected as exc:
+            self._count(exc)
+            raise
 
     def _admit(self, handshake: Handshake) -> None:
         if self._closing():
@@ -508,8 +521,6 @@ class HandshakePolicy:
             if retry_after is None and self._limits.too_many_connections(address):
                 retry_after = _RETRY_WHEN_FULL
             if retry_after is not None:
-                if self._refused is not None:
-                    self._refused()
                 raise HandshakeRejected(
                     429,
                     "Too Many Requests: too many connections from your address",

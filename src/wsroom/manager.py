@@ -398,9 +398,10 @@ class ConnectionManager:
         """Close a client that does not read fast enough with 1013, dropping what is queued.
 
         It leaves every room at once; the socket is aborted if it does not close within a
-        second. Adapters call it when a write stays blocked past ``Limits.write_timeout``.
+        second. Adapters call it when a write stays blocked past ``Limits.write_timeout``
+        (:attr:`Statistics.write_timeouts` counts these evictions).
         """
-        self._delivery.evict(conn, reason)
+        self._delivery.evict(conn, reason, write_timeout=True)
 
     # Server-side API.
 
@@ -478,8 +479,10 @@ class ConnectionManager:
         return list(state.connections) if state is not None else []
 
     def statistics(self) -> Statistics:
-        """Counters for monitoring: connections, rooms, queues, drops and evictions."""
-        return self._delivery.statistics(self._cluster.messages_published)
+        """Counters for monitoring: connections, rooms, queues, traffic, drops, evictions,
+        closes, refusals and the backplane's health (``wsroom.metrics`` exposes them to
+        Prometheus)."""
+        return self._delivery.statistics(self._cluster)
 
     async def admin_snapshot(
         self,
@@ -514,7 +517,7 @@ class ConnectionManager:
         except Exception as exc:  # an operator's page must not fail with the store
             logger.exception("the backplane's status() failed")
             status = BackplaneStatus(
-                kind=type(backplane).__name__,
+                kind=backplane.kind,
                 available=backplane.available,
                 last_error=f"status() failed: {type(exc).__name__}",
             )

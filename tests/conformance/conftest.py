@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import ADAPTERS, ServerFactory
+from tests.nginx_support import nginx_websockets_server
 from tests.redis_support import two_nodes_over_redis
 
-CONFORMANCE = {**ADAPTERS, "redis": two_nodes_over_redis}
+CONFORMANCE = {**ADAPTERS, "redis": two_nodes_over_redis, "nginx": nginx_websockets_server}
 
 
 @pytest.fixture(params=sorted(CONFORMANCE))

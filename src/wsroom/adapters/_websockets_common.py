@@ -15,7 +15,7 @@ import struct
 import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -27,6 +27,11 @@ from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..metrics import Authorize
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -65,6 +70,36 @@ def admin_response(answer: AdminResponse) -> Response:
     """The ``websockets`` response for an answer of the admin view."""
     status = HTTPStatus(answer.status)
     return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
+
+
+def metrics_endpoint(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> Callable[[Any, Request], Response | None]:
+    """A ``process_request`` that serves the manager's Prometheus metrics at ``path`` and
+    lets every other request through (needs ``pip install "wsroom[metrics]"``)::
+
+        serve(manager, host, port, process_request=metrics_endpoint(manager))
+
+    The metrics show no user data, but should not be public: serve them from a server
+    only your network reaches, or pass ``authorize``. See :func:`wsroom.metrics.metrics_response`
+    for ``registry`` and ``authorize``.
+    """
+    from .. import metrics
+
+    def process_request(connection: Any, request: Request) -> Response | None:
+        if request.path.partition("?")[0] != path:
+            return None
+        answer = metrics.metrics_response(
+            manager, handshake_of(connection, request), registry=registry, authorize=authorize
+        )
+        status = HTTPStatus(answer.status)
+        return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
+
+    return process_request
 
 
 def refusal(connection: Any, exc: HandshakeRejected) -> Response:

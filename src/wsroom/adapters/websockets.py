@@ -40,6 +40,7 @@ from ._websockets_common import (
     admin_response,
     client_script,
     handshake_of,
+    metrics_endpoint,
     policy_violation,
     send_at_once,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "WebsocketsTransport",
     "admin_view",
     "client_script",
+    "metrics_endpoint",
     "serve",
 ]
 

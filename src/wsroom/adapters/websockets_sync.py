@@ -50,13 +50,22 @@ from ._websockets_common import (
     admin_response,
     client_script,
     handshake_of,
+    metrics_endpoint,
     policy_violation,
     shut_down,
 )
 
 logger = logging.getLogger("wsroom.transport")
 
-__all__ = ["Server", "SyncAdapter", "SyncTransport", "admin_view", "client_script", "serve"]
+__all__ = [
+    "Server",
+    "SyncAdapter",
+    "SyncTransport",
+    "admin_view",
+    "client_script",
+    "metrics_endpoint",
+    "serve",
+]
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 

@@ -104,11 +104,13 @@ function facts(list, entries) {
   list.replaceChildren(...nodes);
 }
 
-function backplaneFacts(bp) {
+function backplaneFacts(bp, stats) {
   const state = bp.available ? el("span", "tag good", "available") : el("span", "tag bad", "unavailable");
   const entries = [["kind", bp.kind], ["state", state]];
   if (bp.address) entries.push(["address", bp.address]);
   entries.push(["nodes", bp.nodes === null ? "unknown" : count(bp.nodes)]);
+  if (typeof stats.backplane_round_trip === "number") entries.push(["round trip", `${(stats.backplane_round_trip * 1000).toFixed(1)} ms`]);
+  if (typeof stats.backplane_reconnects === "number") entries.push(["reconnects", count(stats.backplane_reconnects)]);
   entries.push(["last error", bp.last_error ? `${bp.last_error} (${clock(bp.last_error_at)})` : "none"]);
   entries.push(["dropped bus messages", count(bp.dropped_messages)]);
   facts($("backplane"), entries);
@@ -118,6 +120,8 @@ const words = (name) => name.replaceAll("_", " ");
 
 // A counter is a number, or numbers by kind (closes by reason, say): shown as text either way.
 function counter(value) {
+  if (value === null || value === undefined) return "–";
+  if (typeof value === "boolean") return value ? "yes" : "no";
   if (typeof value === "number") return count(value);
   if (value && typeof value === "object") {
     const parts = Object.entries(value).map(([kind, n]) => `${kind}: ${typeof n === "number" ? count(n) : String(n)}`);
@@ -244,7 +248,7 @@ function show(snapshot) {
   $("connections-note").textContent = snapshot.connections.length < stats.connections ? `the ${snapshot.connections.length} newest of ${count(stats.connections)}` : "";
   fill($("server-closes"), snapshot.server_closes, closeRow, "None since start.");
   fill($("closes"), snapshot.closes, closeRow, "None since start.");
-  backplaneFacts(snapshot.backplane);
+  backplaneFacts(snapshot.backplane, stats);
   facts($("counters"), Object.entries(stats).map(([name, value]) => [words(name), counter(value)]));
   drawChart();
 }

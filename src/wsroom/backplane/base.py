@@ -155,7 +155,7 @@ class BackplaneStatus:
     """What an operator wants to know about a backplane, from :meth:`Backplane.status`."""
 
     kind: str
-    """``"memory"``, ``"redis"``, or the class name of another backplane."""
+    """The backplane's :attr:`Backplane.kind` (``"memory"``, ``"redis"``...)."""
     available: bool
     """Whether the store answered its last operation."""
     nodes: int | None = None
@@ -283,10 +283,23 @@ class Backplane(ABC):
     timeout: float = 2.0
     """The longest the cluster layer waits for this node's own copy of a message."""
 
+    kind: ClassVar[str] = "custom"
+    """A short name for the kind of store (``"memory"``, ``"redis"``): the ``backplane``
+    label of the metrics. Keep it constant per class."""
+
+    reconnects: int = 0
+    """Times the bus came back after it was lost, since start (for monitoring)."""
+
     @property
     def available(self) -> bool:
         """Whether the store answered its last operation."""
         return True
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds the store took to answer the last health check (a heartbeat), for
+        monitoring; ``None`` when there is none (a store in this process)."""
+        return None
 
     async def status(self) -> BackplaneStatus:
         """How the backplane is doing, for an operator (the admin view shows it).
@@ -294,7 +307,7 @@ class Backplane(ABC):
         Called only when someone looks; a distributed backplane may ask its store (the
         number of nodes), bounded in time, and must not raise.
         """
-        return BackplaneStatus(kind=type(self).__name__, available=self.available)
+        return BackplaneStatus(kind=self.kind, available=self.available)
 
     @abstractmethod
     async def start(self, receiver: BusReceiver) -> None:

@@ -47,10 +47,11 @@ class MemoryBackplane(Backplane):
     """
 
     remote = False
+    kind = "memory"
 
     async def status(self) -> BackplaneStatus:
         """In memory: this process alone, always available."""
-        return BackplaneStatus(kind="memory", available=True, nodes=1)
+        return BackplaneStatus(kind=self.kind, available=True, nodes=1)
 
     def __init__(self) -> None:
         self._receiver: BusReceiver | None = None

@@ -1,5 +1,6 @@
-"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js`` and the WebSocket at
-``/ws``, on one port.
+"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js``, the WebSocket at
+``/ws`` and, with ``wsroom[metrics]`` installed, Prometheus metrics at ``/metrics`` (for
+requests from this machine only), on one port.
 
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
@@ -15,17 +16,18 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -39,12 +41,17 @@ from ..manager import ConnectionManager
 from ..protocol import Message
 from ..room import Room
 
+if TYPE_CHECKING:
+    from ..adapters.asgi import WSRoomApp
+
 __all__ = [
     "ChatRoom",
     "admin_token_check",
+    "asgi_app",
     "create_manager",
     "demo_server",
     "run",
+    "run_asgi",
     "run_starlette",
     "run_sync",
     "starlette_app",
@@ -161,14 +168,53 @@ def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
         return HTTPStatus.OK, _page(), "text/html; charset=utf-8"
     if path == "/favicon.svg":
         return HTTPStatus.OK, _favicon(), "image/svg+xml"
+    if path == "/metrics":  # served here only when prometheus-client is missing
+        return HTTPStatus.NOT_FOUND, _METRICS_MISSING, "text/plain; charset=utf-8"
     return HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8"
 
 
 _serve_script = client_script()
 
+_METRICS_MISSING = b"Not Found: /metrics needs prometheus-client: pip install 'wsroom[metrics]'\n"
+
+
+def _from_this_machine(request: Handshake) -> bool:
+    """Whether a request comes from a loopback address: the demo's metrics are for the
+    machine it runs on, even when it listens on every interface."""
+    peer = request.remote_address
+    if peer is None:
+        return False
+    try:
+        return ipaddress.ip_address(peer[0].partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+_ProcessRequest = Callable[[Any, Request], Response | None]
+
+
+def _serve_metrics(manager: ConnectionManager) -> _ProcessRequest | None:
+    try:
+        from ..adapters.websockets import metrics_endpoint
+
+        return metrics_endpoint(manager, authorize=_from_this_machine)
+    except ImportError:
+        return None
+
+
+def _serve_pages(manager: ConnectionManager) -> _ProcessRequest:
+    """websockets' ``process_request``, for both its asyncio and its threading server."""
+    metrics = _serve_metrics(manager)
+
+    def serve_page(connection: Any, request: Request) -> Response | None:
+        if metrics is not None and (answer := metrics(connection, request)) is not None:
+            return answer
+        return _serve_page(connection, request)
+
+    return serve_page
+
 
 def _serve_page(connection: Any, request: Request) -> Response | None:
-    # websockets' process_request, for both its asyncio and its threading server.
     script = _serve_script(connection, request)
     if script is not None:
         return script
@@ -203,15 +249,20 @@ def admin_token_check(token: str) -> Authorize:
     return authorize
 
 
+def _new_token(admin: bool) -> str | None:
+    return secrets.token_urlsafe(18) if admin else None
+
+
 def _asyncio_requests(manager: ConnectionManager, admin_token: str | None) -> Any:
     """The demo's ``process_request`` on websockets asyncio: the admin view, if any, first."""
+    pages = _serve_pages(manager)
     if admin_token is None:
-        return _serve_page
+        return pages
     admin = admin_view(manager, admin_token_check(admin_token))
 
     async def process_request(connection: Any, request: Request) -> Response | None:
         answer = await admin(connection, request)
-        return answer if answer is not None else _serve_page(connection, request)
+        return answer if answer is not None else pages(connection, request)
 
     return process_request
 
@@ -239,10 +290,6 @@ def _announce(address: Any, admin_token: str | None = None) -> None:
     print(f"wsroom demo: open {base}/", flush=True)
     if admin_token is not None:
         print(f"wsroom demo: admin view at {base}/admin/?token={admin_token}", flush=True)
-
-
-def _new_token(admin: bool) -> str | None:
-    return secrets.token_urlsafe(18) if admin else None
 
 
 async def run(
@@ -283,13 +330,14 @@ def run_sync(
 
     manager = create_manager(redis_url)
     token = _new_token(admin)
-    process_request: Any = _serve_page
+    process_request = _serve_pages(manager)
     if token is not None:
+        pages = process_request
         admin_page = websockets_sync.admin_view(manager, admin_token_check(token))
 
         def process_request(connection: Any, request: Request) -> Response | None:
             answer = admin_page(connection, request)
-            return answer if answer is not None else _serve_page(connection, request)
+            return answer if answer is not None else pages(connection, request)
 
     with websockets_sync.serve(manager, host, port, process_request=process_request) as server:
 
@@ -327,12 +375,19 @@ def starlette_app(
             body, status_code=status.value, media_type=content_type, headers=headers
         )
 
+    try:
+        from ..adapters.starlette import metrics_route
+
+        metrics = metrics_route(manager, authorize=_from_this_machine)
+    except ImportError:
+        metrics = Route("/metrics", page)
     app = Starlette(
         routes=[
             Route("/", page),
             Route("/index.html", page),
             Route("/favicon.svg", page),
             client_route(),
+            metrics,
             *routes("/ws", manager),
             *(
                 admin_routes(manager, admin_token_check(admin_token))
@@ -343,6 +398,44 @@ def starlette_app(
     )
     app.state.manager = manager
     return app
+
+
+def asgi_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> WSRoomApp:
+    """The demo as a plain ASGI application (:mod:`wsroom.adapters.asgi`, no framework):
+    the page at ``/``, ``/wsroom.js`` and the WebSocket at ``/ws``, and with
+    ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
+    from ..adapters.asgi import Receive, Scope, Send, WSRoomApp, _respond, admin_app
+    from ..admin import ADMIN_PATH
+
+    async def pages(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        routed = _route(str(scope.get("path", "/")))
+        assert routed is not None
+        status, body, content_type = routed
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            *security_headers(body),
+        ]
+        await _respond(send, status.value, headers, b"" if scope.get("method") == "HEAD" else body)
+
+    manager = manager if manager is not None else create_manager()
+    if admin_token is None:
+        return WSRoomApp(manager, path="/ws", app=pages, client_path="/wsroom.js")
+    admin = admin_app(manager, admin_token_check(admin_token))
+
+    async def admin_or_pages(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "/"))
+        if path == ADMIN_PATH or path.startswith(ADMIN_PATH + "/"):
+            await admin(scope, receive, send)
+        else:
+            await pages(scope, receive, send)
+
+    return WSRoomApp(manager, path="/ws", app=admin_or_pages, client_path="/wsroom.js")
 
 
 def run_starlette(
@@ -362,30 +455,50 @@ def run_starlette(
         OSError: ``host``:``port`` cannot be listened on (a port in use, say), as with the
             other transports; uvicorn would log it and exit the process.
     """
+    manager = create_manager(redis_url)
+    token = _new_token(admin)
+    _run_uvicorn(starlette_app(manager, admin_token=token), manager, host, port, token)
+
+
+def run_asgi(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo as a plain ASGI application (:func:`asgi_app`) under uvicorn until
+    SIGINT or SIGTERM, through :mod:`wsroom.adapters.uvicorn` as :func:`run_starlette` does
+    (with ``admin``, the admin view too, behind a token printed with its address).
+
+    Raises:
+        OSError: ``host``:``port`` cannot be listened on.
+    """
+    manager = create_manager(redis_url)
+    token = _new_token(admin)
+    _run_uvicorn(asgi_app(manager, admin_token=token), manager, host, port, token)
+
+
+def _run_uvicorn(
+    app: Any, manager: ConnectionManager, host: str, port: int, admin_token: str | None = None
+) -> None:
     from ..adapters import uvicorn as wsroom_uvicorn
 
     sockets = _listen(host, port)
-    manager = create_manager(redis_url)
-    token = _new_token(admin)
 
     class DemoServer(wsroom_uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             for server in self.servers:
                 for sock in server.sockets:
-                    _announce(sock.getsockname(), token)
+                    _announce(sock.getsockname(), admin_token)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             print("wsroom demo: shutting down", flush=True)
             super().handle_exit(sig, frame)
 
     config = wsroom_uvicorn.config(
-        starlette_app(manager, admin_token=token),
-        manager,
-        host=host,
-        port=port,
-        log_level="warning",
-        lifespan="off",
+        app, manager, host=host, port=port, log_level="warning", lifespan="off"
     )
     DemoServer(config, manager).run(sockets=sockets)
 
