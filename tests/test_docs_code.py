@@ -1577,6 +1577,17 @@ async def test_operating_admin_view_on_starlette() -> None:
 
 @pytest.mark.timeout(30)
 @pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_the_asgi_adapter() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_asgi.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
 async def test_operating_admin_view_beside_the_client_script() -> None:
     from wsroom.adapters.websockets import serve
 
