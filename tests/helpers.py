@@ -575,3 +575,54 @@ async def http_request(
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
     return int(status_line.split(" ", 2)[1]), fields, body
+
+
+# A client that stopped reading, and a room published to until it falls behind (the admin
+# view's tests).
+
+
+def stuck_reader(port: int, path: str, room: str) -> socket.socket:
+    """A raw client that completes the handshake at ``path``, joins ``room`` and never
+    reads again, with a 4 KiB receive buffer so that the server's queue for it fills soon.
+    Blocking: call it with ``asyncio.to_thread``."""
+    import base64
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response[:100]
+    payload = json.dumps({"type": "join", "room": room, "ref": 1}).encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock
+
+
+async def fall_behind(
+    manager: ConnectionManager, room: str, done: Callable[[], bool], size: int = 60_000
+) -> None:
+    """Publish ``size``-byte messages to ``room`` until ``done()`` (frames waiting in a
+    stuck reader's queue, or its eviction), at most 2000 of them and within 2 TIMEOUTs."""
+    chunk = "x" * size
+    async with asyncio.timeout(TIMEOUT * 2):
+        for _ in range(2000):
+            if done():
+                return
+            await manager.broadcast(room, chunk)
+            await asyncio.sleep(0)
+    assert done()

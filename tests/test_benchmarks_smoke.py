@@ -141,3 +141,9 @@ def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> No
     assert "| 30.0% | `flush (t.py)` |" in self_table  # lines of one function together
     assert "| 90.0% | `flush (t.py)` |" in inclusive_table
     assert "| 100.0% | `main (srv.py)` |" in inclusive_table
+
+
+def test_admin_snapshot_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    module = runpy.run_path(str(BENCHMARKS / "admin_snapshot.py"), run_name="smoke")
+    module["main"](["--clients", "50", "--rooms", "10", "--repeat", "1"])
+    assert "ms to take" in capsys.readouterr().out

@@ -1499,3 +1499,123 @@ async def test_coming_from_channels_wsroom_next_to_django() -> None:
         assert (message["from"], message["data"]) == ("ann", "hello")
         await ann.close()
         await bob.close()
+
+
+# Operating wsroom: the admin view on each adapter, behind HTTP Basic authentication.
+
+ADMIN_PASSWORD = "correct horse"
+
+
+async def check_admin_view(port: int, path: str = "/admin") -> None:
+    """The page's view at ``path``: a 401 asking for Basic credentials, then the page and
+    the snapshot with them."""
+    import base64
+
+    from tests.helpers import http_request
+
+    status, headers, _ = await http_request(port, f"{path}/snapshot.json")
+    assert (status, headers["www-authenticate"]) == (401, 'Basic realm="wsroom admin"')
+    wrong = base64.b64encode(b"admin:guess").decode()
+    status, _, _ = await http_request(port, f"{path}/", headers=f"Authorization: Basic {wrong}\r\n")
+    assert status == 401
+    right = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    credentials = f"Authorization: Basic {right}\r\n"
+    status, _, page = await http_request(port, f"{path}/", headers=credentials)
+    assert status == 200 and b'src="admin.js"' in page
+    status, _, body = await http_request(port, f"{path}/snapshot.json", headers=credentials)
+    assert status == 200 and json.loads(body)["version"] == 1
+
+
+@pytest.fixture
+def admin_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSROOM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_websockets() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_websockets.py")
+    async with running(module.main, module) as url:
+        await say_hello(url)
+        await check_admin_view(int(url.rsplit(":", 1)[1]))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_the_threading_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wsroom.adapters import websockets_sync
+
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_sync.py")
+    servers: list[Any] = []
+    serve = on_port_zero(websockets_sync.serve, servers, sync=True)
+    adapter = SimpleNamespace(serve=serve, admin_view=websockets_sync.admin_view)
+    monkeypatch.setattr(module, "websockets_sync", adapter)
+    thread = await run_in_thread(module.main, servers)
+    try:
+        await say_hello(url_of(servers[0]))
+        await check_admin_view(servers[0].socket.getsockname()[1])
+    finally:
+        await asyncio.to_thread(servers[0].shutdown)
+        await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_starlette() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_starlette.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_the_asgi_adapter() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_asgi.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_beside_the_client_script() -> None:
+    from wsroom.adapters.websockets import serve
+
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_combined.py")
+    options = {"process_request": module.process_request}
+    async with serve(module.manager, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port, "/ops/admin")
+        status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/wsroom.js")
+        assert status == 200 and b"export function connect(" in body
+
+
+@pytest.mark.timeout(30)
+async def test_operating_admin_check_refuses_without_a_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import base64
+
+    from wsroom import Handshake, HandshakeRejected
+
+    monkeypatch.delenv("WSROOM_ADMIN_PASSWORD", raising=False)
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_check.py")
+    # No password set: even the empty one is refused.
+    empty = "Basic " + base64.b64encode(b"admin:").decode()
+    request = Handshake.from_target("/admin/", [("Authorization", empty)])
+    with pytest.raises(HandshakeRejected) as refused:
+        module.is_operator(request)
+    assert refused.value.status == 401

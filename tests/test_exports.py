@@ -22,6 +22,7 @@ PUBLIC_MODULES = [
     "wsroom.threads",
     "wsroom.demo",
     "wsroom.browser",
+    "wsroom.admin",
     "wsroom.metrics",
     "wsroom.exceptions",
     "wsroom.protocol",

@@ -72,6 +72,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="share the rooms with other demo processes through this Redis "
         "(e.g. redis://127.0.0.1:6379/0; needs pip install 'wsroom[redis]')",
     )
+    demo.add_argument(
+        "--admin",
+        action="store_true",
+        help="also serve the live admin view at /admin/, behind a random token printed "
+        "with its address",
+    )
     return parser, demo
 
 
@@ -102,13 +108,13 @@ def _demo(demo: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     try:
         if args.transport == "sync":
-            chat_demo.run_sync(args.host, args.port, args.redis)
+            chat_demo.run_sync(args.host, args.port, args.redis, admin=args.admin)
         elif args.transport == "starlette":
-            chat_demo.run_starlette(args.host, args.port, args.redis)
+            chat_demo.run_starlette(args.host, args.port, args.redis, admin=args.admin)
         elif args.transport == "asgi":
-            chat_demo.run_asgi(args.host, args.port, args.redis)
+            chat_demo.run_asgi(args.host, args.port, args.redis, admin=args.admin)
         else:
-            asyncio.run(chat_demo.run(args.host, args.port, args.redis))
+            asyncio.run(chat_demo.run(args.host, args.port, args.redis, admin=args.admin))
     except BackplaneError as exc:
         return _fail(f"wsroom demo: {exc}")
     except OSError as exc:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from . import frames
 from ._hooks import MaybeAwaitable, call_hook
 from ._ratelimit import SharedLimits, TokenBucket
+from ._snapshot import CloseLog
 from .exceptions import BackplaneError, EncodeError, ProtocolError
 from .frames import CLIENT_TYPES, CUSTOM_TYPE, CloseCode, ErrorCode
 from .limits import ABUSE_CLOSE_GRACE
@@ -95,6 +96,8 @@ class Dispatcher:
         self._handlers = handlers
         self._shared_limits = shared_limits
         self._protocol = manager.protocol
+        self.closes = CloseLog()
+        """The latest connection ends, for the admin view."""
         self._serve: dict[str, _Serve] = {
             kind.name: getattr(self, kind.handler) for kind in (*CLIENT_TYPES.values(), CUSTOM_TYPE)
         }
@@ -150,9 +153,14 @@ class Dispatcher:
         """Count frames dropped from full queues."""
         self._delivery.counters.dropped_frames += count
 
-    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
+    def depart(
+        self, conn: Connection, code: int | None = None, reason: str | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Take ``conn`` out of every room now; the function returned finishes leaving them
-        and calls the ``on_disconnect`` hook with ``code``, the connection's close code."""
+        and calls the ``on_disconnect`` hook with ``code``, the connection's close code.
+        ``reason`` is the server's when it closed the connection, ``None`` when the client
+        did."""
+        self.closes.record(conn, code, reason)
         # Called once per connection: by its close (close_code set first), or when the
         # client went first.
         self._delivery.counters.closed(conn.close_code is not None, code)

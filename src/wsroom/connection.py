@@ -115,10 +115,14 @@ class ConnectionHost(Protocol):
         """The names of the rooms ``conn`` is in."""
         ...
 
-    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
+    def depart(
+        self, conn: Connection, code: int | None = None, reason: str | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Take ``conn`` out of every room at once; the function returned finishes leaving
         them (presence, ``on_leave`` hooks), then reports the end of the connection, with
-        its close code ``code`` (``None``: unknown), to the ``on_disconnect`` hook."""
+        its close code ``code`` (``None``: unknown), to the ``on_disconnect`` hook.
+        ``reason``: the server's reason when it closed the connection, ``None`` when the
+        client did."""
         ...
 
     def hold_buckets(
@@ -290,7 +294,7 @@ class Connection:
         self._closed = True
         self.close_code = code
         self._host.release_buckets(self._shared, self._counted, time.monotonic())
-        departure = self._host.depart(self, code)
+        departure = self._host.depart(self, code, reason)
         if grace is None:
             grace = self._host.limits.close_timeout
         loop = self._host.loop or asyncio.get_running_loop()

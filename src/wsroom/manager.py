@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,8 +22,9 @@ from . import frames
 from ._delivery import Delivery, Statistics
 from ._dispatch import CanDirect, Dispatcher, Handler, OnConnect, OnDisconnect
 from ._ratelimit import SharedLimits
+from ._snapshot import AdminSnapshot, build_snapshot, check_sizes
 from ._state import Registry
-from .backplane.base import Backplane
+from .backplane.base import Backplane, BackplaneStatus
 from .backplane.cluster import Cluster
 from .backplane.memory import MemoryBackplane
 from .connection import Connection, Transport
@@ -35,6 +37,8 @@ from .room import Room, check_room_class
 from .threads import BlockingPortal
 
 __all__ = ["Authenticate", "ConnectionManager", "Statistics"]
+
+logger = logging.getLogger("wsroom")
 
 RoomClassResolver: TypeAlias = Callable[[str], type[Room] | None]
 Receive: TypeAlias = Callable[[], Awaitable[str | bytes | None]]
@@ -479,6 +483,57 @@ class ConnectionManager:
         closes, refusals and the backplane's health (``wsroom.metrics`` exposes them to
         Prometheus)."""
         return self._delivery.statistics(self._cluster)
+
+    async def admin_snapshot(
+        self,
+        *,
+        connections: int = 20,
+        rooms: int = 20,
+        members: int = 50,
+        queues: int = 10,
+        closes: int = 20,
+    ) -> AdminSnapshot:
+        """A bounded picture of this process for an operator, ready for ``json.dumps``:
+        what the admin view (:mod:`wsroom.admin`) shows.
+
+        It holds :meth:`statistics`, the newest ``connections``, the ``rooms`` with the most
+        members (each with up to ``members`` of its users), the ``queues`` fullest outgoing
+        queues, the latest ``closes`` connection ends (all of them, and those the server
+        decided: evictions, timeouts, abuse), and the backplane's
+        :meth:`~wsroom.backplane.Backplane.status`. Its cost grows with the connections and
+        rooms of this process (one pass, and a top-K selection), never its size: take it when
+        someone looks, not on a timer. It names users, rooms and client addresses: show it
+        to operators only.
+
+        Raises:
+            ValueError: a size is not a whole number from 0 to 1000.
+        """
+        check_sizes(
+            connections=connections, rooms=rooms, members=members, queues=queues, closes=closes
+        )
+        backplane = self._cluster.backplane
+        try:
+            status = await backplane.status()
+        except Exception as exc:  # an operator's page must not fail with the store
+            logger.exception("the backplane's status() failed")
+            status = BackplaneStatus(
+                kind=backplane.kind,
+                available=backplane.available,
+                last_error=f"status() failed: {type(exc).__name__}",
+            )
+        return build_snapshot(
+            self._registry,
+            self.statistics(),
+            self.limits,
+            self._dispatcher.closes,
+            status,
+            self._cluster.dropped_messages,
+            connections=connections,
+            rooms=rooms,
+            members=members,
+            queues=queues,
+            closes=closes,
+        )
 
     def encode(self, frame: dict[str, Any]) -> bytes:
         """Encode a frame with this manager's protocol."""

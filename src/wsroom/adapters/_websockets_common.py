@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from .. import browser
+from ..admin import AdminResponse
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
@@ -63,6 +64,12 @@ def client_script(
         return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
 
     return process_request
+
+
+def admin_response(answer: AdminResponse) -> Response:
+    """The ``websockets`` response for an answer of the admin view."""
+    status = HTTPStatus(answer.status)
+    return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
 
 
 def metrics_endpoint(

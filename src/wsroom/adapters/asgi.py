@@ -37,7 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .. import browser
+from .. import admin, browser
 from ..exceptions import HandshakeRejected
 from ..frames import CloseCode
 from ..handshake import Handshake
@@ -56,6 +56,7 @@ __all__ = [
     "Scope",
     "Send",
     "WSRoomApp",
+    "admin_app",
     "client_app",
     "metrics_app",
     "serve",
@@ -439,6 +440,50 @@ def metrics_app(
     :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
     """
     return _Metrics(manager, registry, authorize)
+
+
+class _Admin:
+    """The ASGI application serving a manager's admin view (see :func:`admin_app`)."""
+
+    def __init__(self, view: admin.AdminView) -> None:
+        self.view = view
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODE, "reason": ""})
+            return
+        if kind != "http":
+            return
+        method = str(scope.get("method", "GET"))
+        answer = await self.view.respond(Handshake.from_asgi(scope), method)
+        if answer is None:
+            await _text(send, 404, "Not Found\n", head=method == "HEAD")
+            return
+        await _respond(send, answer.status, answer.headers, answer.body)
+
+
+def admin_app(
+    manager: ConnectionManager,
+    authorize: admin.Authorize,
+    *,
+    path: str = admin.ADMIN_PATH,
+    **options: Any,
+) -> ASGIApp:
+    """An ASGI application serving the admin view (:mod:`wsroom.admin`) of ``manager``
+    under ``path`` (the request's full path, ``root_path`` included, is matched): route
+    ``path`` and everything below it to it; other paths get 404.
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``; ``True`` lets it
+            in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    return _Admin(admin.AdminView(manager, authorize, path=path, **options))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -39,7 +39,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "wsroom.adapters.starlette needs Starlette: pip install 'wsroom[starlette]'"
     ) from exc
 
-from .. import browser
+from .. import admin, browser
+from ..admin import ADMIN_PATH
 from ..manager import ConnectionManager
 from . import asgi
 from .asgi import ASGITransport
@@ -49,7 +50,15 @@ if TYPE_CHECKING:
 
     from ..metrics import Authorize
 
-__all__ = ["StarletteTransport", "client_route", "endpoint", "metrics_route", "routes", "serve"]
+__all__ = [
+    "StarletteTransport",
+    "admin_routes",
+    "client_route",
+    "endpoint",
+    "metrics_route",
+    "routes",
+    "serve",
+]
 
 # Sending after a close, or to a peer that went away, raises one of these depending on the
 # Starlette and ASGI server versions (WebSocketDisconnect, Starlette's RuntimeError
@@ -154,6 +163,35 @@ def metrics_route(
         asgi.metrics_app(manager, registry=registry, authorize=authorize),
         methods=["GET", "HEAD"],
     )
+
+
+def admin_routes(
+    manager: ConnectionManager,
+    authorize: admin.Authorize,
+    *,
+    path: str = ADMIN_PATH,
+    **options: Any,
+) -> list[BaseRoute]:
+    """The routes of the admin view (:mod:`wsroom.admin`) of ``manager`` under ``path``
+    (``GET`` and ``HEAD``), on :func:`wsroom.adapters.asgi.admin_app`::
+
+        app = Starlette(routes=[*admin_routes(manager, is_operator), *routes("/ws", manager)])
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``, given the request
+            as a :class:`~wsroom.Handshake`; ``True`` lets it in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    app = asgi.admin_app(manager, authorize, path=path, **options)
+    methods = ["GET", "HEAD"]
+    return [
+        Route(path, app, methods=methods),
+        Route(path + "/{name:path}", app, methods=methods),
+    ]
 
 
 async def serve(

@@ -5,6 +5,9 @@ requests from this machine only), on one port.
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
 no password, so never deploy it as is.
+
+With ``--admin`` it also serves the admin view (:mod:`wsroom.admin`) at ``/admin/``, behind
+a random token made at startup: the address it prints carries it (``/admin/?token=...``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -28,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ..adapters.websockets import Server, client_script, serve
+from ..adapters.websockets import Server, admin_view, client_script, serve
+from ..admin import Authorize
 from ..connection import Connection
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChatRoom",
+    "admin_token_check",
     "asgi_app",
     "create_manager",
     "demo_server",
@@ -227,41 +233,113 @@ def _serve_page(connection: Any, request: Request) -> Response | None:
     return Response(status.value, status.phrase, headers, body)
 
 
+# The demo's admin view: a token made at startup, in the address it prints.
+
+
+def admin_token_check(token: str) -> Authorize:
+    """The demo's check for the admin view: the request's ``token`` query parameter must be
+    ``token`` (compared in constant time). Fit for a demo on one's own machine; an
+    application checks its operators' own credentials."""
+    expected = token.encode()
+
+    def authorize(request: Handshake) -> bool:
+        given = request.query.get("token", "").encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given, expected)
+
+    return authorize
+
+
+def _new_token(admin: bool) -> str | None:
+    return secrets.token_urlsafe(18) if admin else None
+
+
+def _asyncio_requests(manager: ConnectionManager, admin_token: str | None) -> Any:
+    """The demo's ``process_request`` on websockets asyncio: the admin view, if any, first."""
+    pages = _serve_pages(manager)
+    if admin_token is None:
+        return pages
+    admin = admin_view(manager, admin_token_check(admin_token))
+
+    async def process_request(connection: Any, request: Request) -> Response | None:
+        answer = await admin(connection, request)
+        return answer if answer is not None else pages(connection, request)
+
+    return process_request
+
+
 @asynccontextmanager
 async def demo_server(
-    host: str = "127.0.0.1", port: int = 8765, manager: ConnectionManager | None = None
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    manager: ConnectionManager | None = None,
+    *,
+    admin_token: str | None = None,
 ) -> AsyncIterator[Server]:
-    """Start the demo server (websockets asyncio); on exit, shut it down gracefully."""
+    """Start the demo server (websockets asyncio); on exit, shut it down gracefully.
+
+    With ``admin_token``, the admin view is served at ``/admin/?token=<admin_token>``.
+    """
     manager = manager if manager is not None else create_manager()
-    async with serve(manager, host, port, process_request=_serve_pages(manager)) as server:
+    process_request = _asyncio_requests(manager, admin_token)
+    async with serve(manager, host, port, process_request=process_request) as server:
         yield server
 
 
-def _announce(address: Any) -> None:
-    print(f"wsroom demo: open http://{_url_host(str(address[0]))}:{address[1]}/", flush=True)
+def _announce(address: Any, admin_token: str | None = None) -> None:
+    base = f"http://{_url_host(str(address[0]))}:{address[1]}"
+    print(f"wsroom demo: open {base}/", flush=True)
+    if admin_token is not None:
+        print(f"wsroom demo: admin view at {base}/admin/?token={admin_token}", flush=True)
 
 
-async def run(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully."""
+async def run(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
-    async with demo_server(host, port, create_manager(redis_url)) as server:
+    token = _new_token(admin)
+    async with demo_server(host, port, create_manager(redis_url), admin_token=token) as server:
         for sock in server.sockets:
-            _announce(sock.getsockname())
+            _announce(sock.getsockname(), token)
         await stop
         print("wsroom demo: shutting down", flush=True)
 
 
-def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM."""
+def run_sync(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     from ..adapters import websockets_sync
 
     manager = create_manager(redis_url)
-    with websockets_sync.serve(
-        manager, host, port, process_request=_serve_pages(manager)
-    ) as server:
+    token = _new_token(admin)
+    process_request = _serve_pages(manager)
+    if token is not None:
+        pages = process_request
+        admin_page = websockets_sync.admin_view(manager, admin_token_check(token))
+
+        def process_request(connection: Any, request: Request) -> Response | None:
+            answer = admin_page(connection, request)
+            return answer if answer is not None else pages(connection, request)
+
+    with websockets_sync.serve(manager, host, port, process_request=process_request) as server:
 
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever() to return: call it from another thread.
@@ -269,19 +347,22 @@ def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = 
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        _announce(server.socket.getsockname())
+        _announce(server.socket.getsockname(), token)
         server.serve_forever()
         print("wsroom demo: shutting down", flush=True)
 
 
-def starlette_app(manager: ConnectionManager | None = None) -> Any:
-    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``."""
+def starlette_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> Any:
+    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``, and
+    with ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HTTPRequest
     from starlette.responses import Response as HTTPResponse
     from starlette.routing import Route
 
-    from ..adapters.starlette import client_route, routes
+    from ..adapters.starlette import admin_routes, client_route, routes
 
     manager = manager if manager is not None else create_manager()
 
@@ -308,16 +389,25 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
             client_route(),
             metrics,
             *routes("/ws", manager),
+            *(
+                admin_routes(manager, admin_token_check(admin_token))
+                if admin_token is not None
+                else ()
+            ),
         ]
     )
     app.state.manager = manager
     return app
 
 
-def asgi_app(manager: ConnectionManager | None = None) -> WSRoomApp:
+def asgi_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> WSRoomApp:
     """The demo as a plain ASGI application (:mod:`wsroom.adapters.asgi`, no framework):
-    the page at ``/``, ``/wsroom.js`` and the WebSocket at ``/ws``."""
-    from ..adapters.asgi import Receive, Scope, Send, WSRoomApp, _respond
+    the page at ``/``, ``/wsroom.js`` and the WebSocket at ``/ws``, and with
+    ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
+    from ..adapters.asgi import Receive, Scope, Send, WSRoomApp, _respond, admin_app
+    from ..admin import ADMIN_PATH
 
     async def pages(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -334,11 +424,29 @@ def asgi_app(manager: ConnectionManager | None = None) -> WSRoomApp:
         await _respond(send, status.value, headers, b"" if scope.get("method") == "HEAD" else body)
 
     manager = manager if manager is not None else create_manager()
-    return WSRoomApp(manager, path="/ws", app=pages, client_path="/wsroom.js")
+    if admin_token is None:
+        return WSRoomApp(manager, path="/ws", app=pages, client_path="/wsroom.js")
+    admin = admin_app(manager, admin_token_check(admin_token))
+
+    async def admin_or_pages(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "/"))
+        if path == ADMIN_PATH or path.startswith(ADMIN_PATH + "/"):
+            await admin(scope, receive, send)
+        else:
+            await pages(scope, receive, send)
+
+    return WSRoomApp(manager, path="/ws", app=admin_or_pages, client_path="/wsroom.js")
 
 
-def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM.
+def run_starlette(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM (with
+    ``admin``, the admin view too, behind a token printed with its address).
 
     Through :mod:`wsroom.adapters.uvicorn`: uvicorn gets wsroom's frame limit, a deadline
     for request heads, quiet logging of client errors and a graceful shutdown.
@@ -348,21 +456,32 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
             other transports; uvicorn would log it and exit the process.
     """
     manager = create_manager(redis_url)
-    _run_uvicorn(starlette_app(manager), manager, host, port)
+    token = _new_token(admin)
+    _run_uvicorn(starlette_app(manager, admin_token=token), manager, host, port, token)
 
 
-def run_asgi(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
+def run_asgi(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
     """Serve the demo as a plain ASGI application (:func:`asgi_app`) under uvicorn until
-    SIGINT or SIGTERM, through :mod:`wsroom.adapters.uvicorn` as :func:`run_starlette` does.
+    SIGINT or SIGTERM, through :mod:`wsroom.adapters.uvicorn` as :func:`run_starlette` does
+    (with ``admin``, the admin view too, behind a token printed with its address).
 
     Raises:
         OSError: ``host``:``port`` cannot be listened on.
     """
     manager = create_manager(redis_url)
-    _run_uvicorn(asgi_app(manager), manager, host, port)
+    token = _new_token(admin)
+    _run_uvicorn(asgi_app(manager, admin_token=token), manager, host, port, token)
 
 
-def _run_uvicorn(app: Any, manager: ConnectionManager, host: str, port: int) -> None:
+def _run_uvicorn(
+    app: Any, manager: ConnectionManager, host: str, port: int, admin_token: str | None = None
+) -> None:
     from ..adapters import uvicorn as wsroom_uvicorn
 
     sockets = _listen(host, port)
@@ -372,7 +491,7 @@ def _run_uvicorn(app: Any, manager: ConnectionManager, host: str, port: int) -> 
             await super().startup(sockets)
             for server in self.servers:
                 for sock in server.sockets:
-                    _announce(sock.getsockname())
+                    _announce(sock.getsockname(), admin_token)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             print("wsroom demo: shutting down", flush=True)

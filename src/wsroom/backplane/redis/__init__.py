@@ -25,7 +25,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ...exceptions import BackplaneError
-from ..base import Append, Appended, Backplane, BusReceiver, RoomLog, new_epoch
+from ..base import (
+    Append,
+    Appended,
+    Backplane,
+    BackplaneStatus,
+    BusReceiver,
+    RoomLog,
+    new_epoch,
+)
 from . import _scripts
 from ._link import Link, check_client, pool_full
 from ._scripts import Keys
@@ -155,6 +163,23 @@ class RedisBackplane(Backplane):
     def available(self) -> bool:
         """Whether Redis answered the last command."""
         return self._link.available
+
+    async def status(self) -> BackplaneStatus:
+        """Whether Redis answers, and the nodes that sent a heartbeat within ``node_ttl``
+        (one ``ZCARD`` when Redis is reachable; ``None`` when it is not)."""
+        link = self._link
+        nodes: int | None = None
+        if link.available and self._tasks:
+            with contextlib.suppress(BackplaneError):
+                nodes = int(await self._call(link.client.zcard(self._keys.nodes)))
+        return BackplaneStatus(
+            kind=self.kind,
+            available=link.available,
+            nodes=nodes,
+            address=link.where,
+            last_error=link.last_error,
+            last_error_at=link.last_error_at,
+        )
 
     @property
     def round_trip(self) -> float | None:

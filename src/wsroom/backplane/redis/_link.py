@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -61,6 +62,10 @@ class Link:
         self.max_connections = max_connections
         self.available = False
         """Whether Redis answered the last command."""
+        self.last_error: str | None = None
+        """The last failure that made Redis unavailable, for operators."""
+        self.last_error_at: float | None = None
+        """When :attr:`last_error` happened (seconds since the epoch)."""
         self._client: aioredis.Redis | None = None
         # The pool made from a URL blocks beyond max_connections; a given client's pool may
         # be unbounded or fail when full, so the link bounds its own commands instead.
@@ -150,6 +155,9 @@ class Link:
 
     def set_available(self, available: bool, exc: BaseException | None = None) -> None:
         """Record whether Redis answers; changes are logged."""
+        if not available and exc is not None:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.last_error_at = time.time()
         if available != self.available:
             if available:
                 logger.warning("Redis at %s is reachable again", self.where)
