@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wsroom import ConnectionManager
+from wsroom.conformance import ServerFactory
 from wsroom.conformance._client import (
     TIMEOUT,
     Client,
@@ -34,7 +35,6 @@ from wsroom.conformance._frames import (
     check_error,
     check_frame,
 )
-from wsroom.conformance._server import ServerFactory
 
 # The conformance suite's helpers, which the project's other tests import from here.
 __all__ = [

@@ -166,11 +166,54 @@ def test_a_broken_adapter_fails_the_suite(
     assert expected in result.stdout, result.stdout
 
 
+PLUGIN = 'pytest_plugins = ["wsroom.conformance.plugin"]\n'
+FACTORY = "from task_adapter_server import task_adapter_server\n"
+
+
 @pytest.mark.timeout(60)
-def test_without_a_server_the_plugin_says_what_to_write(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text(
-        'pytest_plugins = ["wsroom.conformance.plugin"]\n', encoding="utf-8"
-    )
-    result = run_suite(tmp_path, "-q", "-k", "smoke", timeout=50)
-    assert result.returncode != 0, result.stdout
-    assert "define pytest_wsroom_servers(config)" in result.stdout, result.stdout
+@pytest.mark.parametrize(
+    ("conftest", "expected"),
+    [
+        (PLUGIN, "define pytest_wsroom_servers(config)"),
+        (
+            PLUGIN + "def pytest_wsroom_servers(config):\n    return None\n",
+            "define pytest_wsroom_servers(config)",
+        ),
+        (
+            PLUGIN + "def pytest_wsroom_servers(config):\n    return ['task']\n",
+            "must return a mapping of names to servers, not ['task']",
+        ),
+        (
+            PLUGIN + "def pytest_wsroom_servers(config):\n    return {'task': 42}\n",
+            "'task': expected a Server or a server factory, got 42",
+        ),
+        (
+            PLUGIN
+            + FACTORY
+            + "from wsroom.conformance import Server\n"
+            + "def pytest_wsroom_servers(config):\n"
+            + "    return {'task': Server(task_adapter_server, lacks={'telepathy'})}\n",
+            "unknown capabilities ['telepathy']",
+        ),
+        (
+            PLUGIN
+            + FACTORY
+            + "class Other:\n"
+            + "    def pytest_wsroom_servers(self, config):\n"
+            + "        return {'task': task_adapter_server}\n"
+            + "def pytest_configure(config):\n"
+            + "    config.pluginmanager.register(Other())\n"
+            + "def pytest_wsroom_servers(config):\n"
+            + "    return {'task': task_adapter_server}\n",
+            "two servers named 'task'",
+        ),
+    ],
+    ids=["no hook", "None", "a list", "not a factory", "unknown capability", "a name twice"],
+)
+def test_a_wrong_conftest_gets_a_usage_error(tmp_path: Path, conftest: str, expected: str) -> None:
+    directory = author_directory(tmp_path, conftest)
+    result = run_suite(directory, "-q", "--collect-only", timeout=50)
+    # 4: pytest's usage error, with the plugin's message and no traceback.
+    assert result.returncode == 4, result.stdout
+    assert expected in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout

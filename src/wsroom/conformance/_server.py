@@ -26,6 +26,11 @@ CAPABILITIES: Final = frozenset({HTTP_REFUSAL, ABORT})
 """Every capability a test may depend on; a server has them all unless it says it lacks some."""
 
 
+class InvalidServer(ValueError):
+    """A server described wrongly (an unknown capability, no factory...): the plugin stops
+    the run with this message rather than a traceback."""
+
+
 @dataclass(frozen=True)
 class Server:
     """A server the conformance suite runs against.
@@ -50,11 +55,11 @@ class Server:
         object.__setattr__(self, "lacks", frozenset(self.lacks))
         unknown = self.lacks - CAPABILITIES
         if unknown:
-            raise ValueError(
+            raise InvalidServer(
                 f"unknown capabilities {sorted(unknown)}: expected some of {sorted(CAPABILITIES)}"
             )
         if self.nodes < 1:
-            raise ValueError(f"nodes must be at least 1, not {self.nodes}")
+            raise InvalidServer(f"nodes must be at least 1, not {self.nodes}")
 
     def __call__(self, manager: ConnectionManager) -> AbstractAsyncContextManager[str]:
         return self.factory(manager)
@@ -70,7 +75,7 @@ def as_server(name: str, server: Server | ServerFactory) -> Server:
     """``server`` named ``name``; a bare factory is a one-node server with every capability."""
     if not isinstance(server, Server):
         if not callable(server):
-            raise TypeError(f"{name!r}: expected a Server or a server factory, got {server!r}")
+            raise InvalidServer(f"{name!r}: expected a Server or a server factory, got {server!r}")
         server = Server(server)
     return Server(server.factory, server.lacks, server.nodes, name)
 

@@ -9,11 +9,12 @@ the project's configuration.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from wsroom.conformance._server import Server, as_server
+from wsroom.conformance._server import InvalidServer, Server, as_server
 
 _SUITE = Path(__file__).resolve().parent
 _SERVERS = pytest.StashKey[list[Server]]()
@@ -51,8 +52,15 @@ def _in_suite(path: Path) -> bool:
 
 def pytest_collectstart(collector: pytest.Collector) -> None:
     """Make the suite's tests asyncio tests with a timeout, whatever the project's
-    configuration (pytest-asyncio in strict mode, no pytest-timeout setting)."""
+    configuration (pytest-asyncio in strict mode, no pytest-timeout setting); stop the run
+    at the first module of the suite if the servers to run it against are wrong."""
     if isinstance(collector, pytest.Module) and _in_suite(collector.path):
+        try:
+            _servers(collector.config)
+        except pytest.UsageError as exc:
+            # Here rather than while the module's tests are generated, where it would be
+            # one collection error per module: the run stops once, with the message.
+            pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
         collector.add_marker(pytest.mark.asyncio)
         if not _timeout_configured(collector.config):
             collector.add_marker(pytest.mark.timeout(_TEST_TIMEOUT))
@@ -71,7 +79,16 @@ def _servers(config: pytest.Config) -> list[Server]:
     """The servers every ``pytest_wsroom_servers`` implementation named, in their order."""
     if _SERVERS not in config.stash:
         found: dict[str, Server] = {}
-        for mapping in config.hook.pytest_wsroom_servers(config=config):
+        try:
+            results = config.hook.pytest_wsroom_servers(config=config)
+        except InvalidServer as exc:
+            raise pytest.UsageError(f"wsroom.conformance: {exc}") from None
+        for mapping in results:
+            if not isinstance(mapping, Mapping):
+                raise pytest.UsageError(
+                    "wsroom.conformance: pytest_wsroom_servers must return a mapping of names "
+                    f"to servers, not {mapping!r}"
+                )
             for name, server in mapping.items():
                 if not isinstance(name, str) or not name:
                     raise pytest.UsageError(f"wsroom.conformance: a server's name {name!r}")
@@ -79,7 +96,7 @@ def _servers(config: pytest.Config) -> list[Server]:
                     raise pytest.UsageError(f"wsroom.conformance: two servers named {name!r}")
                 try:
                     found[name] = as_server(name, server)
-                except (TypeError, ValueError) as exc:
+                except InvalidServer as exc:
                     raise pytest.UsageError(f"wsroom.conformance: {exc}") from None
         if not found:
             raise pytest.UsageError(
