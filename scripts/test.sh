@@ -99,8 +99,14 @@ echo "== pytest ($("$VPY" -V)), with the reliability suite"
 "$VPY" -m pytest "$@" || status=$?
 # The reliability suite (tests/reliability) runs once, above: it measures servers under
 # load, which the interpreter does not change, and takes minutes. So do wsroom.js's own
-# tests under Node.js, which no Python interpreter changes either.
-ONCE=(--ignore=tests/reliability --ignore=tests/test_browser_client_node.py)
+# tests under Node.js, which no Python interpreter changes either, and the conformance
+# plugin's own tests (an author's run in a subprocess): every run below goes through the
+# same plugin to run the suite itself.
+ONCE=(
+    --ignore=tests/reliability
+    --ignore=tests/test_browser_client_node.py
+    --ignore=tests/test_conformance_plugin.py
+)
 
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
 for version in 3.12 3.13; do

@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
-    ADAPTERS,
     ROOT,
     TIMEOUT,
     Client,
@@ -162,14 +161,8 @@ def on_path(folder: Path) -> Iterator[None]:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", DOCS_SRC_FILES, ids=_rel)
 def test_every_docs_src_file_imports(path: Path) -> None:
-    adapters = dict(ADAPTERS)
     with on_path(path.parent):
-        try:
-            namespace = runpy.run_path(str(path), run_name="docs_src")
-        finally:
-            # adapters.md's factory registers itself, as it would in a clone's helpers.py.
-            ADAPTERS.clear()
-            ADAPTERS.update(adapters)
+        namespace = runpy.run_path(str(path), run_name="docs_src")
     # A program keeps what it does behind main(): importing it starts nothing.
     assert namespace["__name__"] == "docs_src"
 
@@ -367,6 +360,8 @@ def test_shell_commands_name_modules_and_files_that_exist() -> None:
             module = match["module"]
             if module.split(".")[0] in {"pip", "venv", "pytest", "uvicorn", "http"}:
                 continue
+            assert importlib.util.find_spec(module) is not None, (block, module)
+        for module in re.findall(r"--pyargs ([\w.]+)", text):
             assert importlib.util.find_spec(module) is not None, (block, module)
         pattern = r"(?<![\w/.$-])((?:benchmarks|docs|docs_src|examples|scripts|tests)/[\w./-]*\w)"
         for path in re.findall(pattern, text):
@@ -894,17 +889,11 @@ async def test_adapters_asgi_serve_from_an_endpoint() -> None:
 
 @pytest.mark.timeout(30)
 async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
-    adapters = dict(ADAPTERS)
-    try:
-        with on_path(DOCS_SRC / "adapters"):
-            factory = load("adapters/task_adapter_factory.py").task_adapter_server
-            serving = load("adapters/task_adapter_serve.py")
-            assert ADAPTERS["task"] is factory
-            async with factory(ConnectionManager()) as url:
-                await say_hello(url)
-    finally:
-        ADAPTERS.clear()
-        ADAPTERS.update(adapters)
+    with on_path(DOCS_SRC / "adapters"):
+        factory = load("adapters/task_adapter_server.py").task_adapter_server
+        serving = load("adapters/task_adapter_serve.py")
+    async with factory(ConnectionManager()) as url:
+        await say_hello(url)
     servers: list[Any] = []
     monkeypatch.setattr(serving, "serve", on_port_zero(serving.serve, servers))
     stop = asyncio.Event()
@@ -915,27 +904,31 @@ async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     await asyncio.wait_for(task, TIMEOUT)
 
 
-@pytest.mark.timeout(300)
-def test_adapters_task_adapter_passes_the_conformance_suite() -> None:
-    # As the page says to run it, with the page's factory registering the page's adapter
-    # (loaded as a pytest plugin, so it is in ADAPTERS before the tests are collected).
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
-            *("-p", "task_adapter_factory", "-k", "task"),
-            *("tests/conformance", "tests/test_slow_client.py"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(DOCS_SRC / "adapters")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout
-    passed = re.search(r"^(\d+) passed", result.stdout, re.M)
-    assert passed and int(passed[1]) > 100, result.stdout
+# The page's conftest.py passes the suite in tests/test_conformance_plugin.py; here, what
+# the hook of its second version names, with and without a Redis.
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:6379/0"])
+def test_adapters_conformance_capabilities(
+    redis_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsroom.conformance import ABORT, Server
+
+    if redis_url is None:
+        monkeypatch.delenv("REDIS_URL", raising=False)
+    else:
+        monkeypatch.setenv("REDIS_URL", redis_url)
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/conformance_capabilities.py")
+        factory = load("adapters/task_adapter_server.py").task_adapter_server
+    assert module.pytest_plugins == ["wsroom.conformance.plugin"]
+    servers = module.pytest_wsroom_servers(None)
+    assert sorted(servers) == (["task"] if redis_url is None else ["task", "task+redis"])
+    for name, server in servers.items():
+        assert isinstance(server, Server)
+        assert not server.can(ABORT)
+        assert server.nodes == (2 if name == "task+redis" else 1)
+    assert servers["task"].factory.__name__ == factory.__name__
 
 
 # 11. Deployment: two nodes of the page's chat share a room through Redis.

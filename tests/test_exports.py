@@ -14,6 +14,7 @@ PUBLIC_MODULES = [
     "wsroom",
     "wsroom.backplane",
     "wsroom.testing",
+    "wsroom.conformance",
     "wsroom.adapters.websockets",
     "wsroom.adapters.websockets_sync",
     "wsroom.adapters.starlette",

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from tests.helpers import Client, ServerFactory
 from wsroom import ConnectionManager
+from wsroom.conformance._client import Client
+from wsroom.conformance._server import Server
 
 
-async def test_join_and_message(start_server: ServerFactory) -> None:
+async def test_join_and_message(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)

@@ -7,14 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Client,
-    ServerFactory,
-    check_frame,
-    connect_as,
-    user_from_query,
-)
 from wsroom import Connection, ConnectionManager, Message, Room
+from wsroom.conformance._client import Client, connect_as, user_from_query
+from wsroom.conformance._frames import check_frame
+from wsroom.conformance._server import Server
 
 JSON_VALUES: list[Any] = [
     None,
@@ -50,7 +46,7 @@ async def post(client: Client, room: str, data: Any) -> tuple[dict[str, Any], di
     return echo, ack
 
 
-async def test_message_frame_fields(start_server: ServerFactory) -> None:
+async def test_message_frame_fields(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -74,7 +70,7 @@ async def test_message_frame_fields(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_ts_is_unix_milliseconds(start_server: ServerFactory) -> None:
+async def test_ts_is_unix_milliseconds(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -85,7 +81,7 @@ async def test_ts_is_unix_milliseconds(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_ids_strictly_increase_per_room_from_one(start_server: ServerFactory) -> None:
+async def test_ids_strictly_increase_per_room_from_one(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         one = await Client.connect(url)
@@ -113,7 +109,7 @@ async def test_ids_strictly_increase_per_room_from_one(start_server: ServerFacto
             await client.close()
 
 
-async def test_ids_from_the_server_share_the_sequence(start_server: ServerFactory) -> None:
+async def test_ids_from_the_server_share_the_sequence(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -129,7 +125,7 @@ async def test_ids_from_the_server_share_the_sequence(start_server: ServerFactor
         await client.close()
 
 
-async def test_from_is_null_for_anonymous_senders(start_server: ServerFactory) -> None:
+async def test_from_is_null_for_anonymous_senders(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -140,7 +136,7 @@ async def test_from_is_null_for_anonymous_senders(start_server: ServerFactory) -
 
 
 @pytest.mark.parametrize("data", JSON_VALUES, ids=repr)
-async def test_data_is_any_json_value(start_server: ServerFactory, data: Any) -> None:
+async def test_data_is_any_json_value(start_server: Server, data: Any) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         sender = await Client.connect(url)
@@ -158,7 +154,7 @@ async def test_data_is_any_json_value(start_server: ServerFactory, data: Any) ->
         await receiver.close()
 
 
-async def test_lone_surrogate_in_data_round_trips(start_server: ServerFactory) -> None:
+async def test_lone_surrogate_in_data_round_trips(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -169,7 +165,7 @@ async def test_lone_surrogate_in_data_round_trips(start_server: ServerFactory) -
         await client.close()
 
 
-async def test_missing_data_is_null(start_server: ServerFactory) -> None:
+async def test_missing_data_is_null(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -179,7 +175,7 @@ async def test_missing_data_is_null(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_sender_receives_its_own_message_by_default(start_server: ServerFactory) -> None:
+async def test_sender_receives_its_own_message_by_default(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -190,7 +186,7 @@ async def test_sender_receives_its_own_message_by_default(start_server: ServerFa
         await client.close()
 
 
-async def test_echo_false_skips_the_sender(start_server: ServerFactory) -> None:
+async def test_echo_false_skips_the_sender(start_server: Server) -> None:
     class Quiet(Room):
         echo = False
 
@@ -218,7 +214,7 @@ async def test_echo_false_skips_the_sender(start_server: ServerFactory) -> None:
             await client.close()
 
 
-async def test_no_ack_without_ref(start_server: ServerFactory) -> None:
+async def test_no_ack_without_ref(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -229,7 +225,7 @@ async def test_no_ack_without_ref(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_ack_without_id_when_nothing_was_stored(start_server: ServerFactory) -> None:
+async def test_ack_without_id_when_nothing_was_stored(start_server: Server) -> None:
     class Sink(Room):
         async def on_message(self, conn: Connection, message: Message) -> None:
             pass
@@ -244,7 +240,7 @@ async def test_ack_without_id_when_nothing_was_stored(start_server: ServerFactor
         await client.close()
 
 
-async def test_every_member_receives_the_same_frame(start_server: ServerFactory) -> None:
+async def test_every_member_receives_the_same_frame(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         clients = [await Client.connect(url) for _ in range(4)]
@@ -263,7 +259,7 @@ async def test_every_member_receives_the_same_frame(start_server: ServerFactory)
 # history
 
 
-async def test_history_is_replayed_oldest_first(start_server: ServerFactory) -> None:
+async def test_history_is_replayed_oldest_first(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         sender = await Client.connect(url)
@@ -276,7 +272,7 @@ async def test_history_is_replayed_oldest_first(start_server: ServerFactory) -> 
         await sender.close()
 
 
-async def test_history_is_bounded_by_history_size(start_server: ServerFactory) -> None:
+async def test_history_is_bounded_by_history_size(start_server: Server) -> None:
     class Short(Room):
         history_size = 3
 
@@ -292,7 +288,7 @@ async def test_history_is_bounded_by_history_size(start_server: ServerFactory) -
         await sender.close()
 
 
-async def test_history_size_zero_keeps_nothing(start_server: ServerFactory) -> None:
+async def test_history_size_zero_keeps_nothing(start_server: Server) -> None:
     class NoHistory(Room):
         history_size = 0
 
@@ -308,7 +304,7 @@ async def test_history_size_zero_keeps_nothing(start_server: ServerFactory) -> N
         await sender.close()
 
 
-async def test_history_includes_server_messages(start_server: ServerFactory) -> None:
+async def test_history_includes_server_messages(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         await manager.broadcast("r", "from the server")

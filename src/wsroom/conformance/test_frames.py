@@ -7,17 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Client,
-    ServerFactory,
-    check_error,
-    check_frame,
-    connect_as,
-    connect_raw,
-    single_node_only,
-    user_from_query,
-)
 from wsroom import Connection, ConnectionManager, Message, Room
+from wsroom.conformance._client import Client, connect_as, connect_raw, user_from_query
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._marks import ONE_NODE
+from wsroom.conformance._server import Server, single_node_only
 
 VALID_REFS: list[str | int] = [
     "req-1",
@@ -45,7 +39,7 @@ def same_ref(frame: dict[str, Any], ref: str | int | None) -> None:
 # welcome
 
 
-async def test_welcome_is_the_first_frame(start_server: ServerFactory) -> None:
+async def test_welcome_is_the_first_frame(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         ws = await connect_raw(url)
@@ -57,7 +51,7 @@ async def test_welcome_is_the_first_frame(start_server: ServerFactory) -> None:
         await ws.close()
 
 
-async def test_welcome_names_the_connection_and_user(start_server: ServerFactory) -> None:
+async def test_welcome_names_the_connection_and_user(start_server: Server) -> None:
     single_node_only(start_server, "looks connections up on one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
@@ -75,7 +69,7 @@ async def test_welcome_names_the_connection_and_user(start_server: ServerFactory
         await tab2.close()
 
 
-async def test_welcome_announces_the_heartbeat(start_server: ServerFactory) -> None:
+async def test_welcome_announces_the_heartbeat(start_server: Server) -> None:
     manager = ConnectionManager(heartbeat=30)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -88,7 +82,7 @@ async def test_welcome_announces_the_heartbeat(start_server: ServerFactory) -> N
 
 
 @pytest.mark.parametrize("ref", VALID_REFS, ids=repr)
-async def test_every_direct_answer_echoes_ref(start_server: ServerFactory, ref: str | int) -> None:
+async def test_every_direct_answer_echoes_ref(start_server: Server, ref: str | int) -> None:
     manager = ConnectionManager(PokeRoom, authenticate=user_from_query)
 
     @manager.handler("whoami")
@@ -139,7 +133,7 @@ async def test_every_direct_answer_echoes_ref(start_server: ServerFactory, ref: 
         await bob.close()
 
 
-async def test_answers_without_ref_carry_null_ref(start_server: ServerFactory) -> None:
+async def test_answers_without_ref_carry_null_ref(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -158,8 +152,9 @@ async def test_answers_without_ref_carry_null_ref(start_server: ServerFactory) -
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize("ref", INVALID_REFS, ids=repr)
-async def test_invalid_ref_is_invalid_message(start_server: ServerFactory, ref: Any) -> None:
+async def test_invalid_ref_is_invalid_message(start_server: Server, ref: Any) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -177,7 +172,7 @@ async def test_invalid_ref_is_invalid_message(start_server: ServerFactory, ref: 
 # extra fields
 
 
-async def test_unknown_extra_fields_are_ignored(start_server: ServerFactory) -> None:
+async def test_unknown_extra_fields_are_ignored(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     extra = {"extra": {"nested": [1, 2]}, "x-custom": None, "since_v2": "later"}
     async with start_server(manager) as url:
@@ -211,6 +206,7 @@ async def test_unknown_extra_fields_are_ignored(start_server: ServerFactory) -> 
 # invalid frames
 
 
+@ONE_NODE
 @pytest.mark.parametrize(
     "raw",
     [
@@ -224,7 +220,7 @@ async def test_unknown_extra_fields_are_ignored(start_server: ServerFactory) -> 
         '{"type": "ping"} trailing',
     ],
 )
-async def test_invalid_json(start_server: ServerFactory, raw: str) -> None:
+async def test_invalid_json(start_server: Server, raw: str) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -234,8 +230,9 @@ async def test_invalid_json(start_server: ServerFactory, raw: str) -> None:
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize("raw", ["[]", '[{"type": "ping"}]', '"ping"', "42", "null", "true"])
-async def test_frame_must_be_an_object(start_server: ServerFactory, raw: str) -> None:
+async def test_frame_must_be_an_object(start_server: Server, raw: str) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -245,14 +242,13 @@ async def test_frame_must_be_an_object(start_server: ServerFactory, raw: str) ->
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize(
     "frame",
     [{}, {"type": None}, {"type": 5}, {"type": ["ping"]}, {"type": {"t": "ping"}}, {"room": "r"}],
     ids=repr,
 )
-async def test_frame_needs_a_string_type(
-    start_server: ServerFactory, frame: dict[str, Any]
-) -> None:
+async def test_frame_needs_a_string_type(start_server: Server, frame: dict[str, Any]) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -262,6 +258,7 @@ async def test_frame_needs_a_string_type(
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize(
     "frame",
     [
@@ -283,7 +280,7 @@ async def test_frame_needs_a_string_type(
     ],
     ids=repr,
 )
-async def test_field_of_the_wrong_type(start_server: ServerFactory, frame: dict[str, Any]) -> None:
+async def test_field_of_the_wrong_type(start_server: Server, frame: dict[str, Any]) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -293,7 +290,8 @@ async def test_field_of_the_wrong_type(start_server: ServerFactory, frame: dict[
         await client.close()
 
 
-async def test_binary_frame_is_invalid_message(start_server: ServerFactory) -> None:
+@ONE_NODE
+async def test_binary_frame_is_invalid_message(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -304,7 +302,8 @@ async def test_binary_frame_is_invalid_message(start_server: ServerFactory) -> N
         await client.close()
 
 
-async def test_invalid_utf8_text_frame_closes_1007(start_server: ServerFactory) -> None:
+@ONE_NODE
+async def test_invalid_utf8_text_frame_closes_1007(start_server: Server) -> None:
     # Deviation from PROTOCOL.md ("invalid_json ... or not valid UTF-8", connection stays
     # open): the websockets library validates UTF-8 in text frames itself and fails the
     # connection with 1007 (invalid frame payload data) before wsroom sees the frame.
@@ -315,7 +314,7 @@ async def test_invalid_utf8_text_frame_closes_1007(start_server: ServerFactory) 
         assert await client.expect_close() == 1007
 
 
-async def test_server_sends_text_frames_of_json_objects(start_server: ServerFactory) -> None:
+async def test_server_sends_text_frames_of_json_objects(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         ws = await connect_raw(url)
@@ -337,7 +336,7 @@ async def test_server_sends_text_frames_of_json_objects(start_server: ServerFact
         await ws.close()
 
 
-async def test_connection_survives_every_error(start_server: ServerFactory) -> None:
+async def test_connection_survives_every_error(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -350,10 +349,9 @@ async def test_connection_survives_every_error(start_server: ServerFactory) -> N
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize("room", [123, "not a room name", ["r"]], ids=repr)
-async def test_room_is_an_unknown_field_of_ping_and_direct(
-    start_server: ServerFactory, room: Any
-) -> None:
+async def test_room_is_an_unknown_field_of_ping_and_direct(start_server: Server, room: Any) -> None:
     # `ping` has no fields and `direct` has `to` and `data`: a `room` on them is one more
     # unknown field, ignored like any other.
     manager = ConnectionManager(authenticate=user_from_query)

@@ -9,8 +9,13 @@ from urllib.parse import urlsplit
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers import Client, ServerFactory, check_frame, connect_raw
 from wsroom import Authenticate, ConnectionManager, Handshake, HandshakeRejected
+from wsroom.conformance._client import Client, connect_raw
+from wsroom.conformance._frames import check_frame
+from wsroom.conformance._server import HTTP_REFUSAL, Server, needs
+
+# A handshake ends before any room: a second node cannot change its outcome.
+pytestmark = pytest.mark.one_node("handshakes end on the node of the connection")
 
 TOKENS = {"token-alice": "alice", "token-bob": "bob"}
 
@@ -34,7 +39,10 @@ def same_origin(url: str) -> str:
     return f"http://{parts.hostname}:{parts.port}"
 
 
-async def refused_status(url: str, **kwargs: Any) -> int:
+async def refused_status(server: Server, url: str, **kwargs: Any) -> int:
+    """The HTTP status a handshake was refused with (the test skips for an adapter that
+    cannot refuse before the upgrade)."""
+    needs(server, HTTP_REFUSAL, "expects a refusal with an HTTP status")
     with pytest.raises(InvalidStatus) as refused:
         await Client.connect(url, welcome=False, **kwargs)
     return refused.value.response.status_code
@@ -43,7 +51,7 @@ async def refused_status(url: str, **kwargs: Any) -> int:
 # Subprotocol
 
 
-async def test_wsroom_v1_is_accepted(start_server: ServerFactory) -> None:
+async def test_wsroom_v1_is_accepted(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url, subprotocols=["wsroom.v1"])
@@ -52,7 +60,7 @@ async def test_wsroom_v1_is_accepted(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_wsroom_v1_is_chosen_among_others(start_server: ServerFactory) -> None:
+async def test_wsroom_v1_is_chosen_among_others(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url, subprotocols=["chat", "wsroom.v1", "wsroom.v2"])
@@ -60,7 +68,7 @@ async def test_wsroom_v1_is_chosen_among_others(start_server: ServerFactory) -> 
         await client.close()
 
 
-async def test_no_subprotocol_is_served(start_server: ServerFactory) -> None:
+async def test_no_subprotocol_is_served(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         ws = await connect_raw(url)
@@ -75,11 +83,11 @@ async def test_no_subprotocol_is_served(start_server: ServerFactory) -> None:
 
 @pytest.mark.parametrize("offered", [["chat"], ["wsroom.v2", "mqtt"], ["wsroom"]])
 async def test_only_unknown_subprotocols_are_refused(
-    start_server: ServerFactory, offered: list[str]
+    start_server: Server, offered: list[str]
 ) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
-        assert await refused_status(url, subprotocols=offered) == 400
+        assert await refused_status(start_server, url, subprotocols=offered) == 400
         assert manager.connections == []
 
 
@@ -87,7 +95,7 @@ async def test_only_unknown_subprotocols_are_refused(
 
 
 @pytest.mark.parametrize("hook", [bearer, bearer_async], ids=["def", "async def"])
-async def test_authenticated_user(start_server: ServerFactory, hook: Authenticate) -> None:
+async def test_authenticated_user(start_server: Server, hook: Authenticate) -> None:
     manager = ConnectionManager(authenticate=hook)
     async with start_server(manager) as url:
         client = await Client.connect(
@@ -100,23 +108,23 @@ async def test_authenticated_user(start_server: ServerFactory, hook: Authenticat
 @pytest.mark.parametrize("hook", [bearer, bearer_async], ids=["def", "async def"])
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "x"}])
 async def test_401_without_valid_credentials(
-    start_server: ServerFactory, hook: Authenticate, headers: dict[str, str]
+    start_server: Server, hook: Authenticate, headers: dict[str, str]
 ) -> None:
     manager = ConnectionManager(authenticate=hook)
     async with start_server(manager) as url:
-        assert await refused_status(url, additional_headers=headers) == 401
+        assert await refused_status(start_server, url, additional_headers=headers) == 401
         assert manager.connections == []
 
 
-async def test_403_when_the_hook_denies_access(start_server: ServerFactory) -> None:
+async def test_403_when_the_hook_denies_access(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=bearer)
     async with start_server(manager) as url:
         headers = {"Authorization": "Bearer token-mallory"}
-        assert await refused_status(url, additional_headers=headers) == 403
+        assert await refused_status(start_server, url, additional_headers=headers) == 403
         assert manager.connections == []
 
 
-async def test_hook_sees_path_query_and_headers(start_server: ServerFactory) -> None:
+async def test_hook_sees_path_query_and_headers(start_server: Server) -> None:
     seen: list[Handshake] = []
 
     def authenticate(handshake: Handshake) -> str:
@@ -139,18 +147,18 @@ async def test_hook_sees_path_query_and_headers(start_server: ServerFactory) -> 
 # Origin
 
 
-async def test_origin_default_is_same_origin(start_server: ServerFactory) -> None:
+async def test_origin_default_is_same_origin(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url, origin=same_origin(url))
         check_frame(client.welcome, "welcome")
         await client.close()
         for origin in ("https://evil.example", "http://127.0.0.1:1", "http://localhost"):
-            assert await refused_status(url, origin=origin) == 403, origin
-        assert await refused_status(url, origin="null") == 403
+            assert await refused_status(start_server, url, origin=origin) == 403, origin
+        assert await refused_status(start_server, url, origin="null") == 403
 
 
-async def test_origin_missing_is_accepted(start_server: ServerFactory) -> None:
+async def test_origin_missing_is_accepted(start_server: Server) -> None:
     for allowed in (None, ["https://app.example.com"]):
         manager = ConnectionManager(allowed_origins=allowed)
         async with start_server(manager) as url:
@@ -159,7 +167,7 @@ async def test_origin_missing_is_accepted(start_server: ServerFactory) -> None:
             await client.close()
 
 
-async def test_origin_allowed_list(start_server: ServerFactory) -> None:
+async def test_origin_allowed_list(start_server: Server) -> None:
     manager = ConnectionManager(allowed_origins=["https://app.example.com"])
     async with start_server(manager) as url:
         for origin in ("https://app.example.com", "https://APP.example.com:443"):
@@ -172,10 +180,10 @@ async def test_origin_allowed_list(start_server: ServerFactory) -> None:
             "https://app.example.com:8443",
             "https://app.example.com.evil.example",
         ):
-            assert await refused_status(url, origin=origin) == 403, origin
+            assert await refused_status(start_server, url, origin=origin) == 403, origin
 
 
-async def test_origin_any(start_server: ServerFactory) -> None:
+async def test_origin_any(start_server: Server) -> None:
     manager = ConnectionManager(allowed_origins="*")
     async with start_server(manager) as url:
         client = await Client.connect(url, origin="https://anywhere.example")
@@ -184,7 +192,7 @@ async def test_origin_any(start_server: ServerFactory) -> None:
 
 
 async def test_refused_origin_is_refused_before_authentication(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     calls: list[str] = []
 
@@ -194,5 +202,5 @@ async def test_refused_origin_is_refused_before_authentication(
 
     manager = ConnectionManager(authenticate=authenticate)
     async with start_server(manager) as url:
-        assert await refused_status(url, origin="https://evil.example") == 403
+        assert await refused_status(start_server, url, origin="https://evil.example") == 403
         assert calls == []

@@ -17,13 +17,11 @@ import time
 
 import psutil
 
-from tests.helpers import TIMEOUT, Client, ServerFactory, adapter_name, wait_for
 from wsroom import Connection, ConnectionManager, Limits
+from wsroom.conformance._client import TIMEOUT, Client, wait_for
+from wsroom.conformance._server import ABORT, Server, single_node_only
 
 PAYLOAD = "x" * 2000
-# Adapters that can cut a stuck client's TCP connection; an ASGI application cannot, so
-# under Starlette the client is evicted from the rooms and its writes cancelled only.
-CUTS_TCP = {"websockets", "websockets_sync"}
 ROOMS = ("alpha", "beta")
 
 
@@ -92,8 +90,9 @@ def _wait_reset(sock: socket.socket, timeout: float) -> float:
 
 
 async def test_stuck_reader_is_evicted_and_others_keep_receiving(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
+    single_node_only(start_server, "reads the queues and rooms of one node")
     limits = Limits(max_queue=256, max_queue_bytes=256 * 1024, write_timeout=30)
     manager = ConnectionManager(limits=limits)
     process = psutil.Process()
@@ -172,7 +171,9 @@ async def test_stuck_reader_is_evicted_and_others_keep_receiving(
 
         # Nothing more was queued to it after the eviction.
         assert stuck_conn.queued_frames == 0 and stuck_conn.queued_bytes == 0
-        if adapter_name(start_server) in CUTS_TCP:
+        # An adapter that lacks ABORT (an ASGI application cannot reach its socket)
+        # evicts the client from the rooms and cancels its writes only.
+        if start_server.can(ABORT):
             # The TCP connection is really cut, though the peer never read the close frame.
             waited = await asyncio.to_thread(_wait_reset, stuck, TIMEOUT * 2)
             assert waited < TIMEOUT * 2
@@ -182,8 +183,9 @@ async def test_stuck_reader_is_evicted_and_others_keep_receiving(
             await client.close()
 
 
-async def test_stuck_reader_is_evicted_by_the_write_timeout(start_server: ServerFactory) -> None:
+async def test_stuck_reader_is_evicted_by_the_write_timeout(start_server: Server) -> None:
     """A reader that stalls with little traffic never fills its queue: the timeout evicts it."""
+    single_node_only(start_server, "reads the queues and rooms of one node")
     limits = Limits(max_queue=100_000, max_queue_bytes=64 * 1024 * 1024, write_timeout=0.5)
     manager = ConnectionManager(limits=limits)
     async with start_server(manager) as url:
@@ -202,7 +204,7 @@ async def test_stuck_reader_is_evicted_by_the_write_timeout(start_server: Server
         assert stuck_conn not in _here(manager, "alpha")
         assert manager.rooms() == []
         assert stuck_conn.queued_frames == 0
-        if adapter_name(start_server) in CUTS_TCP:
+        if start_server.can(ABORT):
             waited = await asyncio.to_thread(_wait_reset, stuck, TIMEOUT * 2)
             assert waited < TIMEOUT * 2
         stuck.close()

@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Client,
-    ServerFactory,
-    check_error,
-    check_frame,
-    connect_as,
-    user_from_query,
-)
 from wsroom import Connection, ConnectionManager, Limits, Message, Room
+from wsroom.conformance._client import Client, connect_as, user_from_query
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._marks import ONE_NODE
+from wsroom.conformance._server import Server
 
 
 class GameRoom(Room):
@@ -30,7 +26,7 @@ class GameRoom(Room):
 
 
 @pytest.mark.parametrize("ref", ["r", 5])
-async def test_sync_room_method(start_server: ServerFactory, ref: str | int) -> None:
+async def test_sync_room_method(start_server: Server, ref: str | int) -> None:
     manager = ConnectionManager(GameRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -44,7 +40,7 @@ async def test_sync_room_method(start_server: ServerFactory, ref: str | int) -> 
         await client.close()
 
 
-async def test_async_room_method(start_server: ServerFactory) -> None:
+async def test_async_room_method(start_server: Server) -> None:
     manager = ConnectionManager(GameRoom, authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -60,7 +56,7 @@ async def test_async_room_method(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_custom_frame_without_ref_has_no_ack(start_server: ServerFactory) -> None:
+async def test_custom_frame_without_ref_has_no_ack(start_server: Server) -> None:
     manager = ConnectionManager(GameRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -71,7 +67,7 @@ async def test_custom_frame_without_ref_has_no_ack(start_server: ServerFactory) 
         await client.close()
 
 
-async def test_room_method_sees_the_whole_frame(start_server: ServerFactory) -> None:
+async def test_room_method_sees_the_whole_frame(start_server: Server) -> None:
     seen: list[Message] = []
 
     class Recorder(Room):
@@ -97,7 +93,7 @@ async def test_room_method_sees_the_whole_frame(start_server: ServerFactory) -> 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["def", "async def"])
 async def test_registered_handler_for_frames_without_room(
-    start_server: ServerFactory, is_async: bool
+    start_server: Server, is_async: bool
 ) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     calls: list[Any] = []
@@ -124,7 +120,7 @@ async def test_registered_handler_for_frames_without_room(
 
 
 async def test_registered_handler_serves_rooms_without_a_method(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     manager = ConnectionManager(GameRoom)
     rooms: list[str | None] = []
@@ -142,7 +138,7 @@ async def test_registered_handler_serves_rooms_without_a_method(
         await client.close()
 
 
-async def test_custom_frame_for_a_room_not_joined(start_server: ServerFactory) -> None:
+async def test_custom_frame_for_a_room_not_joined(start_server: Server) -> None:
     manager = ConnectionManager(GameRoom)
 
     @manager.handler("move")
@@ -161,6 +157,7 @@ async def test_custom_frame_for_a_room_not_joined(start_server: ServerFactory) -
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize("with_room", [False, True], ids=["no room", "joined room"])
 @pytest.mark.parametrize(
     "type_",
@@ -186,7 +183,7 @@ async def test_custom_frame_for_a_room_not_joined(start_server: ServerFactory) -
         "\u00e9",
     ],
 )
-async def test_unknown_type(start_server: ServerFactory, type_: str, with_room: bool) -> None:
+async def test_unknown_type(start_server: Server, type_: str, with_room: bool) -> None:
     manager = ConnectionManager(GameRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -244,9 +241,7 @@ class AnswerRoom(Room):
     [("seat", 3), ("roll", [4, 2]), ("later", {"echo": "hi"})],
     ids=["def", "async def", "def returning an awaitable"],
 )
-async def test_room_method_answers_with_data(
-    start_server: ServerFactory, type_: str, data: Any
-) -> None:
+async def test_room_method_answers_with_data(start_server: Server, type_: str, data: Any) -> None:
     manager = ConnectionManager(AnswerRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -259,9 +254,7 @@ async def test_room_method_answers_with_data(
 
 
 @pytest.mark.parametrize("value", [0, False, "", [], {}, "\u00e9\u4e16", {"nested": [1.5, None]}])
-async def test_every_json_value_but_null_is_an_answer(
-    start_server: ServerFactory, value: Any
-) -> None:
+async def test_every_json_value_but_null_is_an_answer(start_server: Server, value: Any) -> None:
     manager = ConnectionManager(AnswerRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -275,7 +268,7 @@ async def test_every_json_value_but_null_is_an_answer(
         await client.close()
 
 
-async def test_an_answer_without_ref_sends_nothing(start_server: ServerFactory) -> None:
+async def test_an_answer_without_ref_sends_nothing(start_server: Server) -> None:
     manager = ConnectionManager(AnswerRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -289,9 +282,7 @@ async def test_an_answer_without_ref_sends_nothing(start_server: ServerFactory) 
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["def", "async def"])
-async def test_registered_handler_answers_with_data(
-    start_server: ServerFactory, is_async: bool
-) -> None:
+async def test_registered_handler_answers_with_data(start_server: Server, is_async: bool) -> None:
     manager = ConnectionManager(AnswerRoom, authenticate=user_from_query)
 
     def whoami(conn: Connection, message: Message) -> dict[str, Any]:
@@ -318,7 +309,7 @@ async def test_registered_handler_answers_with_data(
 
 
 async def test_an_answer_that_stored_the_frame_has_its_id_and_data(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     """Over two nodes, the handler runs on the node holding the sender's connection: the
     message comes back through Redis before the ack, and members() reads every node."""
@@ -347,7 +338,7 @@ async def test_an_answer_that_stored_the_frame_has_its_id_and_data(
 
 @pytest.mark.parametrize("type_", ["set", "nan", "huge"])
 async def test_an_answer_that_cannot_be_sent_is_an_internal_error(
-    start_server: ServerFactory, type_: str, caplog: pytest.LogCaptureFixture
+    start_server: Server, type_: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     manager = ConnectionManager(AnswerRoom, limits=Limits(max_queue_bytes=4096))
     async with start_server(manager) as url:

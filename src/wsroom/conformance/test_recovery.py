@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Client, ServerFactory, check_frame, wait_for
 from wsroom import ConnectionManager, Room
+from wsroom.conformance._client import Client, wait_for
+from wsroom.conformance._frames import check_frame
+from wsroom.conformance._server import Server
 
 
 class Small(Room):
@@ -30,7 +32,7 @@ async def rejoin(url: str, room: str, **fields: Any) -> dict[str, Any]:
     return joined
 
 
-async def test_recovery_replays_exactly_the_missed_messages(start_server: ServerFactory) -> None:
+async def test_recovery_replays_exactly_the_missed_messages(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         alice = await Client.connect(url)
@@ -54,7 +56,7 @@ async def test_recovery_replays_exactly_the_missed_messages(start_server: Server
         await bob.close()
 
 
-async def test_recovery_with_nothing_missed(start_server: ServerFactory) -> None:
+async def test_recovery_with_nothing_missed(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -68,7 +70,7 @@ async def test_recovery_with_nothing_missed(start_server: ServerFactory) -> None
         await client.close()
 
 
-async def test_recovery_from_zero(start_server: ServerFactory) -> None:
+async def test_recovery_from_zero(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -81,7 +83,7 @@ async def test_recovery_from_zero(start_server: ServerFactory) -> None:
 
 
 @pytest.mark.parametrize("since", [0, 1, 2])
-async def test_since_older_than_the_history(start_server: ServerFactory, since: int) -> None:
+async def test_since_older_than_the_history(start_server: Server, since: int) -> None:
     manager = ConnectionManager(Small)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -97,7 +99,7 @@ async def test_since_older_than_the_history(start_server: ServerFactory, since: 
         await client.close()
 
 
-async def test_since_at_the_oldest_kept_boundary_recovers(start_server: ServerFactory) -> None:
+async def test_since_at_the_oldest_kept_boundary_recovers(start_server: Server) -> None:
     manager = ConnectionManager(Small)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -112,7 +114,7 @@ async def test_since_at_the_oldest_kept_boundary_recovers(start_server: ServerFa
         await client.close()
 
 
-async def test_a_different_epoch_is_not_recovered(start_server: ServerFactory) -> None:
+async def test_a_different_epoch_is_not_recovered(start_server: Server) -> None:
     manager = ConnectionManager(Small)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -127,7 +129,7 @@ async def test_a_different_epoch_is_not_recovered(start_server: ServerFactory) -
         await client.close()
 
 
-async def test_since_without_epoch_is_judged_on_ids(start_server: ServerFactory) -> None:
+async def test_since_without_epoch_is_judged_on_ids(start_server: Server) -> None:
     manager = ConnectionManager(Small)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -149,7 +151,7 @@ async def test_since_without_epoch_is_judged_on_ids(start_server: ServerFactory)
         await client.close()
 
 
-async def test_since_beyond_the_offset_is_not_recovered(start_server: ServerFactory) -> None:
+async def test_since_beyond_the_offset_is_not_recovered(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -161,7 +163,7 @@ async def test_since_beyond_the_offset_is_not_recovered(start_server: ServerFact
         await client.close()
 
 
-async def test_recovered_is_absent_without_since(start_server: ServerFactory) -> None:
+async def test_recovered_is_absent_without_since(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -176,7 +178,7 @@ async def test_recovered_is_absent_without_since(start_server: ServerFactory) ->
         await client.close()
 
 
-async def test_epoch_changes_after_a_restart(start_server: ServerFactory) -> None:
+async def test_epoch_changes_after_a_restart(start_server: Server) -> None:
     first = ConnectionManager()
     async with start_server(first) as url:
         client = await Client.connect(url)
@@ -201,7 +203,7 @@ async def test_epoch_changes_after_a_restart(start_server: ServerFactory) -> Non
         await client.close()
 
 
-async def test_history_survives_the_room_emptying(start_server: ServerFactory) -> None:
+async def test_history_survives_the_room_emptying(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -235,7 +237,7 @@ async def test_history_survives_the_room_emptying(start_server: ServerFactory) -
 
 
 async def test_a_fresh_join_gets_joined_whatever_the_history_holds(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     # 17 messages of 64,000 bytes, each within every limit, hold more than a connection's
     # queue (1 MiB). The replay is cut to the newest messages that fit, so every later

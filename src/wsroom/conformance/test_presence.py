@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from tests.helpers import (
-    Client,
-    ServerFactory,
-    check_frame,
-    connect_as,
-    single_node_only,
-    user_from_query,
-    wait_for,
-)
 from wsroom import ConnectionManager
+from wsroom.conformance._client import Client, connect_as, user_from_query, wait_for
+from wsroom.conformance._frames import check_frame
+from wsroom.conformance._server import Server, single_node_only
 
 
 def presence(room: str, event: str, user: str) -> dict[str, str]:
     return {"type": "presence", "room": room, "event": event, "user": user}
 
 
-async def test_presence_join_and_leave_frames(start_server: ServerFactory) -> None:
+async def test_presence_join_and_leave_frames(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         bob = await connect_as(url, "bob")
@@ -33,7 +27,7 @@ async def test_presence_join_and_leave_frames(start_server: ServerFactory) -> No
         await bob.close()
 
 
-async def test_two_tabs_of_one_user(start_server: ServerFactory) -> None:
+async def test_two_tabs_of_one_user(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         bob = await connect_as(url, "bob")
@@ -58,7 +52,7 @@ async def test_two_tabs_of_one_user(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_first_tab_disconnecting_sends_no_presence(start_server: ServerFactory) -> None:
+async def test_first_tab_disconnecting_sends_no_presence(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         bob = await connect_as(url, "bob")
@@ -78,7 +72,7 @@ async def test_first_tab_disconnecting_sends_no_presence(start_server: ServerFac
 
 
 async def test_presence_when_the_server_closes_the_last_connection(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     single_node_only(start_server, "closes connection objects of one node")
     manager = ConnectionManager(authenticate=user_from_query)
@@ -96,7 +90,7 @@ async def test_presence_when_the_server_closes_the_last_connection(
         await bob.close()
 
 
-async def test_presence_is_per_room(start_server: ServerFactory) -> None:
+async def test_presence_is_per_room(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         bob = await connect_as(url, "bob")
@@ -113,7 +107,7 @@ async def test_presence_is_per_room(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_presence_reaches_every_member(start_server: ServerFactory) -> None:
+async def test_presence_reaches_every_member(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         names = ("bob", "carol", "dave")
@@ -132,7 +126,7 @@ async def test_presence_reaches_every_member(start_server: ServerFactory) -> Non
             await client.close()
 
 
-async def test_anonymous_users_have_no_presence(start_server: ServerFactory) -> None:
+async def test_anonymous_users_have_no_presence(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         first = await Client.connect(url)

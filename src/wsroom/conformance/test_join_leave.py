@@ -7,17 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    TIMEOUT,
-    Client,
-    ServerFactory,
-    check_error,
-    check_frame,
-    connect_as,
-    user_from_query,
-    wait_for,
-)
 from wsroom import Connection, ConnectionManager, Message, Room
+from wsroom.conformance._client import TIMEOUT, Client, connect_as, user_from_query, wait_for
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._marks import ONE_NODE
+from wsroom.conformance._server import Server
 
 VALID_NAMES = [
     "a",
@@ -65,7 +59,7 @@ class EchoTypesRoom(Room):
 
 
 @pytest.mark.parametrize("name", VALID_NAMES)
-async def test_valid_room_names(start_server: ServerFactory, name: str) -> None:
+async def test_valid_room_names(start_server: Server, name: str) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -79,9 +73,10 @@ async def test_valid_room_names(start_server: ServerFactory, name: str) -> None:
         await client.close()
 
 
+@ONE_NODE
 @pytest.mark.parametrize("name", INVALID_NAMES, ids=repr)
 @pytest.mark.parametrize("type_", ["join", "leave", "message", "poke"])
-async def test_invalid_room_names(start_server: ServerFactory, name: Any, type_: str) -> None:
+async def test_invalid_room_names(start_server: Server, name: Any, type_: str) -> None:
     manager = ConnectionManager(EchoTypesRoom)
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -91,7 +86,7 @@ async def test_invalid_room_names(start_server: ServerFactory, name: Any, type_:
         await client.close()
 
 
-async def test_joined_fields_for_a_new_room(start_server: ServerFactory) -> None:
+async def test_joined_fields_for_a_new_room(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -108,7 +103,7 @@ async def test_joined_fields_for_a_new_room(start_server: ServerFactory) -> None
         await client.close()
 
 
-async def test_join_data_reaches_can_join(start_server: ServerFactory) -> None:
+async def test_join_data_reaches_can_join(start_server: Server) -> None:
     seen: list[Any] = []
 
     class Guarded(Room):
@@ -124,7 +119,7 @@ async def test_join_data_reaches_can_join(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_members_lists_identified_users(start_server: ServerFactory) -> None:
+async def test_members_lists_identified_users(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -141,7 +136,7 @@ async def test_members_lists_identified_users(start_server: ServerFactory) -> No
             await client.close()
 
 
-async def test_leave_answers_left_and_stops_delivery(start_server: ServerFactory) -> None:
+async def test_leave_answers_left_and_stops_delivery(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         stay = await Client.connect(url)
@@ -163,7 +158,7 @@ async def test_leave_answers_left_and_stops_delivery(start_server: ServerFactory
         await go.close()
 
 
-async def test_leave_then_join_again(start_server: ServerFactory) -> None:
+async def test_leave_then_join_again(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -183,7 +178,7 @@ async def test_leave_then_join_again(start_server: ServerFactory) -> None:
         await stay.close()
 
 
-async def test_one_connection_in_many_rooms(start_server: ServerFactory) -> None:
+async def test_one_connection_in_many_rooms(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -205,7 +200,7 @@ async def test_one_connection_in_many_rooms(start_server: ServerFactory) -> None
         await other.close()
 
 
-async def test_disconnect_leaves_every_room(start_server: ServerFactory) -> None:
+async def test_disconnect_leaves_every_room(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")

@@ -1,6 +1,6 @@
-"""PROTOCOL.md, "Close codes": 1000, 1001, 1008, 1009 and 1011.
+"""PROTOCOL.md, "Close codes": 1000, 1001, 1008 and 1009.
 
-1013 (a client that reads too slowly) is covered by tests/test_slow_client.py.
+1013 (a client that reads too slowly) is covered by test_slow_client.py.
 """
 
 from __future__ import annotations
@@ -8,36 +8,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 import websockets
 
-from tests.helpers import (
-    TIMEOUT,
-    Client,
-    ServerFactory,
-    adapter_name,
-    check_error,
-    check_frame,
-    connect_as,
-    single_node_only,
-    user_from_query,
-    wait_for,
-    websockets_handler_server,
-)
 from wsroom import (
     ConnectionManager,
-    Handshake,
-    HandshakeRejected,
     Limits,
-    MemoryBackplane,
 )
-from wsroom.backplane.base import BusReceiver
-
-
-def only_websockets(start_server: ServerFactory) -> None:
-    """Skip a test that builds a ``websockets`` server by hand for other adapters."""
-    if adapter_name(start_server) != "websockets":
-        pytest.skip("builds a websockets server directly")
+from wsroom.conformance._client import TIMEOUT, Client, connect_as, user_from_query, wait_for
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._server import Server, single_node_only
 
 
 async def read_until_closed(client: Client) -> tuple[list[dict[str, Any]], int | None]:
@@ -55,7 +34,7 @@ async def read_until_closed(client: Client) -> tuple[list[dict[str, Any]], int |
 # 1000
 
 
-async def test_1000_when_the_server_closes_a_connection(start_server: ServerFactory) -> None:
+async def test_1000_when_the_server_closes_a_connection(start_server: Server) -> None:
     single_node_only(start_server, "closes a connection object of one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
@@ -79,7 +58,7 @@ async def test_1000_when_the_server_closes_a_connection(start_server: ServerFact
 # 1001
 
 
-async def test_1001_on_graceful_shutdown_after_queued_frames(start_server: ServerFactory) -> None:
+async def test_1001_on_graceful_shutdown_after_queued_frames(start_server: Server) -> None:
     single_node_only(start_server, "shuts down one node")
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
@@ -103,7 +82,7 @@ async def test_1001_on_graceful_shutdown_after_queued_frames(start_server: Serve
 # 1008
 
 
-async def test_1008_on_repeated_rate_limit_abuse(start_server: ServerFactory) -> None:
+async def test_1008_on_repeated_rate_limit_abuse(start_server: Server) -> None:
     limits = Limits(rate=0.001, rate_burst=2, rate_abuse_strikes=3)
     manager = ConnectionManager(limits=limits)
     async with start_server(manager) as url:
@@ -120,45 +99,10 @@ async def test_1008_on_repeated_rate_limit_abuse(start_server: ServerFactory) ->
         assert manager.rooms() == []
 
 
-@pytest.mark.parametrize("refusal", ["no credentials", "access denied", "origin"])
-async def test_1008_when_authentication_fails_after_accept(
-    start_server: ServerFactory, refusal: str
-) -> None:
-    # Without WebsocketsAdapter.options(), nothing runs before the upgrade: the handler
-    # authenticates once the connection is accepted and refuses with 1008.
-    only_websockets(start_server)
-
-    def authenticate(handshake: Handshake) -> str | None:
-        if refusal == "access denied":
-            raise HandshakeRejected(403, "Forbidden")
-        return handshake.query.get("user") if refusal == "origin" else None
-
-    manager = ConnectionManager(authenticate=authenticate)
-    async with websockets_handler_server(manager) as url:
-        kwargs: dict[str, Any] = {}
-        if refusal == "origin":
-            kwargs["origin"] = "https://evil.example"
-        client = await Client.connect(url, "/ws?user=alice", welcome=False, **kwargs)
-        assert await client.expect_close() == 1008
-        assert manager.connections == []
-
-
-async def test_handler_without_options_still_serves_valid_clients(
-    start_server: ServerFactory,
-) -> None:
-    only_websockets(start_server)
-    manager = ConnectionManager(authenticate=user_from_query)
-    async with websockets_handler_server(manager) as url:
-        client = await connect_as(url, "alice")
-        assert client.welcome["user"] == "alice"
-        await client.join("r")
-        await client.close()
-
-
 # 1009
 
 
-async def test_1009_for_a_frame_above_max_frame_size(start_server: ServerFactory) -> None:
+async def test_1009_for_a_frame_above_max_frame_size(start_server: Server) -> None:
     manager = ConnectionManager(limits=Limits(max_frame_size=1024))
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -172,7 +116,7 @@ async def test_1009_for_a_frame_above_max_frame_size(start_server: ServerFactory
         await wait_for(lambda: not manager.connections)
 
 
-async def test_1009_counts_bytes_not_characters(start_server: ServerFactory) -> None:
+async def test_1009_counts_bytes_not_characters(start_server: Server) -> None:
     manager = ConnectionManager(limits=Limits(max_frame_size=1024))
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -180,32 +124,3 @@ async def test_1009_counts_bytes_not_characters(start_server: ServerFactory) -> 
         text = "\u00e9" * 600  # 600 characters, 1200 bytes
         await client.send('{"type":"message","room":"r","data":"' + text + '"}')
         assert await client.expect_close() == 1009
-
-
-async def test_1009_is_enforced_by_the_core_too(start_server: ServerFactory) -> None:
-    # A server started without WebsocketsAdapter.options() keeps websockets' own 1 MiB
-    # limit; the manager still closes with 1009 above Limits.max_frame_size.
-    only_websockets(start_server)
-    manager = ConnectionManager(limits=Limits(max_frame_size=1024))
-    async with websockets_handler_server(manager) as url:
-        client = await Client.connect(url)
-        await client.send({"type": "ping", "pad": "a" * 2000})
-        assert await client.expect_close() == 1009
-
-
-# 1011
-
-
-class BrokenBackplane(MemoryBackplane):
-    async def start(self, receiver: BusReceiver) -> None:
-        raise RuntimeError("the backplane is down")
-
-
-async def test_1011_on_unexpected_server_failure(start_server: ServerFactory) -> None:
-    # The adapter's serve() starts the manager up front and would fail to start at all;
-    # a server built by hand starts it on the first connection, whose accept then fails.
-    only_websockets(start_server)
-    manager = ConnectionManager(backplane=BrokenBackplane())
-    async with websockets_handler_server(manager, checks=True) as url:
-        client = await Client.connect(url, welcome=False)
-        assert await client.expect_close() == 1011

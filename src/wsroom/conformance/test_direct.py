@@ -5,21 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.helpers import (
-    TIMEOUT,
-    Client,
-    ServerFactory,
-    adapter_name,
-    check_error,
-    check_frame,
-    connect_as,
-    user_from_query,
-    wait_for,
-)
 from wsroom import ConnectionManager
+from wsroom.conformance._client import TIMEOUT, Client, connect_as, user_from_query, wait_for
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._server import Server
 
 
-async def test_direct_reaches_every_connection_of_the_user(start_server: ServerFactory) -> None:
+async def test_direct_reaches_every_connection_of_the_user(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -46,7 +38,7 @@ async def test_direct_reaches_every_connection_of_the_user(start_server: ServerF
             await client.close()
 
 
-async def test_direct_needs_no_room(start_server: ServerFactory) -> None:
+async def test_direct_needs_no_room(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -60,7 +52,7 @@ async def test_direct_needs_no_room(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_direct_without_ref_has_no_ack(start_server: ServerFactory) -> None:
+async def test_direct_without_ref_has_no_ack(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -72,7 +64,7 @@ async def test_direct_without_ref_has_no_ack(start_server: ServerFactory) -> Non
         await bob.close()
 
 
-async def test_direct_ids_are_distinct(start_server: ServerFactory) -> None:
+async def test_direct_ids_are_distinct(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -89,7 +81,7 @@ async def test_direct_ids_are_distinct(start_server: ServerFactory) -> None:
         await bob.close()
 
 
-async def test_direct_to_oneself_reaches_every_own_connection(start_server: ServerFactory) -> None:
+async def test_direct_to_oneself_reaches_every_own_connection(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         tab1 = await connect_as(url, "alice")
@@ -105,7 +97,7 @@ async def test_direct_to_oneself_reaches_every_own_connection(start_server: Serv
         await tab2.close()
 
 
-async def test_direct_from_an_anonymous_client(start_server: ServerFactory) -> None:
+async def test_direct_from_an_anonymous_client(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         anonymous = await Client.connect(url)
@@ -115,7 +107,7 @@ async def test_direct_from_an_anonymous_client(start_server: ServerFactory) -> N
         await anonymous.close()
 
 
-async def test_direct_to_an_offline_user(start_server: ServerFactory) -> None:
+async def test_direct_to_an_offline_user(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -128,7 +120,7 @@ async def test_direct_to_an_offline_user(start_server: ServerFactory) -> None:
         check_frame(answer, "ack")
         await bob.close()
         await wait_for(lambda: not manager.user_connections("bob"))
-        if adapter_name(start_server) == "two_nodes_over_redis":
+        if start_server.nodes > 1:
             # bob was on the other node: the test sees its disconnect only through the
             # answers, which turn to user_offline once that node has dropped him.
             async with asyncio.timeout(TIMEOUT):

@@ -8,15 +8,6 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Client,
-    ServerFactory,
-    check_error,
-    check_frame,
-    connect_as,
-    single_node_only,
-    user_from_query,
-)
 from wsroom import (
     Connection,
     ConnectionManager,
@@ -26,6 +17,10 @@ from wsroom import (
     ProtocolError,
     Room,
 )
+from wsroom.conformance._client import Client, connect_as, user_from_query
+from wsroom.conformance._frames import check_error, check_frame
+from wsroom.conformance._marks import ONE_NODE
+from wsroom.conformance._server import Server, single_node_only
 
 SECRET = "s3cr3t-detail-/etc/passwd-0xdeadbeef"
 
@@ -40,7 +35,8 @@ async def assert_still_open(client: Client) -> None:
 # invalid_json, invalid_message, unknown_type
 
 
-async def test_invalid_json(start_server: ServerFactory) -> None:
+@ONE_NODE
+async def test_invalid_json(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -50,7 +46,8 @@ async def test_invalid_json(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_invalid_message(start_server: ServerFactory) -> None:
+@ONE_NODE
+async def test_invalid_message(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -60,7 +57,8 @@ async def test_invalid_message(start_server: ServerFactory) -> None:
         await client.close()
 
 
-async def test_unknown_type(start_server: ServerFactory) -> None:
+@ONE_NODE
+async def test_unknown_type(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -82,7 +80,7 @@ async def test_unknown_type(start_server: ServerFactory) -> None:
     ],
     ids=lambda frame: frame["type"],
 )
-async def test_not_joined(start_server: ServerFactory, frame: dict[str, Any]) -> None:
+async def test_not_joined(start_server: Server, frame: dict[str, Any]) -> None:
     class Pokable(Room):
         def on_poke(self, conn: Connection, message: Message) -> None:
             raise AssertionError("not joined: must not be called")
@@ -104,7 +102,7 @@ async def test_not_joined(start_server: ServerFactory, frame: dict[str, Any]) ->
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["def", "async def"])
-async def test_forbidden_by_can_join(start_server: ServerFactory, is_async: bool) -> None:
+async def test_forbidden_by_can_join(start_server: Server, is_async: bool) -> None:
     class SyncGuarded(Room):
         def can_join(self, conn: Connection, data: Any) -> bool:
             return bool(data == "let me in")
@@ -128,7 +126,7 @@ async def test_forbidden_by_can_join(start_server: ServerFactory, is_async: bool
         await client.close()
 
 
-async def test_forbidden_over_the_per_connection_room_limit(start_server: ServerFactory) -> None:
+async def test_forbidden_over_the_per_connection_room_limit(start_server: Server) -> None:
     manager = ConnectionManager(limits=Limits(max_rooms_per_connection=2))
     async with start_server(manager) as url:
         client = await Client.connect(url)
@@ -147,7 +145,7 @@ async def test_forbidden_over_the_per_connection_room_limit(start_server: Server
         await other.close()
 
 
-async def test_forbidden_by_can_direct(start_server: ServerFactory) -> None:
+async def test_forbidden_by_can_direct(start_server: Server) -> None:
     def can_direct(conn: Connection, to: str, data: Any) -> bool:
         return to != "boss"
 
@@ -166,7 +164,7 @@ async def test_forbidden_by_can_direct(start_server: ServerFactory) -> None:
             await client.close()
 
 
-async def test_forbidden_for_a_room_no_class_serves(start_server: ServerFactory) -> None:
+async def test_forbidden_for_a_room_no_class_serves(start_server: Server) -> None:
     def room_class(name: str) -> type[Room] | None:
         return Room if name.startswith("public/") else None
 
@@ -180,7 +178,7 @@ async def test_forbidden_for_a_room_no_class_serves(start_server: ServerFactory)
         await client.close()
 
 
-async def test_forbidden_action_raised_by_a_hook(start_server: ServerFactory) -> None:
+async def test_forbidden_action_raised_by_a_hook(start_server: Server) -> None:
     class ReadOnly(Room):
         async def on_message(self, conn: Connection, message: Message) -> None:
             raise ProtocolError(ErrorCode.FORBIDDEN, "this room is read-only")
@@ -199,7 +197,7 @@ async def test_forbidden_action_raised_by_a_hook(start_server: ServerFactory) ->
 # room_full
 
 
-async def test_room_full(start_server: ServerFactory) -> None:
+async def test_room_full(start_server: Server) -> None:
     class Pair(Room):
         max_members = 2
 
@@ -227,7 +225,7 @@ async def test_room_full(start_server: ServerFactory) -> None:
             await client.close()
 
 
-async def test_room_full_counts_anonymous_connections(start_server: ServerFactory) -> None:
+async def test_room_full_counts_anonymous_connections(start_server: Server) -> None:
     single_node_only(start_server, "anonymous connections count toward max_members per node")
 
     class Solo(Room):
@@ -248,7 +246,7 @@ async def test_room_full_counts_anonymous_connections(start_server: ServerFactor
 # user_offline
 
 
-async def test_user_offline(start_server: ServerFactory) -> None:
+async def test_user_offline(start_server: Server) -> None:
     manager = ConnectionManager(authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
@@ -262,7 +260,7 @@ async def test_user_offline(start_server: ServerFactory) -> None:
 
 
 async def test_rate_limited_frames_are_refused_and_the_connection_stays_open(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     limits = Limits(rate=0.001, rate_burst=3, rate_abuse_strikes=100)
     manager = ConnectionManager(limits=limits)
@@ -330,7 +328,7 @@ class Faulty(Room):
     ids=lambda frame: f"{frame['type']}-{frame.get('room')}",
 )
 async def test_internal_error_when_a_hook_raises(
-    start_server: ServerFactory, frame: dict[str, Any], caplog: pytest.LogCaptureFixture
+    start_server: Server, frame: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     def can_direct(conn: Connection, to: str, data: Any) -> bool:
         raise RuntimeError(SECRET)
@@ -362,7 +360,7 @@ async def test_internal_error_when_a_hook_raises(
         await bob.close()
 
 
-async def test_internal_error_in_on_message_stores_nothing(start_server: ServerFactory) -> None:
+async def test_internal_error_in_on_message_stores_nothing(start_server: Server) -> None:
     manager = ConnectionManager(Faulty)
     async with start_server(manager) as url:
         alice = await Client.connect(url)
@@ -375,7 +373,7 @@ async def test_internal_error_in_on_message_stores_nothing(start_server: ServerF
         await alice.close()
 
 
-async def test_internal_error_in_can_join_does_not_join(start_server: ServerFactory) -> None:
+async def test_internal_error_in_can_join_does_not_join(start_server: Server) -> None:
     manager = ConnectionManager(Faulty, authenticate=user_from_query)
     async with start_server(manager) as url:
         alice = await connect_as(url, "alice")
