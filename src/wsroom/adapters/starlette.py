@@ -249,7 +249,8 @@ async def serve(
         await _refuse(websocket, exc)
         return
     try:
-        await websocket.accept(subprotocol=manager.select_subprotocol(handshake.subprotocols))
+        # The checks chose it (wsroom.v1.batch when offered): batching follows it.
+        await websocket.accept(subprotocol=handshake.subprotocol)
     except _CLOSED:
         return  # the client left during the handshake
     transport = StarletteTransport(websocket, binary=manager.protocol.binary)
