@@ -41,7 +41,7 @@ class BatchClient(Client):
     def __init__(self, ws: Any) -> None:
         super().__init__(ws)
         self.messages: list[str] = []
-        self._unread: list[dict[str, Any]] = []
+        self._unread: list[Any] = []
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         if not self._unread:
