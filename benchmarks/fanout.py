@@ -6,6 +6,7 @@
     python benchmarks/fanout.py --quick               # smoke run: a few seconds
     python benchmarks/fanout.py --rate 1000 --messages 1000   # the latency run: paced
     python benchmarks/fanout.py --compress            # clients offer permessage-deflate
+    python benchmarks/fanout.py --relay --variants seed-starlette,wsroom-starlette-batch
 
 For each size N and each variant, a fresh server process gets N clients in one room and
 publishes 100 back-to-back ~100-byte JSON messages (or paced ones, ``--rate``); this
@@ -29,6 +30,7 @@ import os
 import platform
 import queue
 import secrets
+import select
 import selectors
 import signal
 import socket
@@ -111,6 +113,23 @@ VARIANTS: dict[str, Variant] = {
             redis=True,
         ),
         Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom"),
+        # The same servers, with clients that offer batched frames (wsroom.v1.batch) first,
+        # as wsroom.js does: the frames waiting in a connection's queue come as one array.
+        Variant("wsroom-batch", "wsroom asyncio, batch clients", "wsroom", kind="wsroom-batch"),
+        Variant(
+            "wsroom-sync-batch",
+            "wsroom sync, batch clients",
+            "wsroom-sync",
+            kind="wsroom-batch",
+            files_per_connection=4,
+        ),
+        Variant(
+            "wsroom-starlette-batch",
+            "wsroom Starlette, batch clients",
+            "wsroom-starlette",
+            kind="wsroom-batch",
+            needs=STARLETTE,
+        ),
         Variant(
             "wsroom-sync",
             "wsroom, websockets sync",
@@ -175,6 +194,8 @@ VARIANTS: dict[str, Variant] = {
     ]
 }
 QUICK_VARIANTS = ["raw", "seed-loop", "wsroom", "wsroom-sync"]
+# The peers whose server relays what a client sends (--relay), besides wsroom's.
+RELAY_PEERS = ("seed-starlette",)
 BASELINE = "raw"
 
 
@@ -190,12 +211,23 @@ class ClientProtocol:
     script: tuple[tuple[int, bytes], ...] = ()
     # Data frames the server sends before the client is in the room (welcome, joined...).
     setup_frames: int = 0
+    # The Sec-WebSocket-Protocol header offered, if any.
+    subprotocols: str | None = None
+    # Count the frames inside a message that is a JSON array (a batch of wsroom frames).
+    batches: bool = False
 
 
 PROTOCOLS = {
     "plain": ClientProtocol(),
     # welcome, then join -> joined; anonymous, so no presence traffic.
     "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2),
+    # The same, offering batched frames first (a server without them selects wsroom.v1).
+    "wsroom-batch": ClientProtocol(
+        script=((1, JOIN_FRAME),),
+        setup_frames=2,
+        subprotocols="wsroom.v1.batch, wsroom.v1",
+        batches=True,
+    ),
     # Engine.IO open, then Socket.IO connect -> connected, then the "join" event.
     "socketio": ClientProtocol(
         path=SOCKETIO_PATH, script=((1, b"40"), (2, b'42["join"]')), setup_frames=2
@@ -363,6 +395,9 @@ class LoadClient:
         target = len(self.conns) + count
         base = len(self.conns)
         inflated = inflated_indexes(count, len(ports)) if self.compress else set()
+        if self.compress and self.protocol.batches:
+            # A compressed batch is counted from its inflated frames: every client inflates.
+            inflated = set(range(count))
         opened = 0
         goal = self.ready + count
         while self.ready < goal:
@@ -403,6 +438,11 @@ class LoadClient:
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             + (f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.compress else "")
+            + (
+                f"Sec-WebSocket-Protocol: {self.protocol.subprotocols}\r\n"
+                if self.protocol.subprotocols
+                else ""
+            )
             + "\r\n"
         )
         self._send(conn, request.encode())
@@ -505,6 +545,7 @@ class LoadClient:
         frames = 0
         sampling = self.sampling
         countdown = self.countdown
+        batches = self.protocol.batches
         now = 0.0
         # frame_bounds(), inlined: this loop runs for every frame of every client.
         while pos + 2 <= size:
@@ -527,10 +568,18 @@ class LoadClient:
             first = data[pos]
             if first & 0x0F < 8:
                 if first & 0x80:  # the last frame of a message
-                    frames += 1
+                    # A batch (unfragmented: wsroom never fragments) holds one frame per
+                    # '{"type":' at its top level; the benchmark's data has no such key.
+                    count = (
+                        data.count(b'{"type":', start, end)
+                        if batches and data[start] == 0x5B  # '['
+                        else 1
+                    )
+                    frames += count
                     if sampling:
-                        countdown -= 1
-                        if not countdown:
+                        countdown -= count
+                        if countdown <= 0:
+                            # A batch gives one sample: its first, oldest frame.
                             countdown = self.every
                             stamp = timestamp_of(data[start:end])
                             if stamp is not None:
@@ -593,8 +642,9 @@ class LoadClient:
                         conn.inflater = zlib.decompressobj(conn.wbits)
                 conn.parts.append(body)
                 if first & 0x80:
-                    frames += 1
                     message = b"".join(conn.parts) if len(conn.parts) > 1 else conn.parts[0]
+                    batched = self.protocol.batches and message[:1] == b"["
+                    frames += message.count(b'{"type":') if batched else 1
                     conn.parts = []
                     if self.sampling_inflated:
                         stamp = timestamp_of(message)
@@ -634,6 +684,29 @@ class LoadClient:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn.sock)
         conn.sock.close()
+
+    def relay(self, count: int, wsroom: bool) -> None:
+        """Send ``count`` messages from the first client, back to back, each carrying its
+        creation time: the server relays each to the room (the chat pattern)."""
+        conn = self.conns[0]
+        frames = []
+        for i in range(count):
+            data = b'{"t":%r,"i":%d,"p":"%s"}' % (time.time(), i, b"x" * 56)
+            if wsroom:
+                data = b'{"type":"message","room":"bench","data":%s}' % data
+            frames.append(client_frame(data))
+        view = memoryview(b"".join(frames))
+        deadline = time.monotonic() + 30
+        while view:
+            try:
+                sent = conn.sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if view:
+                if time.monotonic() > deadline:
+                    raise BenchError("the server does not read the relayed messages")
+                select.select([], [conn.sock], [], 0.1)
 
     # Measuring.
 
@@ -847,12 +920,16 @@ def run_once(
     compress: bool = False,
     rate: float | None = None,
     profile: Path | None = None,
+    relay: bool = False,
 ) -> Sample:
     """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
     server publishes ``rate`` messages per second, each carrying its due time; ``profile``:
     sample every server with py-spy during the measured burst, into ``<profile>-node<i>.txt``
-    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them)."""
-    extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
+    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them); ``relay``: the first
+    client sends the messages and the server relays them, instead of publishing itself."""
+    extra: list[list[str]] = [
+        list(variant.server_args) + (["--relay"] if relay else []) for _ in range(variant.nodes)
+    ]
     if variant.redis:
         assert redis_url is not None
         prefix = f"wsroom-bench-{secrets.token_hex(4)}"
@@ -879,13 +956,18 @@ def run_once(
             # At least 2k deliveries/s, after the paced schedule if any.
             deadline = time.monotonic() + 30 + n * count / 2_000 + (count / rate if rate else 0)
             start = time.perf_counter()
-            publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
+            if relay:
+                client.relay(count, variant.kind.startswith("wsroom"))
+            else:
+                publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
             if not client.expect(n * count, deadline):
                 raise BenchError(
                     f"{client.total} of {n * count} deliveries"
                     + (f"; {client.errors[0]}" if client.errors else "")
                 )
             elapsed = time.perf_counter() - start
+            if relay:
+                return elapsed, 0.0
             sent = float(publisher.expect("SENT", 60).split()[1])
             return elapsed, sent
 
@@ -1032,6 +1114,13 @@ def steal_seconds() -> float | None:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def wsroom_source() -> str | None:
+    """Where the servers import wsroom from (``PYTHONPATH=<checkout>/src`` runs the code
+    of another checkout, for before/after figures)."""
+    spec = importlib.util.find_spec("wsroom")
+    return str(Path(spec.origin).parent) if spec is not None and spec.origin else None
 
 
 def package_version(name: str) -> str | None:
@@ -1296,6 +1385,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "back to back); --rate 1000 --messages 1000 is the latency run",
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="the first client sends the burst and the server relays it to the room (the "
+        "chat pattern); for the wsroom variants and seed-starlette, back to back only",
+    )
+    parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
     )
     args = parser.parse_args(argv)
@@ -1313,6 +1408,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("sizes, messages and repeat must be positive")
     if args.rate is not None and not args.rate > 0:
         parser.error("rate must be positive")
+    if args.relay:
+        no_relay = [
+            name
+            for name in names
+            if not VARIANTS[name].kind.startswith("wsroom")
+            and VARIANTS[name].server not in RELAY_PEERS
+        ]
+        if no_relay or args.rate is not None or args.compress:
+            parser.error(
+                f"--relay runs the wsroom variants and {', '.join(RELAY_PEERS)}, back to "
+                f"back without --compress (not {', '.join(no_relay) or '--rate/--compress'})"
+            )
     return args
 
 
@@ -1373,9 +1480,13 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f"paced, {args.rate:g} messages/s, each carrying its due time"
             if args.rate
+            else "relayed: the first client sends them back to back, each carrying its "
+            "creation time"
+            if args.relay
             else "back to back, each message carrying its creation time"
         )
     )
+    print(f"wsroom from {wsroom_source()}")
     print(
         "compression: "
         + (
@@ -1426,6 +1537,7 @@ def main(argv: list[str] | None = None) -> int:
                         quickack=args.quickack,
                         compress=args.compress,
                         rate=args.rate,
+                        relay=args.relay,
                         profile=(
                             args.profile / f"{variant.name}-n{n}-r{round_}"
                             if args.profile is not None
@@ -1505,6 +1617,8 @@ def main(argv: list[str] | None = None) -> int:
                 "deflate_offer": DEFLATE_OFFER if args.compress else None,
                 "inflated_conns": INFLATED_CONNS if args.compress else None,
                 "rate": args.rate,
+                "relay": args.relay,
+                "wsroom_src": wsroom_source(),
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},
             "results": [

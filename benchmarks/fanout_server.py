@@ -314,8 +314,12 @@ async def serve_uvicorn(
 
 
 class StarlettePeer(AsyncVariant):
-    def __init__(self) -> None:
+    """The seed loop; with ``relay``, the seed's chat endpoint (FastAPI's documented
+    ``ConnectionManager``): what a client sends is sent to every client in turn."""
+
+    def __init__(self, *, relay: bool = False) -> None:
         self.clients: set[Any] = set()
+        self.relay = relay
 
     def local_count(self) -> int:
         return len(self.clients)
@@ -327,7 +331,11 @@ class StarlettePeer(AsyncVariant):
         self.clients.add(websocket)
         try:
             while True:
-                await websocket.receive_text()
+                text = await websocket.receive_text()
+                if self.relay:
+                    for client in list(self.clients):
+                        with contextlib.suppress(Exception):
+                            await client.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
@@ -543,7 +551,7 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
     if name == "seed-sync":
         return SyncPeer().main
     if name == "seed-starlette":
-        return StarlettePeer().main
+        return StarlettePeer(relay=args.relay).main
     if name == "socketio":
         return SocketIOPeer(None, None, False).main
     if name == "socketio-redis":
@@ -569,6 +577,12 @@ def main() -> None:
         "--pipelined",
         action="store_true",
         help="wsroom asyncio: start every broadcast of a burst, then await them together",
+    )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="seed-starlette: send what a client sends to every client (wsroom's rooms "
+        "always relay a client's messages)",
     )
     args = parser.parse_args()
     raise_open_file_limit()
