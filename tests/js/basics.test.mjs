@@ -68,9 +68,9 @@ describe("a client of a wsroom server", () => {
     assert.match(client.connectionId, /^[0-9a-f]{16}$/);
     assert.equal(client.connectionId, welcome.connection);
     assert.equal(client.heartbeat, null);
-    // The wsroom server does not batch: it picks the plain protocol among those offered.
+    // The wsroom server selects batched frames whenever they are offered.
     assert.deepEqual(client.wire.sockets[0].offered, ["wsroom.v1.batch", "wsroom.v1"]);
-    assert.equal(client.protocol, "wsroom.v1");
+    assert.equal(client.protocol, "wsroom.v1.batch");
   });
 
   test("params may be a function, called before each attempt", T, async (t) => {
