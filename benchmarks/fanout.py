@@ -30,7 +30,6 @@ import os
 import platform
 import queue
 import secrets
-import select
 import selectors
 import signal
 import socket
@@ -42,7 +41,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -80,6 +79,10 @@ class Variant:
     # Open files the server holds per connection: the websockets sync server has a socket
     # pair and a selector besides the connection's socket.
     files_per_connection: int = 1
+    # The server relays a client's message to the room (--relay).
+    relays: bool = False
+    # Environment of its server processes (--before: PYTHONPATH of another checkout).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
@@ -93,7 +96,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("seed-loop", "seed loop, websockets asyncio", "seed-loop"),
         Variant("seed-gather", "seed asyncio.gather", "seed-gather"),
         Variant(
-            "seed-starlette", "seed loop, Starlette/uvicorn", "seed-starlette", needs=STARLETTE
+            "seed-starlette",
+            "seed loop, Starlette/uvicorn",
+            "seed-starlette",
+            needs=STARLETTE,
+            relays=True,
         ),
         Variant("seed-sync", "seed loop, websockets sync", "seed-sync", files_per_connection=4),
         Variant(
@@ -112,16 +119,23 @@ VARIANTS: dict[str, Variant] = {
             needs=(*SOCKETIO, *REDIS),
             redis=True,
         ),
-        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom"),
+        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom", relays=True),
         # The same servers, with clients that offer batched frames (wsroom.v1.batch) first,
         # as wsroom.js does: the frames waiting in a connection's queue come as one array.
-        Variant("wsroom-batch", "wsroom asyncio, batch clients", "wsroom", kind="wsroom-batch"),
+        Variant(
+            "wsroom-batch",
+            "wsroom asyncio, batch clients",
+            "wsroom",
+            kind="wsroom-batch",
+            relays=True,
+        ),
         Variant(
             "wsroom-sync-batch",
             "wsroom sync, batch clients",
             "wsroom-sync",
             kind="wsroom-batch",
             files_per_connection=4,
+            relays=True,
         ),
         Variant(
             "wsroom-starlette-batch",
@@ -129,6 +143,7 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-starlette",
             kind="wsroom-batch",
             needs=STARLETTE,
+            relays=True,
         ),
         Variant(
             "wsroom-sync",
@@ -136,6 +151,7 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-sync",
             kind="wsroom",
             files_per_connection=4,
+            relays=True,
         ),
         Variant(
             "wsroom-starlette",
@@ -143,6 +159,7 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-starlette",
             kind="wsroom",
             needs=STARLETTE,
+            relays=True,
         ),
         Variant(
             "wsroom-redis2",
@@ -194,8 +211,6 @@ VARIANTS: dict[str, Variant] = {
     ]
 }
 QUICK_VARIANTS = ["raw", "seed-loop", "wsroom", "wsroom-sync"]
-# The peers whose server relays what a client sends (--relay), besides wsroom's.
-RELAY_PEERS = ("seed-starlette",)
 BASELINE = "raw"
 
 
@@ -211,20 +226,24 @@ class ClientProtocol:
     script: tuple[tuple[int, bytes], ...] = ()
     # Data frames the server sends before the client is in the room (welcome, joined...).
     setup_frames: int = 0
+    # What wraps a JSON message a client sends for the server to relay (--relay).
+    relay: tuple[bytes, bytes] = (b"", b"")
     # The Sec-WebSocket-Protocol header offered, if any.
     subprotocols: str | None = None
     # Count the frames inside a message that is a JSON array (a batch of wsroom frames).
     batches: bool = False
 
 
+WSROOM_RELAY = (b'{"type":"message","room":"bench","data":', b"}")
 PROTOCOLS = {
     "plain": ClientProtocol(),
     # welcome, then join -> joined; anonymous, so no presence traffic.
-    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2),
+    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2, relay=WSROOM_RELAY),
     # The same, offering batched frames first (a server without them selects wsroom.v1).
     "wsroom-batch": ClientProtocol(
         script=((1, JOIN_FRAME),),
         setup_frames=2,
+        relay=WSROOM_RELAY,
         subprotocols="wsroom.v1.batch, wsroom.v1",
         batches=True,
     ),
@@ -685,28 +704,23 @@ class LoadClient:
             self.selector.unregister(conn.sock)
         conn.sock.close()
 
-    def relay(self, count: int, wsroom: bool) -> None:
-        """Send ``count`` messages from the first client, back to back, each carrying its
-        creation time: the server relays each to the room (the chat pattern)."""
+    def relay(self, messages: int) -> None:
+        """Send ``messages`` messages from the first client, in one write, for the server to
+        relay to the room; each carries its creation time, as the server's own do."""
         conn = self.conns[0]
+        before, after = self.protocol.relay
         frames = []
-        for i in range(count):
-            data = b'{"t":%r,"i":%d,"p":"%s"}' % (time.time(), i, b"x" * 56)
-            if wsroom:
-                data = b'{"type":"message","room":"bench","data":%s}' % data
-            frames.append(client_frame(data))
-        view = memoryview(b"".join(frames))
-        deadline = time.monotonic() + 30
-        while view:
-            try:
-                sent = conn.sock.send(view)
-            except BlockingIOError:
-                sent = 0
-            view = view[sent:]
-            if view:
-                if time.monotonic() > deadline:
-                    raise BenchError("the server does not read the relayed messages")
-                select.select([], [conn.sock], [], 0.1)
+        for i in range(messages):
+            text = json.dumps({"t": time.time(), "i": i, "p": "x" * 56})
+            frames.append(client_frame(before + text.encode() + after))
+        # More than an empty socket buffer may take at once: blocking, briefly.
+        conn.sock.setblocking(True)
+        try:
+            conn.sock.sendall(b"".join(frames))
+        except OSError as exc:
+            self._fail(conn, f"send: {exc}")
+        finally:
+            conn.sock.setblocking(False)
 
     # Measuring.
 
@@ -785,7 +799,12 @@ class ServerProcess:
     """One benchmark server (fanout_server.py) and the pipes that drive it."""
 
     def __init__(
-        self, variant: str, extra: Sequence[str] = (), *, script: Path = SERVER_SCRIPT
+        self,
+        variant: str,
+        extra: Sequence[str] = (),
+        *,
+        script: Path = SERVER_SCRIPT,
+        env: Sequence[tuple[str, str]] = (),
     ) -> None:
         # Closed in stop(): the server's stderr, shown when it fails.
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -796,6 +815,7 @@ class ServerProcess:
             stderr=self.stderr,
             text=True,
             bufsize=1,
+            env={**os.environ, **dict(env)} if env else None,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -926,10 +946,8 @@ def run_once(
     server publishes ``rate`` messages per second, each carrying its due time; ``profile``:
     sample every server with py-spy during the measured burst, into ``<profile>-node<i>.txt``
     (collapsed stacks; ``benchmarks/profile_summary.py`` reads them); ``relay``: the first
-    client sends the messages and the server relays them, instead of publishing itself."""
-    extra: list[list[str]] = [
-        list(variant.server_args) + (["--relay"] if relay else []) for _ in range(variant.nodes)
-    ]
+    client sends the messages and the server relays them to the room."""
+    extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
         prefix = f"wsroom-bench-{secrets.token_hex(4)}"
@@ -941,7 +959,7 @@ def run_once(
     client = LoadClient(PROTOCOLS[variant.kind], quickack=quickack, compress=compress)
     try:
         for args in extra:
-            servers.append(ServerProcess(variant.server, args))
+            servers.append(ServerProcess(variant.server, args, env=variant.env))
         ports = [s.port for s in servers]
         publisher = servers[0]
         warm = max(1, min(10, messages // 5))
@@ -957,7 +975,7 @@ def run_once(
             deadline = time.monotonic() + 30 + n * count / 2_000 + (count / rate if rate else 0)
             start = time.perf_counter()
             if relay:
-                client.relay(count, variant.kind.startswith("wsroom"))
+                client.relay(count)
             else:
                 publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
             if not client.expect(n * count, deadline):
@@ -1387,8 +1405,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--relay",
         action="store_true",
-        help="the first client sends the burst and the server relays it to the room (the "
-        "chat pattern); for the wsroom variants and seed-starlette, back to back only",
+        help="the first client sends the burst and the server relays each message to the "
+        "room (the chat pattern); only the variants whose server relays",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run each wsroom variant with the wsroom of another checkout (its src "
+        "directory on PYTHONPATH), side by side in every round: '<variant>@before' rows",
     )
     parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
@@ -1408,18 +1432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("sizes, messages and repeat must be positive")
     if args.rate is not None and not args.rate > 0:
         parser.error("rate must be positive")
-    if args.relay:
-        no_relay = [
-            name
-            for name in names
-            if not VARIANTS[name].kind.startswith("wsroom")
-            and VARIANTS[name].server not in RELAY_PEERS
-        ]
-        if no_relay or args.rate is not None or args.compress:
-            parser.error(
-                f"--relay runs the wsroom variants and {', '.join(RELAY_PEERS)}, back to "
-                f"back without --compress (not {', '.join(no_relay) or '--rate/--compress'})"
-            )
+    if args.relay and args.rate is not None:
+        parser.error("--relay sends back to back: it does not combine with --rate")
     return args
 
 
@@ -1468,10 +1482,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variant_names:
         variant = VARIANTS[name]
         reason = missing(variant, redis_url)
+        if reason is None and args.relay and not variant.relays:
+            reason = "its server does not relay client messages (--relay)"
         if reason is None:
             selected.append(variant)
         else:
             skipped[name] = reason
+    if args.before:
+        # Each wsroom variant's twin on the other checkout's wsroom, right after it in
+        # every round, so that before and after share the machine's conditions.
+        src = (("PYTHONPATH", str(Path(args.before).resolve())),)
+        selected = [
+            twin
+            for variant in selected
+            for twin in (
+                [variant]
+                + (
+                    [
+                        replace(
+                            variant,
+                            name=f"{variant.name}@before",
+                            label=f"{variant.label} (before)",
+                            env=src,
+                        )
+                    ]
+                    if variant.kind == "wsroom"
+                    else []
+                )
+            )
+        ]
     env = environment(redis_url if any(v.redis for v in selected) else None)
     print(f"wsroom fan-out benchmark: {args.messages} messages per burst, ", end="")
     print(f"sizes {args.sizes}, repeat {args.repeat}")
@@ -1618,6 +1657,7 @@ def main(argv: list[str] | None = None) -> int:
                 "inflated_conns": INFLATED_CONNS if args.compress else None,
                 "rate": args.rate,
                 "relay": args.relay,
+                "before": args.before,
                 "wsroom_src": wsroom_source(),
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},

@@ -314,12 +314,11 @@ async def serve_uvicorn(
 
 
 class StarlettePeer(AsyncVariant):
-    """The seed loop; with ``relay``, the seed's chat endpoint (FastAPI's documented
-    ``ConnectionManager``): what a client sends is sent to every client in turn."""
+    """The seed loop; a client's text is relayed the same way, as the seeds' chat endpoint
+    (FastAPI's ``ConnectionManager``) does (--relay)."""
 
-    def __init__(self, *, relay: bool = False) -> None:
+    def __init__(self) -> None:
         self.clients: set[Any] = set()
-        self.relay = relay
 
     def local_count(self) -> int:
         return len(self.clients)
@@ -332,10 +331,9 @@ class StarlettePeer(AsyncVariant):
         try:
             while True:
                 text = await websocket.receive_text()
-                if self.relay:
-                    for client in list(self.clients):
-                        with contextlib.suppress(Exception):
-                            await client.send_text(text)
+                for client in list(self.clients):
+                    with contextlib.suppress(Exception):
+                        await client.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
@@ -551,7 +549,7 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
     if name == "seed-sync":
         return SyncPeer().main
     if name == "seed-starlette":
-        return StarlettePeer(relay=args.relay).main
+        return StarlettePeer().main
     if name == "socketio":
         return SocketIOPeer(None, None, False).main
     if name == "socketio-redis":
@@ -577,12 +575,6 @@ def main() -> None:
         "--pipelined",
         action="store_true",
         help="wsroom asyncio: start every broadcast of a burst, then await them together",
-    )
-    parser.add_argument(
-        "--relay",
-        action="store_true",
-        help="seed-starlette: send what a client sends to every client (wsroom's rooms "
-        "always relay a client's messages)",
     )
     args = parser.parse_args()
     raise_open_file_limit()
