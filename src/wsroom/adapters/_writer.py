@@ -40,9 +40,9 @@ class WriterTaskTransport(Transport):
     @abstractmethod
     def sender(self) -> Callable[[bytes], Awaitable[object]]:
         """The function that sends one encoded message (a frame, or a batch of frames),
-        returning the awaitable of the
-        server's send. The writer awaits what it returns directly: a coroutine of our own
-        around each send would cost every delivery (about 10% of an ASGI server's fan-out).
+        returning the awaitable of the server's send. The writer awaits what it returns
+        directly: a coroutine of our own around each send would cost every delivery (about
+        10% of an ASGI server's fan-out).
         """
 
     def wake(self) -> None:
