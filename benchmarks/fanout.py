@@ -6,6 +6,7 @@
     python benchmarks/fanout.py --quick               # smoke run: a few seconds
     python benchmarks/fanout.py --rate 1000 --messages 1000   # the latency run: paced
     python benchmarks/fanout.py --compress            # clients offer permessage-deflate
+    python benchmarks/fanout.py --relay --variants seed-starlette,wsroom-starlette-batch
 
 For each size N and each variant, a fresh server process gets N clients in one room and
 publishes 100 back-to-back ~100-byte JSON messages (or paced ones, ``--rate``); this
@@ -40,7 +41,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -78,6 +79,10 @@ class Variant:
     # Open files the server holds per connection: the websockets sync server has a socket
     # pair and a selector besides the connection's socket.
     files_per_connection: int = 1
+    # The server relays a client's message to the room (--relay).
+    relays: bool = False
+    # Environment of its server processes (--before: PYTHONPATH of another checkout).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
@@ -91,7 +96,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("seed-loop", "seed loop, websockets asyncio", "seed-loop"),
         Variant("seed-gather", "seed asyncio.gather", "seed-gather"),
         Variant(
-            "seed-starlette", "seed loop, Starlette/uvicorn", "seed-starlette", needs=STARLETTE
+            "seed-starlette",
+            "seed loop, Starlette/uvicorn",
+            "seed-starlette",
+            needs=STARLETTE,
+            relays=True,
         ),
         Variant("seed-sync", "seed loop, websockets sync", "seed-sync", files_per_connection=4),
         Variant(
@@ -110,13 +119,39 @@ VARIANTS: dict[str, Variant] = {
             needs=(*SOCKETIO, *REDIS),
             redis=True,
         ),
-        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom"),
+        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom", relays=True),
+        # The same servers, with clients that offer batched frames (wsroom.v1.batch) first,
+        # as wsroom.js does: the frames waiting in a connection's queue come as one array.
+        Variant(
+            "wsroom-batch",
+            "wsroom asyncio, batch clients",
+            "wsroom",
+            kind="wsroom-batch",
+            relays=True,
+        ),
+        Variant(
+            "wsroom-sync-batch",
+            "wsroom sync, batch clients",
+            "wsroom-sync",
+            kind="wsroom-batch",
+            files_per_connection=4,
+            relays=True,
+        ),
+        Variant(
+            "wsroom-starlette-batch",
+            "wsroom Starlette, batch clients",
+            "wsroom-starlette",
+            kind="wsroom-batch",
+            needs=STARLETTE,
+            relays=True,
+        ),
         Variant(
             "wsroom-sync",
             "wsroom, websockets sync",
             "wsroom-sync",
             kind="wsroom",
             files_per_connection=4,
+            relays=True,
         ),
         Variant(
             "wsroom-starlette",
@@ -124,6 +159,7 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-starlette",
             kind="wsroom",
             needs=STARLETTE,
+            relays=True,
         ),
         Variant(
             "wsroom-asgi",
@@ -197,12 +233,27 @@ class ClientProtocol:
     script: tuple[tuple[int, bytes], ...] = ()
     # Data frames the server sends before the client is in the room (welcome, joined...).
     setup_frames: int = 0
+    # What wraps a JSON message a client sends for the server to relay (--relay).
+    relay: tuple[bytes, bytes] = (b"", b"")
+    # The Sec-WebSocket-Protocol header offered, if any.
+    subprotocols: str | None = None
+    # Count the frames inside a message that is a JSON array (a batch of wsroom frames).
+    batches: bool = False
 
 
+WSROOM_RELAY = (b'{"type":"message","room":"bench","data":', b"}")
 PROTOCOLS = {
     "plain": ClientProtocol(),
     # welcome, then join -> joined; anonymous, so no presence traffic.
-    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2),
+    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2, relay=WSROOM_RELAY),
+    # The same, offering batched frames first (a server without them selects wsroom.v1).
+    "wsroom-batch": ClientProtocol(
+        script=((1, JOIN_FRAME),),
+        setup_frames=2,
+        relay=WSROOM_RELAY,
+        subprotocols="wsroom.v1.batch, wsroom.v1",
+        batches=True,
+    ),
     # Engine.IO open, then Socket.IO connect -> connected, then the "join" event.
     "socketio": ClientProtocol(
         path=SOCKETIO_PATH, script=((1, b"40"), (2, b'42["join"]')), setup_frames=2
@@ -370,6 +421,9 @@ class LoadClient:
         target = len(self.conns) + count
         base = len(self.conns)
         inflated = inflated_indexes(count, len(ports)) if self.compress else set()
+        if self.compress and self.protocol.batches:
+            # A compressed batch is counted from its inflated frames: every client inflates.
+            inflated = set(range(count))
         opened = 0
         goal = self.ready + count
         while self.ready < goal:
@@ -410,6 +464,11 @@ class LoadClient:
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             + (f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.compress else "")
+            + (
+                f"Sec-WebSocket-Protocol: {self.protocol.subprotocols}\r\n"
+                if self.protocol.subprotocols
+                else ""
+            )
             + "\r\n"
         )
         self._send(conn, request.encode())
@@ -512,6 +571,7 @@ class LoadClient:
         frames = 0
         sampling = self.sampling
         countdown = self.countdown
+        batches = self.protocol.batches
         now = 0.0
         # frame_bounds(), inlined: this loop runs for every frame of every client.
         while pos + 2 <= size:
@@ -534,10 +594,18 @@ class LoadClient:
             first = data[pos]
             if first & 0x0F < 8:
                 if first & 0x80:  # the last frame of a message
-                    frames += 1
+                    # A batch (unfragmented: wsroom never fragments) holds one frame per
+                    # '{"type":' at its top level; the benchmark's data has no such key.
+                    count = (
+                        data.count(b'{"type":', start, end)
+                        if batches and data[start] == 0x5B  # '['
+                        else 1
+                    )
+                    frames += count
                     if sampling:
-                        countdown -= 1
-                        if not countdown:
+                        countdown -= count
+                        if countdown <= 0:
+                            # A batch gives one sample: its first, oldest frame.
                             countdown = self.every
                             stamp = timestamp_of(data[start:end])
                             if stamp is not None:
@@ -600,8 +668,9 @@ class LoadClient:
                         conn.inflater = zlib.decompressobj(conn.wbits)
                 conn.parts.append(body)
                 if first & 0x80:
-                    frames += 1
                     message = b"".join(conn.parts) if len(conn.parts) > 1 else conn.parts[0]
+                    batched = self.protocol.batches and message[:1] == b"["
+                    frames += message.count(b'{"type":') if batched else 1
                     conn.parts = []
                     if self.sampling_inflated:
                         stamp = timestamp_of(message)
@@ -641,6 +710,24 @@ class LoadClient:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn.sock)
         conn.sock.close()
+
+    def relay(self, messages: int) -> None:
+        """Send ``messages`` messages from the first client, in one write, for the server to
+        relay to the room; each carries its creation time, as the server's own do."""
+        conn = self.conns[0]
+        before, after = self.protocol.relay
+        frames = []
+        for i in range(messages):
+            text = json.dumps({"t": time.time(), "i": i, "p": "x" * 56})
+            frames.append(client_frame(before + text.encode() + after))
+        # More than an empty socket buffer may take at once: blocking, briefly.
+        conn.sock.setblocking(True)
+        try:
+            conn.sock.sendall(b"".join(frames))
+        except OSError as exc:
+            self._fail(conn, f"send: {exc}")
+        finally:
+            conn.sock.setblocking(False)
 
     # Measuring.
 
@@ -719,7 +806,12 @@ class ServerProcess:
     """One benchmark server (fanout_server.py) and the pipes that drive it."""
 
     def __init__(
-        self, variant: str, extra: Sequence[str] = (), *, script: Path = SERVER_SCRIPT
+        self,
+        variant: str,
+        extra: Sequence[str] = (),
+        *,
+        script: Path = SERVER_SCRIPT,
+        env: Sequence[tuple[str, str]] = (),
     ) -> None:
         # Closed in stop(): the server's stderr, shown when it fails.
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -730,6 +822,7 @@ class ServerProcess:
             stderr=self.stderr,
             text=True,
             bufsize=1,
+            env={**os.environ, **dict(env)} if env else None,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -854,11 +947,13 @@ def run_once(
     compress: bool = False,
     rate: float | None = None,
     profile: Path | None = None,
+    relay: bool = False,
 ) -> Sample:
     """One cell's run. ``compress``: the clients offer permessage-deflate; ``rate``: the
     server publishes ``rate`` messages per second, each carrying its due time; ``profile``:
     sample every server with py-spy during the measured burst, into ``<profile>-node<i>.txt``
-    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them)."""
+    (collapsed stacks; ``benchmarks/profile_summary.py`` reads them); ``relay``: the first
+    client sends the messages and the server relays them to the room."""
     extra: list[list[str]] = [list(variant.server_args) for _ in range(variant.nodes)]
     if variant.redis:
         assert redis_url is not None
@@ -871,7 +966,7 @@ def run_once(
     client = LoadClient(PROTOCOLS[variant.kind], quickack=quickack, compress=compress)
     try:
         for args in extra:
-            servers.append(ServerProcess(variant.server, args))
+            servers.append(ServerProcess(variant.server, args, env=variant.env))
         ports = [s.port for s in servers]
         publisher = servers[0]
         warm = max(1, min(10, messages // 5))
@@ -886,13 +981,18 @@ def run_once(
             # At least 2k deliveries/s, after the paced schedule if any.
             deadline = time.monotonic() + 30 + n * count / 2_000 + (count / rate if rate else 0)
             start = time.perf_counter()
-            publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
+            if relay:
+                client.relay(count)
+            else:
+                publisher.send(f"BURST {count} {rate!r}" if rate else f"BURST {count}")
             if not client.expect(n * count, deadline):
                 raise BenchError(
                     f"{client.total} of {n * count} deliveries"
                     + (f"; {client.errors[0]}" if client.errors else "")
                 )
             elapsed = time.perf_counter() - start
+            if relay:
+                return elapsed, 0.0
             sent = float(publisher.expect("SENT", 60).split()[1])
             return elapsed, sent
 
@@ -1039,6 +1139,13 @@ def steal_seconds() -> float | None:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def wsroom_source() -> str | None:
+    """Where the servers import wsroom from (``PYTHONPATH=<checkout>/src`` runs the code
+    of another checkout, for before/after figures)."""
+    spec = importlib.util.find_spec("wsroom")
+    return str(Path(spec.origin).parent) if spec is not None and spec.origin else None
 
 
 def package_version(name: str) -> str | None:
@@ -1303,6 +1410,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "back to back); --rate 1000 --messages 1000 is the latency run",
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="the first client sends the burst and the server relays each message to the "
+        "room (the chat pattern); only the variants whose server relays",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run each wsroom variant with the wsroom of another checkout (its src "
+        "directory on PYTHONPATH), side by side in every round: '<variant>@before' rows",
+    )
+    parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
     )
     args = parser.parse_args(argv)
@@ -1320,6 +1439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("sizes, messages and repeat must be positive")
     if args.rate is not None and not args.rate > 0:
         parser.error("rate must be positive")
+    if args.relay and args.rate is not None:
+        parser.error("--relay sends back to back: it does not combine with --rate")
     return args
 
 
@@ -1368,10 +1489,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variant_names:
         variant = VARIANTS[name]
         reason = missing(variant, redis_url)
+        if reason is None and args.relay and not variant.relays:
+            reason = "its server does not relay client messages (--relay)"
         if reason is None:
             selected.append(variant)
         else:
             skipped[name] = reason
+    if args.before:
+        # Each wsroom variant's twin on the other checkout's wsroom, right after it in
+        # every round, so that before and after share the machine's conditions.
+        src = (("PYTHONPATH", str(Path(args.before).resolve())),)
+        selected = [
+            twin
+            for variant in selected
+            for twin in (
+                [variant]
+                + (
+                    [
+                        replace(
+                            variant,
+                            name=f"{variant.name}@before",
+                            label=f"{variant.label} (before)",
+                            env=src,
+                        )
+                    ]
+                    if variant.kind == "wsroom"
+                    else []
+                )
+            )
+        ]
     env = environment(redis_url if any(v.redis for v in selected) else None)
     print(f"wsroom fan-out benchmark: {args.messages} messages per burst, ", end="")
     print(f"sizes {args.sizes}, repeat {args.repeat}")
@@ -1380,9 +1526,13 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f"paced, {args.rate:g} messages/s, each carrying its due time"
             if args.rate
+            else "relayed: the first client sends them back to back, each carrying its "
+            "creation time"
+            if args.relay
             else "back to back, each message carrying its creation time"
         )
     )
+    print(f"wsroom from {wsroom_source()}")
     print(
         "compression: "
         + (
@@ -1433,6 +1583,7 @@ def main(argv: list[str] | None = None) -> int:
                         quickack=args.quickack,
                         compress=args.compress,
                         rate=args.rate,
+                        relay=args.relay,
                         profile=(
                             args.profile / f"{variant.name}-n{n}-r{round_}"
                             if args.profile is not None
@@ -1512,6 +1663,9 @@ def main(argv: list[str] | None = None) -> int:
                 "deflate_offer": DEFLATE_OFFER if args.compress else None,
                 "inflated_conns": INFLATED_CONNS if args.compress else None,
                 "rate": args.rate,
+                "relay": args.relay,
+                "before": args.before,
+                "wsroom_src": wsroom_source(),
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},
             "results": [

@@ -314,6 +314,9 @@ async def serve_uvicorn(
 
 
 class StarlettePeer(AsyncVariant):
+    """The seed loop; a client's text is relayed the same way, as the seeds' chat endpoint
+    (FastAPI's ``ConnectionManager``) does (--relay)."""
+
     def __init__(self) -> None:
         self.clients: set[Any] = set()
 
@@ -327,7 +330,10 @@ class StarlettePeer(AsyncVariant):
         self.clients.add(websocket)
         try:
             while True:
-                await websocket.receive_text()
+                text = await websocket.receive_text()
+                for client in list(self.clients):
+                    with contextlib.suppress(Exception):
+                        await client.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:

@@ -1,7 +1,8 @@
 """docs/operating.md's nginx configuration (docs_src/operating/wsroom.conf), run by a real
 nginx in front of real servers: it cuts a client that trickles its request head while it
 serves the others, and it hands wsroom the client's address, so that the per-address limits
-count each client, not nginx. (The conformance suite runs the whole protocol through it: tests/conftest.py.)
+count each client, not nginx. (The conformance suite runs the whole protocol through it,
+see tests/conftest.py.)
 """
 
 from __future__ import annotations

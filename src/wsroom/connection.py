@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import frames
+from ._batch import pack
 from ._ratelimit import TokenBucket, take_all
 from .exceptions import ConnectionClosedError
 from .frames import CloseCode
@@ -158,6 +159,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_batch_limit",
         "_buckets",
         "_close_task",
         "_closed",
@@ -213,6 +215,12 @@ class Connection:
         self._max_frames = limits.max_queue
         self._max_bytes = limits.max_queue_bytes
         self._drop_oldest = limits.overflow == "drop_oldest"
+        # Batched frames (PROTOCOL.md): the largest message the writer may pack queued
+        # frames into, 0 for a client that did not negotiate batches.
+        batch = host.manager.protocol.batch_subprotocol
+        self._batch_limit = (
+            limits.max_frame_size if batch is not None and handshake.subprotocol == batch else 0
+        )
         now = self.last_seen
         # This connection's own budget first, then those it shares with its user's and its
         # address's other connections, past and present.
@@ -243,6 +251,12 @@ class Connection:
     def queued_frames(self) -> int:
         """Frames waiting in the outgoing queue."""
         return len(self._outbox)
+
+    @property
+    def batched(self) -> bool:
+        """Whether this client negotiated batched frames (``wsroom.v1.batch``): the frames
+        waiting in its queue are sent as JSON arrays (:meth:`take_messages`)."""
+        return self._batch_limit > 0
 
     @property
     def queued_bytes(self) -> int:
@@ -393,6 +407,26 @@ class Connection:
         frames = outbox[:limit]
         del outbox[:limit]
         self._queued_bytes -= sum(map(len, frames))
+        return frames
+
+    def take_messages(self) -> list[bytes]:
+        """Take every queued frame as the WebSocket messages to send, oldest first. For
+        adapters: what a writer sends, one message after the other.
+
+        For a client without batched frames these are the frames themselves. For a batched
+        client (:attr:`batched`) the frames waiting are packed into JSON arrays of at most
+        ``Limits.max_frame_size`` bytes; a frame alone, or one larger than that, stays a
+        plain object. Only frames already queued are packed: a writer that takes them as
+        soon as it can adds no delay.
+        """
+        return self.pack(self.take_outgoing())
+
+    def pack(self, frames: list[bytes]) -> list[bytes]:
+        """The messages carrying ``frames``, taken from the queue with
+        :meth:`take_outgoing`: packed into batches for a batched client, as they are
+        otherwise (see :meth:`take_messages`). For adapters that look at the frames first."""
+        if self._batch_limit and len(frames) > 1:
+            return pack(frames, self._batch_limit)
         return frames
 
     def drop_queue(self) -> None:

@@ -131,6 +131,7 @@ class ConnectionManager:
             authenticate=authenticate,
             origins=OriginPolicy(allowed_origins),
             subprotocol=self.protocol.subprotocol,
+            batch_subprotocol=_batch_subprotocol(self.protocol),
             closing=lambda: self._closing,
             limits=shared_limits,
             client_address_header=client_address_header,
@@ -595,3 +596,24 @@ class ConnectionManager:
             )
         check_room_class(resolved)
         return resolved(name, self)
+
+
+def _batch_subprotocol(protocol: MessageProtocol) -> str | None:
+    """The protocol's subprotocol of batched frames, checked: a batch is a JSON array, which
+    only a text protocol can carry, under a name of its own."""
+    batch = protocol.batch_subprotocol
+    if batch is None:
+        return None
+    if not batch:
+        raise ConfigurationError("MessageProtocol.batch_subprotocol must be a name or None")
+    if protocol.binary:
+        raise ConfigurationError(
+            "batched frames are JSON arrays of text frames: a binary protocol must set "
+            "batch_subprotocol = None"
+        )
+    if batch == protocol.subprotocol:
+        raise ConfigurationError(
+            "MessageProtocol.batch_subprotocol must differ from its subprotocol: a client "
+            "that offers only the plain one never gets a batch"
+        )
+    return batch

@@ -115,12 +115,16 @@ def refusal(connection: Any, exc: HandshakeRejected) -> Response:
 def chosen_subprotocol(
     manager: ConnectionManager, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """The subprotocol to accept: the manager's when offered, none when the client offers none.
+    """The subprotocol to accept: the manager's choice (batched frames first), none when the
+    client offers none of the manager's.
 
     Clients that offer only others were already refused by ``process_request``.
     """
-    wanted = manager.protocol.subprotocol
-    return Subprotocol(wanted) if wanted in offered else None
+    protocol = manager.protocol
+    for wanted in (protocol.batch_subprotocol, protocol.subprotocol):
+        if wanted is not None and wanted in offered:
+            return Subprotocol(wanted)
+    return None
 
 
 class PendingHandshakes:
@@ -169,7 +173,8 @@ class AdapterBase:
     def select_subprotocol(
         self, connection: Any, subprotocols: Sequence[Subprotocol]
     ) -> Subprotocol | None:
-        """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
+        """Accept ``wsroom.v1.batch`` or ``wsroom.v1`` when offered (batches first); serve
+        clients that offer none."""
         return chosen_subprotocol(self.manager, subprotocols)
 
     def _options(self, checks: Callable[..., Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -203,11 +208,16 @@ class AdapterBase:
         """
         checked = self._handshakes.take(ws)
         if not isinstance(checked, Handshake):
-            return checked
-        try:
-            return checked, await self.manager.authorize(checked)
-        except HandshakeRejected as exc:
-            return exc
+            handshake, user = checked
+        else:
+            try:
+                handshake, user = checked, await self.manager.authorize(checked)
+            except HandshakeRejected as exc:
+                return exc
+        # What websockets accepted, which is what the client reads: without the options'
+        # select_subprotocol it accepted none, and the client must then get no batch.
+        handshake.subprotocol = ws.subprotocol
+        return handshake, user
 
 
 def policy_violation(exc: HandshakeRejected) -> tuple[int, str]:

@@ -269,9 +269,11 @@ async def _run_websocket(
     except HandshakeRejected as exc:
         await _refuse(scope, send, exc, closed)
         return
-    subprotocol = manager.select_subprotocol(handshake.subprotocols)
     try:
-        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+        # The checks chose it (wsroom.v1.batch when offered): batching follows it.
+        await send(
+            {"type": "websocket.accept", "subprotocol": handshake.subprotocol, "headers": []}
+        )
     except closed:
         return  # the client left during the handshake
     connection = transport(manager.protocol.binary)

@@ -120,7 +120,7 @@ class SyncTransport(Transport):
                 target=self._send_batches, name="wsroom-sender", daemon=True
             )
             self._sender.start()
-        self._batches.put(conn.take_outgoing())
+        self._batches.put(conn.take_messages())
 
     def _send_batches(self) -> None:
         """The sender thread: sends each batch, tells the loop, ends at ``None``."""
