@@ -111,9 +111,7 @@ async def test_batch_is_selected_whatever_the_order(
 
 
 @pytest.mark.parametrize("offered", [["wsroom.v1"], [], ["chat", "wsroom.v1"]])
-async def test_a_plain_client_never_gets_a_batch(
-    start_server: Server, offered: list[str]
-) -> None:
+async def test_a_plain_client_never_gets_a_batch(start_server: Server, offered: list[str]) -> None:
     manager = ConnectionManager(BurstRoom)
     async with start_server(manager) as url:
         client = await batch_client(url, offered)
