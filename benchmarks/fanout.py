@@ -6,6 +6,7 @@
     python benchmarks/fanout.py --quick               # smoke run: a few seconds
     python benchmarks/fanout.py --rate 1000 --messages 1000   # the latency run: paced
     python benchmarks/fanout.py --compress            # clients offer permessage-deflate
+    python benchmarks/fanout.py --relay --variants seed-starlette,wsroom-starlette-batch
 
 For each size N and each variant, a fresh server process gets N clients in one room and
 publishes 100 back-to-back ~100-byte JSON messages (or paced ones, ``--rate``); this
@@ -40,7 +41,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -80,6 +81,8 @@ class Variant:
     files_per_connection: int = 1
     # The server relays a client's message to the room (--relay).
     relays: bool = False
+    # Environment of its server processes (--before: PYTHONPATH of another checkout).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 STARLETTE = (("starlette", "starlette"), ("uvicorn", "uvicorn"))
@@ -94,7 +97,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("seed-loop", "seed loop, websockets asyncio", "seed-loop"),
         Variant("seed-gather", "seed asyncio.gather", "seed-gather"),
         Variant(
-            "seed-starlette", "seed loop, Starlette/uvicorn", "seed-starlette", needs=STARLETTE
+            "seed-starlette",
+            "seed loop, Starlette/uvicorn",
+            "seed-starlette",
+            needs=STARLETTE,
+            relays=True,
         ),
         Variant("seed-sync", "seed loop, websockets sync", "seed-sync", files_per_connection=4),
         Variant(
@@ -113,13 +120,39 @@ VARIANTS: dict[str, Variant] = {
             needs=(*SOCKETIO, *REDIS),
             redis=True,
         ),
-        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom"),
+        Variant("wsroom", "wsroom, websockets asyncio", "wsroom", kind="wsroom", relays=True),
+        # The same servers, with clients that offer batched frames (wsroom.v1.batch) first,
+        # as wsroom.js does: the frames waiting in a connection's queue come as one array.
+        Variant(
+            "wsroom-batch",
+            "wsroom asyncio, batch clients",
+            "wsroom",
+            kind="wsroom-batch",
+            relays=True,
+        ),
+        Variant(
+            "wsroom-sync-batch",
+            "wsroom sync, batch clients",
+            "wsroom-sync",
+            kind="wsroom-batch",
+            files_per_connection=4,
+            relays=True,
+        ),
+        Variant(
+            "wsroom-starlette-batch",
+            "wsroom Starlette, batch clients",
+            "wsroom-starlette",
+            kind="wsroom-batch",
+            needs=STARLETTE,
+            relays=True,
+        ),
         Variant(
             "wsroom-sync",
             "wsroom, websockets sync",
             "wsroom-sync",
             kind="wsroom",
             files_per_connection=4,
+            relays=True,
         ),
         Variant(
             "wsroom-starlette",
@@ -127,6 +160,14 @@ VARIANTS: dict[str, Variant] = {
             "wsroom-starlette",
             kind="wsroom",
             needs=STARLETTE,
+            relays=True,
+        ),
+        Variant(
+            "wsroom-asgi",
+            "wsroom, plain ASGI/uvicorn",
+            "wsroom-asgi",
+            kind="wsroom",
+            needs=(("uvicorn", "uvicorn"),),
         ),
         Variant("seed-aiohttp", "seed loop, aiohttp", "seed-aiohttp", needs=AIOHTTP, relays=True),
         Variant(
@@ -223,15 +264,24 @@ class ClientProtocol:
     setup_frames: int = 0
     # What wraps a JSON message a client sends for the server to relay (--relay).
     relay: tuple[bytes, bytes] = (b"", b"")
+    # The Sec-WebSocket-Protocol header offered, if any.
+    subprotocols: str | None = None
+    # Count the frames inside a message that is a JSON array (a batch of wsroom frames).
+    batches: bool = False
 
 
+WSROOM_RELAY = (b'{"type":"message","room":"bench","data":', b"}")
 PROTOCOLS = {
     "plain": ClientProtocol(),
     # welcome, then join -> joined; anonymous, so no presence traffic.
-    "wsroom": ClientProtocol(
+    "wsroom": ClientProtocol(script=((1, JOIN_FRAME),), setup_frames=2, relay=WSROOM_RELAY),
+    # The same, offering batched frames first (a server without them selects wsroom.v1).
+    "wsroom-batch": ClientProtocol(
         script=((1, JOIN_FRAME),),
         setup_frames=2,
-        relay=(b'{"type":"message","room":"bench","data":', b"}"),
+        relay=WSROOM_RELAY,
+        subprotocols="wsroom.v1.batch, wsroom.v1",
+        batches=True,
     ),
     # Engine.IO open, then Socket.IO connect -> connected, then the "join" event.
     "socketio": ClientProtocol(
@@ -403,6 +453,9 @@ class LoadClient:
         target = len(self.conns) + count
         base = len(self.conns)
         inflated = inflated_indexes(count, len(ports)) if self.compress else set()
+        if self.compress and self.protocol.batches:
+            # A compressed batch is counted from its inflated frames: every client inflates.
+            inflated = set(range(count))
         opened = 0
         goal = self.ready + count
         while self.ready < goal:
@@ -443,6 +496,11 @@ class LoadClient:
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             + (f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.compress else "")
+            + (
+                f"Sec-WebSocket-Protocol: {self.protocol.subprotocols}\r\n"
+                if self.protocol.subprotocols
+                else ""
+            )
             + "\r\n"
         )
         self._send(conn, request.encode())
@@ -545,6 +603,7 @@ class LoadClient:
         frames = 0
         sampling = self.sampling
         countdown = self.countdown
+        batches = self.protocol.batches
         now = 0.0
         # frame_bounds(), inlined: this loop runs for every frame of every client.
         while pos + 2 <= size:
@@ -567,10 +626,18 @@ class LoadClient:
             first = data[pos]
             if first & 0x0F < 8:
                 if first & 0x80:  # the last frame of a message
-                    frames += 1
+                    # A batch (unfragmented: wsroom never fragments) holds one frame per
+                    # '{"type":' at its top level; the benchmark's data has no such key.
+                    count = (
+                        data.count(b'{"type":', start, end)
+                        if batches and data[start] == 0x5B  # '['
+                        else 1
+                    )
+                    frames += count
                     if sampling:
-                        countdown -= 1
-                        if not countdown:
+                        countdown -= count
+                        if countdown <= 0:
+                            # A batch gives one sample: its first, oldest frame.
                             countdown = self.every
                             stamp = timestamp_of(data[start:end])
                             if stamp is not None:
@@ -633,8 +700,9 @@ class LoadClient:
                         conn.inflater = zlib.decompressobj(conn.wbits)
                 conn.parts.append(body)
                 if first & 0x80:
-                    frames += 1
                     message = b"".join(conn.parts) if len(conn.parts) > 1 else conn.parts[0]
+                    batched = self.protocol.batches and message[:1] == b"["
+                    frames += message.count(b'{"type":') if batched else 1
                     conn.parts = []
                     if self.sampling_inflated:
                         stamp = timestamp_of(message)
@@ -675,16 +743,6 @@ class LoadClient:
             self.selector.unregister(conn.sock)
         conn.sock.close()
 
-    # Measuring.
-
-    def expect(self, frames: int, deadline: float) -> bool:
-        """Pump until ``frames`` data frames arrived since :meth:`reset`."""
-        while self.total < frames:
-            if self.errors or time.monotonic() > deadline:
-                return False
-            self._poll(min(0.5, max(0.0, deadline - time.monotonic())))
-        return True
-
     def relay(self, messages: int) -> None:
         """Send ``messages`` messages from the first client, in one write, for the server to
         relay to the room; each carries its creation time, as the server's own do."""
@@ -702,6 +760,16 @@ class LoadClient:
             self._fail(conn, f"send: {exc}")
         finally:
             conn.sock.setblocking(False)
+
+    # Measuring.
+
+    def expect(self, frames: int, deadline: float) -> bool:
+        """Pump until ``frames`` data frames arrived since :meth:`reset`."""
+        while self.total < frames:
+            if self.errors or time.monotonic() > deadline:
+                return False
+            self._poll(min(0.5, max(0.0, deadline - time.monotonic())))
+        return True
 
     def reset(self, sample_every: int = 0) -> None:
         self.total = 0
@@ -770,7 +838,12 @@ class ServerProcess:
     """One benchmark server (fanout_server.py) and the pipes that drive it."""
 
     def __init__(
-        self, variant: str, extra: Sequence[str] = (), *, script: Path = SERVER_SCRIPT
+        self,
+        variant: str,
+        extra: Sequence[str] = (),
+        *,
+        script: Path = SERVER_SCRIPT,
+        env: Sequence[tuple[str, str]] = (),
     ) -> None:
         # Closed in stop(): the server's stderr, shown when it fails.
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -781,6 +854,7 @@ class ServerProcess:
             stderr=self.stderr,
             text=True,
             bufsize=1,
+            env={**os.environ, **dict(env)} if env else None,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -924,7 +998,7 @@ def run_once(
     client = LoadClient(PROTOCOLS[variant.kind], quickack=quickack, compress=compress)
     try:
         for args in extra:
-            servers.append(ServerProcess(variant.server, args))
+            servers.append(ServerProcess(variant.server, args, env=variant.env))
         ports = [s.port for s in servers]
         publisher = servers[0]
         warm = max(1, min(10, messages // 5))
@@ -1097,6 +1171,13 @@ def steal_seconds() -> float | None:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def wsroom_source() -> str | None:
+    """Where the servers import wsroom from (``PYTHONPATH=<checkout>/src`` runs the code
+    of another checkout, for before/after figures)."""
+    spec = importlib.util.find_spec("wsroom")
+    return str(Path(spec.origin).parent) if spec is not None and spec.origin else None
 
 
 def package_version(name: str) -> str | None:
@@ -1368,6 +1449,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "room (the chat pattern); only the variants whose server relays",
     )
     parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run each wsroom variant with the wsroom of another checkout (its src "
+        "directory on PYTHONPATH), side by side in every round: '<variant>@before' rows",
+    )
+    parser.add_argument(
         "--time-limit", type=float, help="seconds after which no new cell starts (default 1200)"
     )
     args = parser.parse_args(argv)
@@ -1441,6 +1528,29 @@ def main(argv: list[str] | None = None) -> int:
             selected.append(variant)
         else:
             skipped[name] = reason
+    if args.before:
+        # Each wsroom variant's twin on the other checkout's wsroom, right after it in
+        # every round, so that before and after share the machine's conditions.
+        src = (("PYTHONPATH", str(Path(args.before).resolve())),)
+        selected = [
+            twin
+            for variant in selected
+            for twin in (
+                [variant]
+                + (
+                    [
+                        replace(
+                            variant,
+                            name=f"{variant.name}@before",
+                            label=f"{variant.label} (before)",
+                            env=src,
+                        )
+                    ]
+                    if variant.kind == "wsroom"
+                    else []
+                )
+            )
+        ]
     env = environment(redis_url if any(v.redis for v in selected) else None)
     print(f"wsroom fan-out benchmark: {args.messages} messages per burst, ", end="")
     print(f"sizes {args.sizes}, repeat {args.repeat}")
@@ -1452,9 +1562,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.relay
             else f"paced, {args.rate:g} messages/s, each carrying its due time"
             if args.rate
+            else "relayed: the first client sends them back to back, each carrying its "
+            "creation time"
+            if args.relay
             else "back to back, each message carrying its creation time"
         )
     )
+    print(f"wsroom from {wsroom_source()}")
     print(
         "compression: "
         + (
@@ -1586,6 +1700,8 @@ def main(argv: list[str] | None = None) -> int:
                 "inflated_conns": INFLATED_CONNS if args.compress else None,
                 "rate": args.rate,
                 "relay": args.relay,
+                "before": args.before,
+                "wsroom_src": wsroom_source(),
             },
             "machine": {"load_average_at_start": load_before, "steal_s": stolen},
             "results": [

@@ -314,6 +314,9 @@ async def serve_uvicorn(
 
 
 class StarlettePeer(AsyncVariant):
+    """The seed loop; a client's text is relayed the same way, as the seeds' chat endpoint
+    (FastAPI's ``ConnectionManager``) does (--relay)."""
+
     def __init__(self) -> None:
         self.clients: set[Any] = set()
 
@@ -327,7 +330,10 @@ class StarlettePeer(AsyncVariant):
         self.clients.add(websocket)
         try:
             while True:
-                await websocket.receive_text()
+                text = await websocket.receive_text()
+                for client in list(self.clients):
+                    with contextlib.suppress(Exception):
+                        await client.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
@@ -621,6 +627,13 @@ class WsroomAiohttp(AsyncVariant):
         await serve_aiohttp(app, self)
 
 
+class WsroomASGI(WsroomStarlette):
+    async def main(self) -> None:
+        from wsroom.adapters.asgi import WSRoomApp
+
+        await serve_uvicorn(WSRoomApp(self.manager), self)
+
+
 def delete_prefix(url: str, prefix: str) -> None:
     """Remove the run's keys from Redis (the node that quits last does it)."""
     import redis
@@ -670,6 +683,8 @@ def build(args: argparse.Namespace) -> Callable[[], Awaitable[None] | None]:
         if args.no_fastpath:  # read when wsroom.adapters.aiohttp is imported, in main()
             os.environ["WSROOM_AIOHTTP_FASTPATH"] = "0"
         return WsroomAiohttp().main
+    if name == "wsroom-asgi":
+        return WsroomASGI().main
     raise SystemExit(f"unknown server variant {name!r}")
 
 

@@ -12,15 +12,12 @@ custom frame ``{"type": "whoami"}`` answers with the event ``worker``, naming th
 frame limit (``Limits.max_frame_size``), which plain uvicorn does not know.
 
 The lifespan handler starts the manager with the worker (a Redis that does not answer
-fails the startup) and shuts it down with the worker, which takes the worker's presence out
-of Redis at once. It comes too late to be graceful: on SIGINT or SIGTERM uvicorn closes
-every WebSocket with 1012 (service restart) before it runs the lifespan shutdown
-(tests/test_examples.py checks this with ``--workers 2``), and the lifespan protocol has no
-earlier hook, so wsroom cannot first deliver what is queued and close with 1001. Clients
+fails the startup) and drains it on SIGINT or SIGTERM, before uvicorn closes anything:
+every client gets what is queued for it, then 1001 (uvicorn alone closes WebSockets with
+1012 before the lifespan shutdown). The worker's presence leaves Redis at once. Clients
 reconnect, to either worker, and recover what they missed from the history in Redis
-(``join`` with ``since`` and ``epoch``; wsroom.js does it by itself). For a graceful
-shutdown, run one process per port with ``wsroom.adapters.uvicorn.run()`` instead
-(docs/deployment.md).
+(``join`` with ``since`` and ``epoch``; wsroom.js does it by itself). See
+docs/operating.md, "Deployment recipes".
 """
 
 import os
@@ -31,6 +28,7 @@ from starlette.applications import Starlette
 
 from examples.chat import ChatRoom, authenticate
 from wsroom import Connection, ConnectionManager, Message
+from wsroom.adapters import uvicorn as wsroom_uvicorn
 from wsroom.adapters.starlette import client_route, routes
 from wsroom.backplane.redis import RedisBackplane
 
@@ -48,7 +46,8 @@ def whoami(conn: Connection, message: Message) -> None:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with manager:  # start() now, shutdown() when uvicorn stops
+    # start() now; on SIGINT or SIGTERM, a graceful shutdown before uvicorn's.
+    async with wsroom_uvicorn.drain_on_signal(manager):
         yield
 
 

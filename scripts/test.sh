@@ -71,13 +71,22 @@ echo "== npm ci (tests/js: ws, typescript)"
 (cd "$ROOT/tests/js" && npm ci --no-audit --no-fund --loglevel=error)
 # With the tools installed, a JavaScript test that cannot run is a failure, not a skip.
 export WSROOM_REQUIRE_JS=1
-# The reliability suite measures what a reverse proxy in front of the server closes.
+# The reliability suite measures what a reverse proxy in front of the server closes; the
+# deployment recipes (docs/operating.md) and the conformance suite run behind nginx too.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     apt_install nginx
 fi
 
 # Tests that kill or restart Redis start their own redis-server from this path.
 export WSROOM_REDIS_SERVER="$(command -v redis-server || true)"
+# A failover under Sentinel (tests/reliability/test_redis_failover.py) runs Debian's
+# redis-sentinel; the backplane over TLS needs certificates made by openssl.
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+    apt_install redis-sentinel
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl
+fi
 
 echo "== ruff"
 "$ROOT/.venv/bin/ruff" check src tests examples benchmarks docs_src
@@ -90,8 +99,14 @@ echo "== pytest ($("$VPY" -V)), with the reliability suite"
 "$VPY" -m pytest "$@" || status=$?
 # The reliability suite (tests/reliability) runs once, above: it measures servers under
 # load, which the interpreter does not change, and takes minutes. So do wsroom.js's own
-# tests under Node.js, which no Python interpreter changes either.
-ONCE=(--ignore=tests/reliability --ignore=tests/test_browser_client_node.py)
+# tests under Node.js, which no Python interpreter changes either, and the conformance
+# plugin's own tests (an author's run in a subprocess): every run below goes through the
+# same plugin to run the suite itself.
+ONCE=(
+    --ignore=tests/reliability
+    --ignore=tests/test_browser_client_node.py
+    --ignore=tests/test_conformance_plugin.py
+)
 
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
 for version in 3.12 3.13; do

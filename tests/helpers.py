@@ -1,4 +1,7 @@
-"""Shared test helpers: a protocol-speaking WebSocket client and servers under test."""
+"""Shared test helpers: the servers under test, and the conformance suite's client.
+
+The client and the frame checks live in the package (``wsroom.conformance``), which the
+authors of adapters run; they are re-exported here for the project's other tests."""
 
 from __future__ import annotations
 
@@ -12,24 +15,45 @@ import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.typing import Subprotocol
+from wsroom import ConnectionManager
+from wsroom.conformance import ServerFactory
+from wsroom.conformance._client import (
+    TIMEOUT,
+    Client,
+    connect_as,
+    connect_raw,
+    user_from_query,
+    wait_for,
+)
+from wsroom.conformance._frames import (
+    ERROR_CODES,
+    SERVER_FRAME_FIELDS,
+    SERVER_FRAME_OPTIONAL_FIELDS,
+    check_error,
+    check_frame,
+)
 
-from wsroom import ConnectionManager, Handshake
-from wsroom.frames import ANSWER_TYPES
-
-# One timing unit for the whole suite, scaled for slow machines (WSROOM_TEST_TIMEOUT_FACTOR).
-TIMEOUT = 5.0 * float(os.environ.get("WSROOM_TEST_TIMEOUT_FACTOR", "1"))
+# The conformance suite's helpers, which the project's other tests import from here.
+__all__ = [
+    "ERROR_CODES",
+    "SERVER_FRAME_FIELDS",
+    "SERVER_FRAME_OPTIONAL_FIELDS",
+    "TIMEOUT",
+    "Client",
+    "ServerFactory",
+    "check_error",
+    "check_frame",
+    "connect_as",
+    "connect_raw",
+    "user_from_query",
+    "wait_for",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-ServerFactory = Callable[[ConnectionManager], AbstractAsyncContextManager[str]]
-"""Starts a real server for a manager on 127.0.0.1 (port 0) and yields its ws:// URL."""
 
 
 @asynccontextmanager
@@ -81,6 +105,18 @@ async def starlette_server(manager: ConnectionManager, **options: Any) -> AsyncI
     app = Starlette(routes=[WebSocketRoute("/{path:path}", endpoint(manager))])
     async with uvicorn_server(manager, app, **options) as server:
         assert isinstance(server, wsroom_uvicorn.Server)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def asgi_server(manager: ConnectionManager, **options: Any) -> AsyncIterator[str]:
+    """The plain ASGI adapter (``wsroom.adapters.asgi.WSRoomApp``, every path), under
+    uvicorn as ``wsroom.adapters.uvicorn`` runs it, on the test's loop; ``options`` go to
+    ``uvicorn.Config``."""
+    from wsroom.adapters.asgi import WSRoomApp
+
+    async with uvicorn_server(manager, WSRoomApp(manager), **options) as server:
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
 
@@ -154,137 +190,9 @@ ADAPTERS: dict[str, ServerFactory] = {
     "websockets": websockets_asyncio_server,
     "websockets_sync": websockets_sync_server,
     "starlette": starlette_server,
+    "asgi": asgi_server,
     "aiohttp": aiohttp_server,
 }
-
-
-_connections_made = 0
-
-
-def _next_compression() -> str | None:
-    """Every other client offers permessage-deflate, as browsers do; the others offer no
-    extension. Rooms in every test thus mix compressed connections, which servers frame per
-    connection, with plain ones, which get frames shared by every recipient."""
-    global _connections_made
-    _connections_made += 1
-    return "deflate" if _connections_made % 2 else None
-
-
-class Client:
-    """A test client speaking the wsroom protocol over a real WebSocket."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self._ref = 0
-        self.welcome: dict[str, Any] = {}
-
-    @classmethod
-    async def connect(
-        cls,
-        url: str,
-        path: str = "/ws",
-        *,
-        subprotocols: list[str] | None = None,
-        welcome: bool = True,
-        **kwargs: Any,
-    ) -> Client:
-        offered = ["wsroom.v1"] if subprotocols is None else subprotocols
-        kwargs.setdefault("compression", _next_compression())
-        ws = await websockets.connect(
-            url + path,
-            # An empty list would send an empty Sec-WebSocket-Protocol header: send none.
-            subprotocols=[Subprotocol(p) for p in offered] or None,
-            open_timeout=TIMEOUT,
-            **kwargs,
-        )
-        client = cls(ws)
-        if welcome:
-            client.welcome = await client.recv()
-            assert client.welcome["type"] == "welcome", client.welcome
-        return client
-
-    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
-
-    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        assert isinstance(raw, str), "the server must send text frames"
-        frame = json.loads(raw)
-        assert isinstance(frame, dict) and isinstance(frame.get("type"), str), frame
-        return frame
-
-    async def recv_type(self, type_: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = await self.recv(timeout=timeout)
-                if frame["type"] == type_:
-                    return frame
-
-    async def expect_nothing(self, wait: float = 0.2) -> None:
-        """Assert no frame arrives: a ping round trip proves everything before it was sent."""
-        ref = f"quiet-{self.next_ref()}"
-        await self.send({"type": "ping", "ref": ref})
-        frame = await self.recv()
-        assert frame == {"type": "pong", "ref": ref}, f"unexpected frame {frame}"
-
-    def next_ref(self) -> int:
-        self._ref += 1
-        return self._ref
-
-    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send with a fresh ref; return the direct answer (frames before it are skipped)."""
-        ref = self.next_ref()
-        await self.send({**frame, "ref": ref})
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                answer = await self.recv()
-                if answer.get("ref") == ref and answer["type"] in ANSWER_TYPES:
-                    return answer
-
-    async def join(self, room: str, **fields: Any) -> dict[str, Any]:
-        answer = await self.request({"type": "join", "room": room, **fields})
-        assert answer["type"] == "joined", answer
-        return answer
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-    async def wait_closed(self, timeout: float = TIMEOUT) -> int | None:
-        """Read until the server closes; return the close code it sent."""
-        async with asyncio.timeout(timeout):
-            try:
-                while True:
-                    await self.ws.recv()
-            except websockets.ConnectionClosed:
-                pass
-        rcvd = self.ws.protocol.close_rcvd
-        return rcvd.code if rcvd is not None else None
-
-    async def recv_answer(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """Skip broadcasts and events; return the next direct answer (joined, left, ack, ...)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = await self.recv(timeout=timeout)
-                if frame["type"] in ANSWER_TYPES:
-                    return frame
-
-    async def expect_close(self, timeout: float = TIMEOUT) -> int | None:
-        """Assert the server closes before sending any other frame; return its close code."""
-        try:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        except websockets.ConnectionClosed:
-            rcvd = self.ws.protocol.close_rcvd
-            return rcvd.code if rcvd is not None else None
-        raise AssertionError(f"expected the server to close, got the frame {raw!r}")
-
-
-async def wait_for(
-    predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01
-) -> None:
-    """Poll a condition that has no event to await (server-side state seen from a test)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - server state has no event to await
-            await asyncio.sleep(interval)
 
 
 def adapter_name(factory: ServerFactory) -> str:
@@ -293,29 +201,6 @@ def adapter_name(factory: ServerFactory) -> str:
         if candidate is factory:
             return name
     return getattr(factory, "__name__", repr(factory))
-
-
-def single_node_only(factory: ServerFactory, why: str) -> None:
-    """Skip a test that reads one node's server-side state when clients span two nodes."""
-    if adapter_name(factory) == "two_nodes_over_redis":
-        import pytest
-
-        pytest.skip(f"{why}: asserts on the test's own node, clients alternate between two")
-
-
-def user_from_query(handshake: Handshake) -> str | None:
-    """An ``authenticate`` hook: the user id is the ``user`` query parameter (none: HTTP 401)."""
-    return handshake.query.get("user") or None
-
-
-async def connect_as(url: str, user: str, **kwargs: Any) -> Client:
-    """Connect as ``user`` to a manager whose ``authenticate`` is :func:`user_from_query`."""
-    return await Client.connect(url, f"/ws?user={user}", **kwargs)
-
-
-async def connect_raw(url: str, path: str = "/ws", **kwargs: Any) -> ClientConnection:
-    """A plain ``websockets`` client: no subprotocol offered unless given, welcome not read."""
-    return await websockets.connect(url + path, open_timeout=TIMEOUT, **kwargs)
 
 
 @asynccontextmanager
@@ -341,116 +226,6 @@ async def websockets_handler_server(
             yield f"ws://127.0.0.1:{port}"
         finally:
             await manager.shutdown()
-
-
-# The exact fields of each server frame type (PROTOCOL.md, "Server to client").
-SERVER_FRAME_FIELDS: dict[str, frozenset[str]] = {
-    "welcome": frozenset({"type", "connection", "user", "protocol", "heartbeat"}),
-    "joined": frozenset({"type", "room", "ref", "members", "history", "offset", "epoch"}),
-    "left": frozenset({"type", "room", "ref"}),
-    "message": frozenset({"type", "room", "id", "from", "data", "ts"}),
-    "direct": frozenset({"type", "id", "from", "data", "ts"}),
-    "presence": frozenset({"type", "room", "event", "user"}),
-    "gap": frozenset({"type", "room", "epoch", "offset"}),
-    "ack": frozenset({"type", "ref"}),
-    "pong": frozenset({"type", "ref"}),
-    "error": frozenset({"type", "code", "message", "ref"}),
-}
-SERVER_FRAME_OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
-    "joined": frozenset({"recovered"}),
-    "ack": frozenset({"id", "data"}),
-}
-ERROR_CODES = frozenset(
-    {
-        "invalid_json",
-        "invalid_message",
-        "unknown_type",
-        "not_joined",
-        "forbidden",
-        "room_full",
-        "user_offline",
-        "rate_limited",
-        "internal_error",
-    }
-)
-
-
-def _is_int(value: object) -> bool:
-    return type(value) is int
-
-
-def _is_ref(value: object) -> bool:
-    return value is None or (isinstance(value, str) and len(value) <= 64) or _is_int(value)
-
-
-def check_frame(frame: dict[str, Any], type_: str | None = None) -> dict[str, Any]:
-    """Assert a server frame has exactly the fields PROTOCOL.md gives its type; return it."""
-    kind = frame["type"]
-    if type_ is not None:
-        assert kind == type_, frame
-    assert kind in SERVER_FRAME_FIELDS, f"not a protocol frame: {frame}"
-    required = SERVER_FRAME_FIELDS[kind]
-    optional = SERVER_FRAME_OPTIONAL_FIELDS.get(kind, frozenset())
-    keys = set(frame)
-    assert required <= keys, f"{kind} misses {sorted(required - keys)}: {frame}"
-    assert keys <= required | optional, f"{kind} has extra {sorted(keys - required - optional)}"
-    if "ref" in frame:
-        assert _is_ref(frame["ref"]), frame
-    if kind == "welcome":
-        assert isinstance(frame["connection"], str), frame
-        assert frame["connection"], frame
-        assert frame["user"] is None or isinstance(frame["user"], str), frame
-        assert _is_int(frame["protocol"]), frame
-        heartbeat = frame["heartbeat"]
-        assert heartbeat is None or isinstance(heartbeat, int | float), frame
-    elif kind == "joined":
-        assert isinstance(frame["room"], str), frame
-        assert isinstance(frame["members"], list), frame
-        assert all(isinstance(user, str) for user in frame["members"]), frame
-        assert isinstance(frame["history"], list), frame
-        for message in frame["history"]:
-            check_frame(message, "message")
-            assert message["room"] == frame["room"], frame
-        ids = [message["id"] for message in frame["history"]]
-        assert ids == sorted(set(ids)), f"history not oldest first: {ids}"
-        assert _is_int(frame["offset"]), frame
-        assert frame["offset"] >= 0, frame
-        assert not ids or ids[-1] <= frame["offset"], frame
-        assert isinstance(frame["epoch"], str), frame
-        assert frame["epoch"], frame
-        if "recovered" in frame:
-            assert isinstance(frame["recovered"], bool), frame
-    elif kind in ("message", "direct"):
-        assert _is_int(frame["id"]), frame
-        assert frame["id"] >= 1, frame
-        assert frame["from"] is None or isinstance(frame["from"], str), frame
-        assert _is_int(frame["ts"]), frame
-        if kind == "message":
-            assert isinstance(frame["room"], str), frame
-    elif kind == "presence":
-        assert isinstance(frame["room"], str), frame
-        assert frame["event"] in ("join", "leave"), frame
-        assert isinstance(frame["user"], str), frame
-    elif kind == "ack":
-        if "id" in frame:
-            assert _is_int(frame["id"]), frame
-        if "data" in frame:
-            # Only an application's answer: a handler that answered nothing sends no data.
-            assert frame["data"] is not None, frame
-    elif kind == "error":
-        assert frame["code"] in ERROR_CODES, frame
-        assert isinstance(frame["message"], str), frame
-        assert frame["message"], frame
-    return frame
-
-
-def check_error(frame: dict[str, Any], code: str, ref: str | int | None = None) -> dict[str, Any]:
-    """Assert ``frame`` is an ``error`` with ``code`` echoing ``ref``; return it."""
-    check_frame(frame, "error")
-    assert frame["code"] == code, frame
-    assert frame["ref"] == ref, frame
-    assert type(frame["ref"]) is type(ref), frame
-    return frame
 
 
 def free_port() -> int:
@@ -586,3 +361,54 @@ async def http_request(
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
     return int(status_line.split(" ", 2)[1]), fields, body
+
+
+# A client that stopped reading, and a room published to until it falls behind (the admin
+# view's tests).
+
+
+def stuck_reader(port: int, path: str, room: str) -> socket.socket:
+    """A raw client that completes the handshake at ``path``, joins ``room`` and never
+    reads again, with a 4 KiB receive buffer so that the server's queue for it fills soon.
+    Blocking: call it with ``asyncio.to_thread``."""
+    import base64
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response[:100]
+    payload = json.dumps({"type": "join", "room": room, "ref": 1}).encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock
+
+
+async def fall_behind(
+    manager: ConnectionManager, room: str, done: Callable[[], bool], size: int = 60_000
+) -> None:
+    """Publish ``size``-byte messages to ``room`` until ``done()`` (frames waiting in a
+    stuck reader's queue, or its eviction), at most 2000 of them and within 2 TIMEOUTs."""
+    chunk = "x" * size
+    async with asyncio.timeout(TIMEOUT * 2):
+        for _ in range(2000):
+            if done():
+                return
+            await manager.broadcast(room, chunk)
+            await asyncio.sleep(0)
+    assert done()

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 
 import wsroom.browser
-from tests import test_slow_client
 from tests.helpers import TIMEOUT, Client, aiohttp_server, http_request, user_from_query
 from wsroom import ConnectionManager, Handshake, HandshakeRejected, Limits
 from wsroom.adapters import aiohttp as wsroom_aiohttp
+from wsroom.conformance import Server, test_slow_client
 
 UPGRADE = (
     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -191,7 +191,9 @@ async def test_the_send_frame_writer_evicts_a_stuck_reader(
     """Compressed connections (and every one with WSROOM_AIOHTTP_FASTPATH=0) are written by
     a writer task through send_frame(): a client that stops reading is evicted and cut."""
     monkeypatch.setattr(wsroom_aiohttp, "FASTPATH", False)
-    await test_slow_client.test_stuck_reader_is_evicted_by_the_write_timeout(aiohttp_server)
+    await test_slow_client.test_stuck_reader_is_evicted_by_the_write_timeout(
+        Server(aiohttp_server, name="aiohttp")
+    )
 
 
 @asynccontextmanager

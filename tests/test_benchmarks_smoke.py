@@ -32,6 +32,12 @@ def test_core_fanout_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert "deliveries/s" in capsys.readouterr().out
 
 
+def test_fanout_call_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    module = runpy.run_path(str(BENCHMARKS / "fanout_call.py"), run_name="smoke")
+    module["main"](["--members", "1,5", "--deliveries", "50", "--repeat", "2"])
+    assert "ns per delivery" in capsys.readouterr().out
+
+
 def test_fanout_quick_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The socket benchmark's --quick mode: a server process per variant, a row for each,
     and its JSON, which --replot draws again when matplotlib is there.
@@ -151,3 +157,9 @@ def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> No
     assert "| 30.0% | `flush (t.py)` |" in self_table  # lines of one function together
     assert "| 90.0% | `flush (t.py)` |" in inclusive_table
     assert "| 100.0% | `main (srv.py)` |" in inclusive_table
+
+
+def test_admin_snapshot_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    module = runpy.run_path(str(BENCHMARKS / "admin_snapshot.py"), run_name="smoke")
+    module["main"](["--clients", "50", "--rooms", "10", "--repeat", "1"])
+    assert "ms to take" in capsys.readouterr().out

@@ -4,6 +4,7 @@ prints. A mistake ends in one line, never a traceback; the demo logs no line per
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -14,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 import wsroom
-from tests.helpers import TIMEOUT, Client, free_port, http_request
+from tests.helpers import TIMEOUT, Client, demo_command, free_port, http_request
 
-TRANSPORTS = ["asyncio", "sync", "starlette", "aiohttp"]
+TRANSPORTS = ["asyncio", "sync", "starlette", "asgi", "aiohttp"]
 
 
 def run_wsroom(*arguments: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -121,6 +122,13 @@ def test_aiohttp_without_the_extra_names_the_pip_command() -> None:
     assert line.endswith("pip install 'wsroom[aiohttp]'"), line
 
 
+def test_asgi_without_uvicorn_names_the_pip_command() -> None:
+    result = run_wsroom("demo", "--transport", "asgi", blocked=("uvicorn",))
+    line = one_line_error(result, 1)
+    assert "--transport asgi needs uvicorn" in line, line
+    assert line.endswith("pip install 'wsroom[uvicorn]'"), line
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_demo_prints_no_line_per_request_or_connection(transport: str) -> None:
     port = free_port()
@@ -166,3 +174,46 @@ async def test_demo_prints_no_line_per_request_or_connection(transport: str) -> 
     assert " INFO " not in output, output
     assert "GET /" not in output and "HTTP/1.1" not in output, output  # no access log
     assert output.splitlines()[-1] == "wsroom demo: shutting down", output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_demo_admin_serves_the_admin_view_behind_the_token_it_prints(
+    transport: str,
+) -> None:
+    async with demo_command("--admin", "--transport", transport) as (port, process):
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT * 2)).decode()
+        prefix = f"wsroom demo: admin view at http://127.0.0.1:{port}/admin/?token="
+        assert line.startswith(prefix), line
+        token = line.strip().removeprefix(prefix)
+        assert len(token) >= 24 and token.isascii(), token
+
+        alice = await Client.connect(f"ws://127.0.0.1:{port}", "/ws?name=alice")
+        await alice.join("lobby")
+        status, headers, body = await http_request(port, f"/admin/?token={token}")
+        assert status == 200 and b'src="admin.js"' in body, (status, body)
+        assert "script-src 'self'" in headers["content-security-policy"]
+        status, _, body = await http_request(port, f"/admin/snapshot.json?token={token}")
+        assert status == 200, body
+        snapshot = json.loads(body)
+        assert snapshot["rooms"][0]["users"] == ["alice"]
+        # Without the token, or with another one, nothing but a 403.
+        for query in ("", "?token=", f"?token={token[:-1]}", "?token=%C3%A9t%C3%A9", "?token=%FF"):
+            for path in ("/admin/", "/admin/snapshot.json"):
+                status, _, body = await http_request(port, path + query)
+                assert (status, body) == (403, b"Forbidden\n"), (path, query)
+        # The chat is served as before.
+        assert (await http_request(port, "/"))[0] == 200
+        await alice.close()
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT * 2) == 0
+
+
+@pytest.mark.timeout(30)
+async def test_demo_without_admin_has_no_admin_view() -> None:
+    async with demo_command() as (port, process):
+        assert (await http_request(port, "/admin/"))[0] == 404
+        assert (await http_request(port, "/admin/snapshot.json?token="))[0] == 404
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT * 2) == 0

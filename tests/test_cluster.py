@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.helpers import Client, connect_as, user_from_query, websockets_asyncio_server
 from wsroom import ConnectionManager, MessageProtocol
-from wsroom.backplane.base import Record
+from wsroom.backplane.base import Append, Record
 from wsroom.backplane.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(30)
@@ -109,6 +109,21 @@ async def test_a_run_of_items_reaches_members_in_order() -> None:
         assert gap == {"type": "gap", "room": "r", "epoch": joined["epoch"], "offset": 4}
         assert (await alice.recv())["id"] == 5
         assert cluster.dropped_messages == 0
+
+
+async def test_live_messages_wait_for_the_repair_after_the_bus_came_back() -> None:
+    async with one_member() as (cluster, alice, joined):
+        # Stored while this node's bus was down: nobody here got them.
+        records = [Record("bob", n, n) for n in (1, 2, 3)]
+        items = [cluster.encode_item(r) for r in records]
+        await cluster.backplane.append([Append("r", records, items, 100, 60.0)])
+        # The bus is back, and delivers a live message before the repair's task runs.
+        cluster.resubscribed()
+        live = cluster.encode_item(Record("bob", 4, 4))
+        cluster.received("room:r", b"M\n%b\n4\n%b" % (joined["epoch"].encode(), live))
+        frames = [await alice.recv() for _ in range(4)]
+        # What the log held, then the live message: no gap.
+        assert [(f["type"], f.get("id")) for f in frames] == [("message", n) for n in (1, 2, 3, 4)]
 
 
 async def test_other_bus_messages_reach_their_connections() -> None:

@@ -99,7 +99,7 @@ async def test_demo_serves_page_and_chat() -> None:
         await alice.close()
 
 
-@pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette", "aiohttp"])
+@pytest.mark.parametrize("transport", ["asyncio", "sync", "starlette", "asgi", "aiohttp"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_demo_command_serves_and_shuts_down_gracefully(transport: str, signum: int) -> None:
     async with demo_command("--transport", transport) as (port, process):

@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
-    ADAPTERS,
     ROOT,
     TIMEOUT,
     Client,
@@ -60,7 +59,19 @@ INCLUDED_LANGUAGES = {"python", "py", "js", "javascript", "html", "ts", "typescr
 # Files under examples/ that a page includes, and the test that runs or imports each one.
 EXAMPLE_TESTS = {
     "examples/fastapi_chat.py": "tests/test_examples.py",
+    "examples/django_chat/asgi.py": "tests/test_examples.py",
+    "examples/django_chat/channels_asgi.py": "tests/test_examples.py",
+    "examples/quart_chat.py": "tests/test_examples.py",
+    "examples/litestar_chat.py": "tests/test_examples.py",
     "examples/browser_chat.html": "tests/test_browser_chat_example.py",
+}
+
+# Files under docs_src/ a page includes that are neither Python nor a page (configuration
+# files), and the test that runs or parses each one.
+CONFIG_TESTS = {
+    "docs_src/operating/wsroom.conf": "tests/nginx_support.py",
+    "docs_src/operating/docker-compose.yml": "tests/test_deployment.py",
+    "docs_src/operating/wsroom-chat.service": "tests/test_deployment.py",
 }
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$")
@@ -150,14 +161,8 @@ def on_path(folder: Path) -> Iterator[None]:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", DOCS_SRC_FILES, ids=_rel)
 def test_every_docs_src_file_imports(path: Path) -> None:
-    adapters = dict(ADAPTERS)
     with on_path(path.parent):
-        try:
-            namespace = runpy.run_path(str(path), run_name="docs_src")
-        finally:
-            # adapters.md's factory registers itself, as it would in a clone's helpers.py.
-            ADAPTERS.clear()
-            ADAPTERS.update(adapters)
+        namespace = runpy.run_path(str(path), run_name="docs_src")
     # A program keeps what it does behind main(): importing it starts nothing.
     assert namespace["__name__"] == "docs_src"
 
@@ -309,7 +314,10 @@ def test_pages_have_no_inline_code(page: Path) -> None:
 @pytest.mark.parametrize("path", INCLUDES)
 def test_every_included_file_exists_and_is_exercised(path: str) -> None:
     assert (ROOT / path).is_file(), path
-    if path.startswith("docs_src/"):
+    if path in CONFIG_TESTS:
+        test = (ROOT / CONFIG_TESTS[path]).read_text(encoding="utf-8")
+        assert Path(path).name in test, (path, CONFIG_TESTS[path])
+    elif path.startswith("docs_src/"):
         # Python files by test_every_docs_src_file_imports; HTML pages by the scripts' check.
         assert path.endswith((".py", ".html", ".js")), path
     else:
@@ -352,6 +360,8 @@ def test_shell_commands_name_modules_and_files_that_exist() -> None:
             module = match["module"]
             if module.split(".")[0] in {"pip", "venv", "pytest", "uvicorn", "http"}:
                 continue
+            assert importlib.util.find_spec(module) is not None, (block, module)
+        for module in re.findall(r"--pyargs ([\w.]+)", text):
             assert importlib.util.find_spec(module) is not None, (block, module)
         pattern = r"(?<![\w/.$-])((?:benchmarks|docs|docs_src|examples|scripts|tests)/[\w./-]*\w)"
         for path in re.findall(pattern, text):
@@ -919,18 +929,47 @@ async def test_adapters_aiohttp_runner(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "prefix"), [("asgi_alone", ""), ("asgi_mount", "/rooms")])
+async def test_adapters_asgi_apps(name: str, prefix: str) -> None:
+    with on_path(DOCS_SRC / "adapters"):
+        module = load(f"adapters/{name}.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        assert module.manager.loop is not None  # started by the lifespan
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        await say_hello(url, path=f"{prefix}/ws")
+        assert await asyncio.to_thread(http_status, f"{url}{prefix}/ws") == 426
+        status, body = await asyncio.to_thread(
+            _get, f"{url}{prefix}/wsroom.js".replace("ws:", "http:")
+        )
+        assert status == 200 and b"export function connect(" in body
+        client = await Client.connect(url, f"{prefix}/ws")
+        await server.lifespan.shutdown()
+        assert await client.wait_closed() == 1001
+
+
+@pytest.mark.timeout(30)
+async def test_adapters_asgi_serve_from_an_endpoint() -> None:
+    import websockets
+
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/asgi_serve.py")
+    async with uvicorn_server(module.manager, module.app, lifespan="on") as server:
+        url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        client = await Client.connect(url, additional_headers={"X-API-Key": "k-7f3a"})
+        assert client.welcome["user"] == "build-bot"
+        await client.close()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(url, additional_headers={"X-API-Key": "guess"})
+        assert refused.value.response.status_code == 403
+
+
+@pytest.mark.timeout(30)
 async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
-    adapters = dict(ADAPTERS)
-    try:
-        with on_path(DOCS_SRC / "adapters"):
-            factory = load("adapters/task_adapter_factory.py").task_adapter_server
-            serving = load("adapters/task_adapter_serve.py")
-            assert ADAPTERS["task"] is factory
-            async with factory(ConnectionManager()) as url:
-                await say_hello(url)
-    finally:
-        ADAPTERS.clear()
-        ADAPTERS.update(adapters)
+    with on_path(DOCS_SRC / "adapters"):
+        factory = load("adapters/task_adapter_server.py").task_adapter_server
+        serving = load("adapters/task_adapter_serve.py")
+    async with factory(ConnectionManager()) as url:
+        await say_hello(url)
     servers: list[Any] = []
     monkeypatch.setattr(serving, "serve", on_port_zero(serving.serve, servers))
     stop = asyncio.Event()
@@ -941,27 +980,31 @@ async def test_adapters_task_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     await asyncio.wait_for(task, TIMEOUT)
 
 
-@pytest.mark.timeout(300)
-def test_adapters_task_adapter_passes_the_conformance_suite() -> None:
-    # As the page says to run it, with the page's factory registering the page's adapter
-    # (loaded as a pytest plugin, so it is in ADAPTERS before the tests are collected).
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
-            *("-p", "task_adapter_factory", "-k", "task"),
-            *("tests/conformance", "tests/test_slow_client.py"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(DOCS_SRC / "adapters")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout
-    passed = re.search(r"^(\d+) passed", result.stdout, re.M)
-    assert passed and int(passed[1]) > 100, result.stdout
+# The page's conftest.py passes the suite in tests/test_conformance_plugin.py; here, what
+# the hook of its second version names, with and without a Redis.
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:6379/0"])
+def test_adapters_conformance_capabilities(
+    redis_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsroom.conformance import ABORT, Server
+
+    if redis_url is None:
+        monkeypatch.delenv("REDIS_URL", raising=False)
+    else:
+        monkeypatch.setenv("REDIS_URL", redis_url)
+    with on_path(DOCS_SRC / "adapters"):
+        module = load("adapters/conformance_capabilities.py")
+        factory = load("adapters/task_adapter_server.py").task_adapter_server
+    assert module.pytest_plugins == ["wsroom.conformance.plugin"]
+    servers = module.pytest_wsroom_servers(None)
+    assert sorted(servers) == (["task"] if redis_url is None else ["task", "task+redis"])
+    for name, server in servers.items():
+        assert isinstance(server, Server)
+        assert not server.can(ABORT)
+        assert server.nodes == (2 if name == "task+redis" else 1)
+    assert servers["task"].factory.__name__ == factory.__name__
 
 
 # 11. Deployment: two nodes of the page's chat share a room through Redis.
@@ -1534,3 +1577,123 @@ async def test_coming_from_channels_wsroom_next_to_django() -> None:
         assert (message["from"], message["data"]) == ("ann", "hello")
         await ann.close()
         await bob.close()
+
+
+# Operating wsroom: the admin view on each adapter, behind HTTP Basic authentication.
+
+ADMIN_PASSWORD = "correct horse"
+
+
+async def check_admin_view(port: int, path: str = "/admin") -> None:
+    """The page's view at ``path``: a 401 asking for Basic credentials, then the page and
+    the snapshot with them."""
+    import base64
+
+    from tests.helpers import http_request
+
+    status, headers, _ = await http_request(port, f"{path}/snapshot.json")
+    assert (status, headers["www-authenticate"]) == (401, 'Basic realm="wsroom admin"')
+    wrong = base64.b64encode(b"admin:guess").decode()
+    status, _, _ = await http_request(port, f"{path}/", headers=f"Authorization: Basic {wrong}\r\n")
+    assert status == 401
+    right = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    credentials = f"Authorization: Basic {right}\r\n"
+    status, _, page = await http_request(port, f"{path}/", headers=credentials)
+    assert status == 200 and b'src="admin.js"' in page
+    status, _, body = await http_request(port, f"{path}/snapshot.json", headers=credentials)
+    assert status == 200 and json.loads(body)["version"] == 1
+
+
+@pytest.fixture
+def admin_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSROOM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_websockets() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_websockets.py")
+    async with running(module.main, module) as url:
+        await say_hello(url)
+        await check_admin_view(int(url.rsplit(":", 1)[1]))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_the_threading_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wsroom.adapters import websockets_sync
+
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_sync.py")
+    servers: list[Any] = []
+    serve = on_port_zero(websockets_sync.serve, servers, sync=True)
+    adapter = SimpleNamespace(serve=serve, admin_view=websockets_sync.admin_view)
+    monkeypatch.setattr(module, "websockets_sync", adapter)
+    thread = await run_in_thread(module.main, servers)
+    try:
+        await say_hello(url_of(servers[0]))
+        await check_admin_view(servers[0].socket.getsockname()[1])
+    finally:
+        await asyncio.to_thread(servers[0].shutdown)
+        await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_starlette() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_starlette.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_on_the_asgi_adapter() -> None:
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_asgi.py")
+    async with uvicorn_server(module.manager, module.app) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("admin_password")
+async def test_operating_admin_view_beside_the_client_script() -> None:
+    from wsroom.adapters.websockets import serve
+
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_combined.py")
+    options = {"process_request": module.process_request}
+    async with serve(module.manager, "127.0.0.1", 0, **options) as server:
+        port = server.sockets[0].getsockname()[1]
+        await say_hello(f"ws://127.0.0.1:{port}")
+        await check_admin_view(port, "/ops/admin")
+        status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/wsroom.js")
+        assert status == 200 and b"export function connect(" in body
+
+
+@pytest.mark.timeout(30)
+async def test_operating_admin_check_refuses_without_a_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import base64
+
+    from wsroom import Handshake, HandshakeRejected
+
+    monkeypatch.delenv("WSROOM_ADMIN_PASSWORD", raising=False)
+    with on_path(DOCS_SRC / "operating"):
+        module = load("operating/admin_check.py")
+    # No password set: even the empty one is refused.
+    empty = "Basic " + base64.b64encode(b"admin:").decode()
+    request = Handshake.from_target("/admin/", [("Authorization", empty)])
+    with pytest.raises(HandshakeRejected) as refused:
+        module.is_operator(request)
+    assert refused.value.status == 401

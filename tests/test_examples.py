@@ -99,6 +99,48 @@ async def test_chat_example_on_each_transport(module: str, stop_with: int, statu
         assert await closed_codes(alice, bob) == [1001, 1001]  # a graceful shutdown
 
 
+# 1b. The same chat beside a framework's pages, through wsroom's plain ASGI application.
+
+
+@pytest.mark.parametrize(
+    ("arguments", "page"),
+    [
+        # examples/django_chat/asgi.py, then channels_asgi.py.
+        (("-m", "examples.django_chat", "0"), b"A Django page"),
+        (("-m", "examples.django_chat", "--channels", "0"), b"A Django page"),
+        (("-m", "examples.quart_chat", "0"), b"A Quart page"),
+        (("-m", "examples.litestar_chat", "0"), b"A Litestar page"),
+    ],
+    ids=["django", "channels", "quart", "litestar"],
+)
+@pytest.mark.timeout(60)
+async def test_chat_beside_a_framework(arguments: tuple[str, ...], page: bytes) -> None:
+    async with example_command(PYTHON, *arguments) as example:
+        base = f"127.0.0.1:{example.port}"
+        url = f"ws://{base}"
+        code, _, body = await http(f"http://{base}/")
+        assert code == 200 and page in body, body
+        code, headers, script = await http(f"http://{base}/wsroom.js")
+        assert code == 200 and b"export function connect(" in script
+        assert headers["Content-Type"].startswith("text/javascript")
+
+        assert await refused_status(url, "/ws") == 401  # no ?user=
+        alice = await Client.connect(url, "/ws?user=alice")
+        bob = await Client.connect(url, "/ws?user=bob")
+        await alice.join("lobby")
+        assert (await bob.join("lobby"))["members"] == ["alice", "bob"]
+        await bob.send({"type": "message", "room": "lobby", "data": "hi"})
+        message = await alice.recv_type("message")
+        assert (message["from"], message["data"]) == ("bob", "hi")
+        # The framework's own view reaches the rooms.
+        code, _, body = await http(f"http://{base}/rooms/lobby")
+        assert code == 200, body
+        assert json.loads(body) == {"room": "lobby", "members": ["alice", "bob"]}
+
+        assert await example.stop(signal.SIGTERM) == 0
+        assert await closed_codes(alice, bob) == [1001, 1001]  # a graceful shutdown
+
+
 # 2. FastAPI: a token from POST /login, checked by Depends() before the handshake.
 
 
@@ -284,10 +326,10 @@ async def test_redis_workers_example_shares_rooms_between_two_workers(shared_url
             presence = await a.recv_type("presence")
             assert (presence["event"], presence["user"]) == ("leave", b_user)
 
-            # As the docstring says: uvicorn closes WebSockets with 1012 before the
-            # lifespan shutdown, which then takes each worker out of Redis.
+            # As the docstring says: each worker drains its clients with 1001 before
+            # uvicorn closes anything, and leaves Redis.
             assert await example.stop(signal.SIGTERM) == 0
-            assert await closed_codes(a) == [1012]
+            assert await closed_codes(a) == [1001]
             assert example.log.count("Application shutdown complete.") == 2
         from redis import asyncio as aioredis
 

@@ -101,7 +101,15 @@ def _pyproject() -> dict[str, Any]:
 def test_development_tools_are_groups_not_extras() -> None:
     project = _pyproject()
     extras = project["project"]["optional-dependencies"]
-    assert set(extras) == {"starlette", "uvicorn", "redis"}
+    assert set(extras) == {"starlette", "uvicorn", "redis", "conformance"}
+    # The one extra with test tools is what the conformance suite, shipped for the authors
+    # of adapters, runs with; the project's own tools stay out of every extra.
+    names = {
+        re.split(r"[^\w-]", requirement, maxsplit=1)[0] for requirement in extras["conformance"]
+    }
+    assert names == {"pytest", "pytest-asyncio", "pytest-timeout", "psutil"}
+    for tool in ("mypy", "ruff", "hypothesis", "playwright"):
+        assert not any(r.startswith(tool) for extra in extras.values() for r in extra), tool
     # `pip install "wsroom[starlette]"` can run `wsroom demo --transport starlette`.
     assert any(re.match(r"uvicorn\b", requirement) for requirement in extras["starlette"])
     groups = project["dependency-groups"]

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 import websockets
 from websockets.asyncio.server import serve as ws_serve
 
-from tests.helpers import TIMEOUT, Client
-from wsroom import ConnectionManager
+from tests.helpers import TIMEOUT, Client, connect_as, user_from_query, websockets_handler_server
+from wsroom import (
+    ConnectionManager,
+    Handshake,
+    HandshakeRejected,
+    Limits,
+    MemoryBackplane,
+)
 from wsroom.adapters.websockets import WebsocketsAdapter, serve
+from wsroom.backplane.base import BusReceiver
 
 
 async def test_cancelling_serve_forever_shuts_down_gracefully() -> None:
@@ -78,3 +86,60 @@ async def test_options_keep_overrides_and_chain_process_request() -> None:
         await client.close()
     assert calls == ["/ws?x=1"]
     await manager.shutdown()
+
+
+# Close codes of a server built by hand around the handler (the conformance suite covers
+# the others on every adapter).
+
+
+@pytest.mark.parametrize("refusal", ["no credentials", "access denied", "origin"])
+async def test_1008_when_authentication_fails_after_accept(refusal: str) -> None:
+    # Without WebsocketsAdapter.options(), nothing runs before the upgrade: the handler
+    # authenticates once the connection is accepted and refuses with 1008.
+
+    def authenticate(handshake: Handshake) -> str | None:
+        if refusal == "access denied":
+            raise HandshakeRejected(403, "Forbidden")
+        return handshake.query.get("user") if refusal == "origin" else None
+
+    manager = ConnectionManager(authenticate=authenticate)
+    async with websockets_handler_server(manager) as url:
+        kwargs: dict[str, Any] = {}
+        if refusal == "origin":
+            kwargs["origin"] = "https://evil.example"
+        client = await Client.connect(url, "/ws?user=alice", welcome=False, **kwargs)
+        assert await client.expect_close() == 1008
+        assert manager.connections == []
+
+
+async def test_handler_without_options_still_serves_valid_clients() -> None:
+    manager = ConnectionManager(authenticate=user_from_query)
+    async with websockets_handler_server(manager) as url:
+        client = await connect_as(url, "alice")
+        assert client.welcome["user"] == "alice"
+        await client.join("r")
+        await client.close()
+
+
+async def test_1009_is_enforced_by_the_core_too() -> None:
+    # A server started without WebsocketsAdapter.options() keeps websockets' own 1 MiB
+    # limit; the manager still closes with 1009 above Limits.max_frame_size.
+    manager = ConnectionManager(limits=Limits(max_frame_size=1024))
+    async with websockets_handler_server(manager) as url:
+        client = await Client.connect(url)
+        await client.send({"type": "ping", "pad": "a" * 2000})
+        assert await client.expect_close() == 1009
+
+
+class BrokenBackplane(MemoryBackplane):
+    async def start(self, receiver: BusReceiver) -> None:
+        raise RuntimeError("the backplane is down")
+
+
+async def test_1011_on_unexpected_server_failure() -> None:
+    # The adapter's serve() starts the manager up front and would fail to start at all;
+    # a server built by hand starts it on the first connection, whose accept then fails.
+    manager = ConnectionManager(backplane=BrokenBackplane())
+    async with websockets_handler_server(manager, checks=True) as url:
+        client = await Client.connect(url, welcome=False)
+        assert await client.expect_close() == 1011

@@ -24,27 +24,21 @@ import pytest
 from websockets.asyncio.server import ServerConnection as AsyncioServerConnection
 from websockets.server import ServerProtocol
 
-from tests.conformance.test_close_codes import *  # noqa: F403
-from tests.conformance.test_messages import *  # noqa: F403
-from tests.helpers import (
-    TIMEOUT,
-    Client,
-    ServerFactory,
-    adapter_name,
-    wait_for,
-    websockets_sync_server,
-)
-from tests.test_slow_client import (
+from tests.helpers import TIMEOUT, Client, wait_for, websockets_sync_server
+from wsroom import ConnectionManager, Limits, Transport
+from wsroom.adapters import _websockets_fastpath as fastpath
+from wsroom.adapters.websockets import WebsocketsTransport, serve
+from wsroom.adapters.websockets_sync import SyncTransport
+from wsroom.conformance import Server
+from wsroom.conformance.test_close_codes import *  # noqa: F403
+from wsroom.conformance.test_messages import *  # noqa: F403
+from wsroom.conformance.test_slow_client import (
     PAYLOAD,
     _here,
     _stuck_client,
     _wait_reset,
     test_stuck_reader_is_evicted_by_the_write_timeout,  # noqa: F401 - run here again
 )
-from wsroom import ConnectionManager, Limits, Transport
-from wsroom.adapters import _websockets_fastpath as fastpath
-from wsroom.adapters.websockets import WebsocketsTransport, serve
-from wsroom.adapters.websockets_sync import SyncTransport
 
 
 @contextmanager
@@ -75,9 +69,11 @@ async def websockets_sync_public_api(manager: ConnectionManager) -> AsyncIterato
             yield url
 
 
-PUBLIC_API: dict[str, ServerFactory] = {
-    "websockets_public_api": websockets_public_api,
-    "websockets_sync_public_api": websockets_sync_public_api,
+PUBLIC_API: dict[str, Server] = {
+    "websockets_public_api": Server(websockets_public_api, name="websockets_public_api"),
+    "websockets_sync_public_api": Server(
+        websockets_sync_public_api, name="websockets_sync_public_api"
+    ),
 }
 TRANSPORTS: dict[str, type[Transport]] = {
     "websockets_public_api": WebsocketsTransport,
@@ -86,22 +82,22 @@ TRANSPORTS: dict[str, type[Transport]] = {
 
 
 @pytest.fixture(params=sorted(PUBLIC_API))
-def start_server(request: pytest.FixtureRequest) -> ServerFactory:
+def start_server(request: pytest.FixtureRequest) -> Server:
     """Each websockets adapter with the fast path off."""
     return PUBLIC_API[request.param]
 
 
-async def test_the_adapters_write_through_the_public_api(start_server: ServerFactory) -> None:
+async def test_the_adapters_write_through_the_public_api(start_server: Server) -> None:
     manager = ConnectionManager()
     async with start_server(manager) as url:
         client = await Client.connect(url)
         (conn,) = manager.connections
-        assert isinstance(conn.transport, TRANSPORTS[adapter_name(start_server)])
+        assert isinstance(conn.transport, TRANSPORTS[start_server.name])
         await client.close()
 
 
 async def test_stuck_reader_is_evicted_while_the_others_get_everything(
-    start_server: ServerFactory,
+    start_server: Server,
 ) -> None:
     limits = Limits(max_queue=64, max_queue_bytes=128 * 1024, write_timeout=30)
     manager = ConnectionManager(limits=limits)

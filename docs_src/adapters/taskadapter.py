@@ -29,15 +29,16 @@ class TaskTransport(Transport):
         assert conn is not None
         while True:
             self.ready.clear()
-            while frames := conn.take_outgoing(1):
-                try:
-                    async with asyncio.timeout(conn.manager.limits.write_timeout):
-                        await self.ws.send(frames[0].decode())  # JSON goes in text frames
-                except TimeoutError:
-                    conn.manager.evict(conn, "client too slow")  # the core aborts us
-                    return
-                except ConnectionClosed:
-                    return
+            while messages := conn.take_messages():  # wsroom.v1.batch: arrays of frames
+                for message in messages:
+                    try:
+                        async with asyncio.timeout(conn.manager.limits.write_timeout):
+                            await self.ws.send(message.decode())  # JSON goes in text frames
+                    except TimeoutError:
+                        conn.manager.evict(conn, "client too slow")  # the core aborts us
+                        return
+                    except ConnectionClosed:
+                        return
             if self.closing:
                 return
             await self.ready.wait()

@@ -20,5 +20,7 @@ async def test_every_option() -> None:
         reading=True,
         # Default seconds receive() and request() wait.
         timeout=2.0,
+        # True: offer wsroom.v1.batch, as wsroom.js does, and read batches.
+        batch=False,
     ) as alice:
         assert alice.user == "alice"

@@ -21,6 +21,7 @@ from .handshake import Handshake, Headers, OriginPolicy
 from .limits import Limits
 from .manager import Authenticate, ConnectionManager, Statistics
 from .protocol import (
+    BATCH_SUBPROTOCOL,
     SUBPROTOCOL,
     CloseCode,
     ErrorCode,
@@ -31,6 +32,7 @@ from .protocol import (
 from .room import HookResult, Room
 
 __all__ = [
+    "BATCH_SUBPROTOCOL",
     "SUBPROTOCOL",
     "Authenticate",
     "Backplane",

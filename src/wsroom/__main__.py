@@ -23,6 +23,8 @@ _EXTRA_HINTS = {
     "pip install 'wsroom[redis]'",
     "starlette": "wsroom demo --transport starlette needs Starlette and uvicorn, which are "
     "not installed here: pip install 'wsroom[starlette]'",
+    "asgi": "wsroom demo --transport asgi needs uvicorn, which is not installed here: "
+    "pip install 'wsroom[uvicorn]'",
     "aiohttp": "wsroom demo --transport aiohttp needs aiohttp, which is not installed here: "
     "pip install 'wsroom[aiohttp]'",
 }
@@ -60,10 +62,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     demo.add_argument(
         "--transport",
-        choices=("asyncio", "sync", "starlette", "aiohttp"),
+        choices=("asyncio", "sync", "starlette", "asgi", "aiohttp"),
         default="asyncio",
         help="websockets asyncio (default), websockets threading, Starlette under uvicorn "
-        "(needs pip install 'wsroom[starlette]'), or aiohttp (needs pip install "
+        "(needs pip install 'wsroom[starlette]'), wsroom's plain ASGI application under "
+        "uvicorn (needs pip install 'wsroom[uvicorn]'), or aiohttp (needs pip install "
         "'wsroom[aiohttp]')",
     )
     demo.add_argument(
@@ -71,6 +74,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="URL",
         help="share the rooms with other demo processes through this Redis "
         "(e.g. redis://127.0.0.1:6379/0; needs pip install 'wsroom[redis]')",
+    )
+    demo.add_argument(
+        "--admin",
+        action="store_true",
+        help="also serve the live admin view at /admin/, behind a random token printed "
+        "with its address",
     )
     return parser, demo
 
@@ -102,13 +111,15 @@ def _demo(demo: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     try:
         if args.transport == "sync":
-            chat_demo.run_sync(args.host, args.port, args.redis)
+            chat_demo.run_sync(args.host, args.port, args.redis, admin=args.admin)
         elif args.transport == "starlette":
-            chat_demo.run_starlette(args.host, args.port, args.redis)
+            chat_demo.run_starlette(args.host, args.port, args.redis, admin=args.admin)
+        elif args.transport == "asgi":
+            chat_demo.run_asgi(args.host, args.port, args.redis, admin=args.admin)
         elif args.transport == "aiohttp":
-            asyncio.run(chat_demo.run_aiohttp(args.host, args.port, args.redis))
+            asyncio.run(chat_demo.run_aiohttp(args.host, args.port, args.redis, admin=args.admin))
         else:
-            asyncio.run(chat_demo.run(args.host, args.port, args.redis))
+            asyncio.run(chat_demo.run(args.host, args.port, args.redis, admin=args.admin))
     except BackplaneError as exc:
         return _fail(f"wsroom demo: {exc}")
     except OSError as exc:
@@ -121,9 +132,10 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
     try:
         if args.transport == "starlette":
             import starlette  # noqa: F401
+        if args.transport in ("starlette", "asgi"):
             import uvicorn  # noqa: F401
     except ImportError:
-        return "starlette"
+        return str(args.transport)
     try:
         if args.transport == "aiohttp":
             import aiohttp  # noqa: F401

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from . import frames
 from ._hooks import MaybeAwaitable, call_hook
 from ._ratelimit import SharedLimits, TokenBucket
+from ._snapshot import CloseLog
 from .exceptions import BackplaneError, EncodeError, ProtocolError
 from .frames import CLIENT_TYPES, CUSTOM_TYPE, CloseCode, ErrorCode
 from .limits import ABUSE_CLOSE_GRACE
@@ -95,6 +96,8 @@ class Dispatcher:
         self._handlers = handlers
         self._shared_limits = shared_limits
         self._protocol = manager.protocol
+        self.closes = CloseLog()
+        """The latest connection ends, for the admin view."""
         self._serve: dict[str, _Serve] = {
             kind.name: getattr(self, kind.handler) for kind in (*CLIENT_TYPES.values(), CUSTOM_TYPE)
         }
@@ -122,6 +125,10 @@ class Dispatcher:
         """Close a client that does not read fast enough, with 1013."""
         self._delivery.evict(conn, reason)
 
+    def send_bytes(self, conn: Connection, frame: bytes) -> None:
+        """Queue an encoded frame to ``conn`` (evicting it if its queue overflows)."""
+        self._delivery.send_bytes(conn, frame)
+
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The names of the rooms ``conn`` is in."""
         return self._registry.rooms_of(conn)
@@ -146,9 +153,17 @@ class Dispatcher:
         """Count frames dropped from full queues."""
         self._delivery.counters.dropped_frames += count
 
-    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
+    def depart(
+        self, conn: Connection, code: int | None = None, reason: str | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Take ``conn`` out of every room now; the function returned finishes leaving them
-        and calls the ``on_disconnect`` hook with ``code``, the connection's close code."""
+        and calls the ``on_disconnect`` hook with ``code``, the connection's close code.
+        ``reason`` is the server's when it closed the connection, ``None`` when the client
+        did."""
+        self.closes.record(conn, code, reason)
+        # Called once per connection: by its close (close_code set first), or when the
+        # client went first.
+        self._delivery.counters.closed(conn.close_code is not None, code)
         left = self._registry.remove_connection(conn)
         return functools.partial(self._finish_leaving, conn, left, code)
 
@@ -204,12 +219,19 @@ class Dispatcher:
         now = time.monotonic()
         conn.last_seen = now
         delivery = self._delivery
-        delivery.counters.frames_received += 1
+        counters = delivery.counters
+        counters.frames_received += 1
+        # Text frames: a str that is ASCII (known without a scan) has as many bytes.
+        counters.bytes_received += (
+            len(frame)
+            if isinstance(frame, bytes) or frame.isascii()
+            else len(frame.encode("utf-8", "surrogatepass"))
+        )
         if self._too_large(frame):
             conn.begin_close(CloseCode.MESSAGE_TOO_BIG, "frame too large", grace=ABUSE_CLOSE_GRACE)
             return
         if not conn.allow_frame(now):
-            delivery.counters.rate_limited += 1
+            counters.rate_limited += 1
             ref = self._protocol.peek_ref(frame)
             delivery.send_error(conn, ErrorCode.RATE_LIMITED, "slow down: too many frames", ref)
             if conn.note_violation(now):

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import frames
+from ._batch import pack
 from ._ratelimit import TokenBucket, take_all
 from .exceptions import ConnectionClosedError
 from .frames import CloseCode
@@ -107,14 +108,22 @@ class ConnectionHost(Protocol):
         """Close a client whose queue overflowed, with 1013."""
         ...
 
+    def send_bytes(self, conn: Connection, frame: bytes) -> None:
+        """Queue an encoded frame to ``conn`` (evicting it if its queue overflows)."""
+        ...
+
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The names of the rooms ``conn`` is in."""
         ...
 
-    def depart(self, conn: Connection, code: int | None = None) -> Callable[[], Awaitable[None]]:
+    def depart(
+        self, conn: Connection, code: int | None = None, reason: str | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Take ``conn`` out of every room at once; the function returned finishes leaving
         them (presence, ``on_leave`` hooks), then reports the end of the connection, with
-        its close code ``code`` (``None``: unknown), to the ``on_disconnect`` hook."""
+        its close code ``code`` (``None``: unknown), to the ``on_disconnect`` hook.
+        ``reason``: the server's reason when it closed the connection, ``None`` when the
+        client did."""
         ...
 
     def hold_buckets(
@@ -150,6 +159,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_batch_limit",
         "_buckets",
         "_close_task",
         "_closed",
@@ -205,6 +215,12 @@ class Connection:
         self._max_frames = limits.max_queue
         self._max_bytes = limits.max_queue_bytes
         self._drop_oldest = limits.overflow == "drop_oldest"
+        # Batched frames (PROTOCOL.md): the largest message the writer may pack queued
+        # frames into, 0 for a client that did not negotiate batches.
+        batch = host.manager.protocol.batch_subprotocol
+        self._batch_limit = (
+            limits.max_frame_size if batch is not None and handshake.subprotocol == batch else 0
+        )
         now = self.last_seen
         # This connection's own budget first, then those it shares with its user's and its
         # address's other connections, past and present.
@@ -237,6 +253,12 @@ class Connection:
         return len(self._outbox)
 
     @property
+    def batched(self) -> bool:
+        """Whether this client negotiated batched frames (``wsroom.v1.batch``): the frames
+        waiting in its queue are sent as JSON arrays (:meth:`take_messages`)."""
+        return self._batch_limit > 0
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes waiting in the outgoing queue."""
         return self._queued_bytes
@@ -262,8 +284,7 @@ class Connection:
             require_room_name(room)
         if self._closed:
             raise ConnectionClosedError(f"connection {self.id} is closed")
-        if not self.push(self._host.encode(frames.event(type, data, room))):
-            self._host.evict(self)
+        self._host.send_bytes(self, self._host.encode(frames.event(type, data, room)))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close this connection with ``code``, after the frames already queued are sent.
@@ -287,7 +308,7 @@ class Connection:
         self._closed = True
         self.close_code = code
         self._host.release_buckets(self._shared, self._counted, time.monotonic())
-        departure = self._host.depart(self, code)
+        departure = self._host.depart(self, code, reason)
         if grace is None:
             grace = self._host.limits.close_timeout
         loop = self._host.loop or asyncio.get_running_loop()
@@ -386,6 +407,26 @@ class Connection:
         frames = outbox[:limit]
         del outbox[:limit]
         self._queued_bytes -= sum(map(len, frames))
+        return frames
+
+    def take_messages(self) -> list[bytes]:
+        """Take every queued frame as the WebSocket messages to send, oldest first. For
+        adapters: what a writer sends, one message after the other.
+
+        For a client without batched frames these are the frames themselves. For a batched
+        client (:attr:`batched`) the frames waiting are packed into JSON arrays of at most
+        ``Limits.max_frame_size`` bytes; a frame alone, or one larger than that, stays a
+        plain object. Only frames already queued are packed: a writer that takes them as
+        soon as it can adds no delay.
+        """
+        return self.pack(self.take_outgoing())
+
+    def pack(self, frames: list[bytes]) -> list[bytes]:
+        """The messages carrying ``frames``, taken from the queue with
+        :meth:`take_outgoing`: packed into batches for a batched client, as they are
+        otherwise (see :meth:`take_messages`). For adapters that look at the frames first."""
+        if self._batch_limit and len(frames) > 1:
+            return pack(frames, self._batch_limit)
         return frames
 
     def drop_queue(self) -> None:

@@ -43,6 +43,8 @@ Ref: TypeAlias = str | int | None
 
 SUBPROTOCOL: Final = "wsroom.v1"
 """The WebSocket subprotocol name of protocol version 1."""
+BATCH_SUBPROTOCOL: Final = "wsroom.v1.batch"
+"""The subprotocol of version 1 with batched frames (server frames packed in JSON arrays)."""
 PROTOCOL_VERSION: Final = 1
 
 MAX_REF_LENGTH: Final = 64

@@ -174,6 +174,12 @@ class Handshake:
     hook runs: the host of :attr:`remote_address`, or, behind a reverse proxy, the address
     the proxy reports in the header the manager trusts (``client_address_header``). The
     per-address limits count by it."""
+    subprotocol: str | None = None
+    """The subprotocol the server accepts for this client, or ``None``: set by the manager's
+    handshake checks to what :meth:`ConnectionManager.select_subprotocol
+    <wsroom.ConnectionManager.select_subprotocol>` chose, which the adapter accepts. An
+    adapter that accepted another one sets it before serving the connection. Batched frames
+    (``wsroom.v1.batch``) are sent to a connection whose handshake has it here."""
 
     @classmethod
     def from_target(
@@ -400,11 +406,14 @@ class HandshakePolicy:
         authenticate: The authentication hook, or ``None`` (every client is anonymous).
         origins: The origin policy.
         subprotocol: The WebSocket subprotocol the server speaks.
+        batch_subprotocol: The subprotocol of batched frames the server offers beside it,
+            or ``None``.
         closing: Tells whether the server is shutting down (new clients get HTTP 503).
         limits: The budgets shared beyond one connection (handshakes per address).
         client_address_header: The request header a trusted reverse proxy puts the
             client's address in, or ``None`` to use the socket's peer address.
-        refused: Called once for every handshake refused for its rate (HTTP 429).
+        refused: Called with the HTTP status of every handshake refused, whatever the
+            reason (:meth:`authorize` and :meth:`admit`).
     """
 
     def __init__(
@@ -413,10 +422,11 @@ class HandshakePolicy:
         authenticate: Authenticate | None,
         origins: OriginPolicy,
         subprotocol: str,
+        batch_subprotocol: str | None = None,
         closing: Callable[[], bool],
         limits: SharedLimits | None = None,
         client_address_header: str | None = None,
-        refused: Callable[[], None] | None = None,
+        refused: Callable[[int], None] | None = None,
     ) -> None:
         self.authenticate = authenticate
         """The authentication hook, or ``None``."""
@@ -424,6 +434,8 @@ class HandshakePolicy:
         """The origin policy checked at every handshake."""
         self.subprotocol = subprotocol
         """The subprotocol accepted when a client offers it."""
+        self.batch_subprotocol = batch_subprotocol
+        """The subprotocol of batched frames, preferred when a client offers it, or ``None``."""
         self.client_address_header = (
             client_address_header.strip().lower() if client_address_header else None
         )
@@ -450,12 +462,20 @@ class HandshakePolicy:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self._admit(handshake)
-        if self.authenticate is None:
-            return None
-        user = await self._run_hook(handshake)
-        self.check_user(user)
+        try:
+            self._admit(handshake)
+            if self.authenticate is None:
+                return None
+            user = await self._run_hook(handshake)
+            self.check_user(user)
+        except HandshakeRejected as exc:
+            self._count(exc)
+            raise
         return user
+
+    def _count(self, exc: HandshakeRejected) -> None:
+        if self._refused is not None:
+            self._refused(exc.status)
 
     def check_user(self, user: str | None) -> None:
         """Refuse (HTTP 403) a user id that PROTOCOL.md does not allow, and tell the
@@ -496,8 +516,12 @@ class HandshakePolicy:
         Raises:
             HandshakeRejected: the adapter must refuse the upgrade with its status.
         """
-        self._admit(handshake)
-        self.check_user(user)
+        try:
+            self._admit(handshake)
+            self.check_user(user)
+        except HandshakeRejected as exc:
+            self._count(exc)
+            raise
 
     def _admit(self, handshake: Handshake) -> None:
         if self._closing():
@@ -508,8 +532,6 @@ class HandshakePolicy:
             if retry_after is None and self._limits.too_many_connections(address):
                 retry_after = _RETRY_WHEN_FULL
             if retry_after is not None:
-                if self._refused is not None:
-                    self._refused()
                 raise HandshakeRejected(
                     429,
                     "Too Many Requests: too many connections from your address",
@@ -517,7 +539,7 @@ class HandshakePolicy:
                 )
         if not self.origins.allows(handshake):
             raise HandshakeRejected(403, "Origin not allowed")
-        self.select_subprotocol(handshake.subprotocols)
+        handshake.subprotocol = self.select_subprotocol(handshake.subprotocols)
 
     def client_address(self, handshake: Handshake) -> str | None:
         """The client's address: from the trusted proxy header when one is named and
@@ -543,7 +565,8 @@ class HandshakePolicy:
 
     def select_subprotocol(self, offered: Iterable[str]) -> str | None:
         """The subprotocol to accept among those a client offered; ``None`` when it offered
-        none (it is served without one).
+        none (it is served without one). Batched frames win when offered, whatever the
+        order of the offer: a client that lists them at all can read them.
 
         Raises:
             HandshakeRejected: the client offered only subprotocols this server does not
@@ -552,6 +575,8 @@ class HandshakePolicy:
         offered = list(offered)
         if not offered:
             return None
+        if self.batch_subprotocol is not None and self.batch_subprotocol in offered:
+            return self.batch_subprotocol
         if self.subprotocol in offered:
             return self.subprotocol
         raise HandshakeRejected(

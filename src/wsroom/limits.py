@@ -24,7 +24,8 @@ class Limits:
     """
 
     max_frame_size: int = 64 * 1024
-    """Largest client frame, in bytes. A larger frame closes the connection with 1009."""
+    """Largest client frame, in bytes. A larger frame closes the connection with 1009. It
+    also bounds a batch of server frames sent to a client of ``wsroom.v1.batch``."""
     max_rooms_per_connection: int = 128
     """Rooms one connection may be in at once. One more ``join`` gets ``forbidden``."""
     max_rooms: int = 100_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,8 +22,9 @@ from . import frames
 from ._delivery import Delivery, Statistics
 from ._dispatch import CanDirect, Dispatcher, Handler, OnConnect, OnDisconnect
 from ._ratelimit import SharedLimits
+from ._snapshot import AdminSnapshot, build_snapshot, check_sizes
 from ._state import Registry
-from .backplane.base import Backplane
+from .backplane.base import Backplane, BackplaneStatus
 from .backplane.cluster import Cluster
 from .backplane.memory import MemoryBackplane
 from .connection import Connection, Transport
@@ -35,6 +37,8 @@ from .room import Room, check_room_class
 from .threads import BlockingPortal
 
 __all__ = ["Authenticate", "ConnectionManager", "Statistics"]
+
+logger = logging.getLogger("wsroom")
 
 RoomClassResolver: TypeAlias = Callable[[str], type[Room] | None]
 Receive: TypeAlias = Callable[[], Awaitable[str | bytes | None]]
@@ -127,6 +131,7 @@ class ConnectionManager:
             authenticate=authenticate,
             origins=OriginPolicy(allowed_origins),
             subprotocol=self.protocol.subprotocol,
+            batch_subprotocol=_batch_subprotocol(self.protocol),
             closing=lambda: self._closing,
             limits=shared_limits,
             client_address_header=client_address_header,
@@ -394,9 +399,10 @@ class ConnectionManager:
         """Close a client that does not read fast enough with 1013, dropping what is queued.
 
         It leaves every room at once; the socket is aborted if it does not close within a
-        second. Adapters call it when a write stays blocked past ``Limits.write_timeout``.
+        second. Adapters call it when a write stays blocked past ``Limits.write_timeout``
+        (:attr:`Statistics.write_timeouts` counts these evictions).
         """
-        self._delivery.evict(conn, reason)
+        self._delivery.evict(conn, reason, write_timeout=True)
 
     # Server-side API.
 
@@ -474,8 +480,61 @@ class ConnectionManager:
         return list(state.connections) if state is not None else []
 
     def statistics(self) -> Statistics:
-        """Counters for monitoring: connections, rooms, queues, drops and evictions."""
-        return self._delivery.statistics(self._cluster.messages_published)
+        """Counters for monitoring: connections, rooms, queues, traffic, drops, evictions,
+        closes, refusals and the backplane's health (``wsroom.metrics`` exposes them to
+        Prometheus)."""
+        return self._delivery.statistics(self._cluster)
+
+    async def admin_snapshot(
+        self,
+        *,
+        connections: int = 20,
+        rooms: int = 20,
+        members: int = 50,
+        queues: int = 10,
+        closes: int = 20,
+    ) -> AdminSnapshot:
+        """A bounded picture of this process for an operator, ready for ``json.dumps``:
+        what the admin view (:mod:`wsroom.admin`) shows.
+
+        It holds :meth:`statistics`, the newest ``connections``, the ``rooms`` with the most
+        members (each with up to ``members`` of its users), the ``queues`` fullest outgoing
+        queues, the latest ``closes`` connection ends (all of them, and those the server
+        decided: evictions, timeouts, abuse), and the backplane's
+        :meth:`~wsroom.backplane.Backplane.status`. Its cost grows with the connections and
+        rooms of this process (one pass, and a top-K selection), never its size: take it when
+        someone looks, not on a timer. It names users, rooms and client addresses: show it
+        to operators only.
+
+        Raises:
+            ValueError: a size is not a whole number from 0 to 1000.
+        """
+        check_sizes(
+            connections=connections, rooms=rooms, members=members, queues=queues, closes=closes
+        )
+        backplane = self._cluster.backplane
+        try:
+            status = await backplane.status()
+        except Exception as exc:  # an operator's page must not fail with the store
+            logger.exception("the backplane's status() failed")
+            status = BackplaneStatus(
+                kind=backplane.kind,
+                available=backplane.available,
+                last_error=f"status() failed: {type(exc).__name__}",
+            )
+        return build_snapshot(
+            self._registry,
+            self.statistics(),
+            self.limits,
+            self._dispatcher.closes,
+            status,
+            self._cluster.dropped_messages,
+            connections=connections,
+            rooms=rooms,
+            members=members,
+            queues=queues,
+            closes=closes,
+        )
 
     def encode(self, frame: dict[str, Any]) -> bytes:
         """Encode a frame with this manager's protocol."""
@@ -537,3 +596,24 @@ class ConnectionManager:
             )
         check_room_class(resolved)
         return resolved(name, self)
+
+
+def _batch_subprotocol(protocol: MessageProtocol) -> str | None:
+    """The protocol's subprotocol of batched frames, checked: a batch is a JSON array, which
+    only a text protocol can carry, under a name of its own."""
+    batch = protocol.batch_subprotocol
+    if batch is None:
+        return None
+    if not batch:
+        raise ConfigurationError("MessageProtocol.batch_subprotocol must be a name or None")
+    if protocol.binary:
+        raise ConfigurationError(
+            "batched frames are JSON arrays of text frames: a binary protocol must set "
+            "batch_subprotocol = None"
+        )
+    if batch == protocol.subprotocol:
+        raise ConfigurationError(
+            "MessageProtocol.batch_subprotocol must differ from its subprotocol: a client "
+            "that offers only the plain one never gets a batch"
+        )
+    return batch

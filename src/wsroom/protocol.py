@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .exceptions import EncodeError, ProtocolError
 from .frames import (
+    BATCH_SUBPROTOCOL,
     CLIENT_TYPES,
     CUSTOM_TYPE,
     MAX_REF_LENGTH,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = [
+    "BATCH_SUBPROTOCOL",
     "SUBPROTOCOL",
     "CloseCode",
     "ErrorCode",
@@ -104,10 +106,26 @@ class MessageProtocol:
 
     subprotocol: str = SUBPROTOCOL
     """The WebSocket subprotocol accepted when a client offers it."""
+    batch_subprotocol: str | None = BATCH_SUBPROTOCOL
+    """The subprotocol of batched frames, accepted (and preferred) when a client offers it;
+    ``None``: never batch. A batch is a JSON array of encoded frames, so batching belongs to
+    JSON in text frames: a subclass that changes :attr:`subprotocol`, :attr:`binary`,
+    :meth:`loads` or :meth:`dumps` has it set to ``None`` unless it sets it itself (a JSON
+    codec of its own under a subprotocol of its own may name a batch subprotocol)."""
     binary: bool = False
     """Whether encoded frames travel in binary frames (``False``: text frames)."""
     max_depth: int = 32
     """Deepest nesting of arrays and objects accepted in a client frame."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Batches are JSON arrays: a subclass with another encoding or another name does not
+        # inherit them by accident; it sets batch_subprotocol itself to keep them.
+        own = vars(cls)
+        if "batch_subprotocol" not in own and any(
+            name in own for name in ("subprotocol", "binary", "loads", "dumps")
+        ):
+            cls.batch_subprotocol = None
 
     def __init__(self) -> None:
         self._decoder = json.JSONDecoder(

@@ -15,13 +15,15 @@ same frames, the same limits. Use it in your application's tests::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .connection import Connection, Transport
 from .exceptions import HandshakeRejected
-from .frames import ANSWER_TYPES
+from .frames import ANSWER_TYPES, BATCH_SUBPROTOCOL
 from .handshake import Handshake
 from .manager import ConnectionManager
 
@@ -35,6 +37,12 @@ class MemoryTransport(Transport):
 
     With ``reading=False`` it behaves like a client that stopped reading: frames stay in the
     connection's queue until it overflows. Call :meth:`resume_reading` to read again.
+
+    :attr:`frames` receives the WebSocket messages the server sends: one encoded frame
+    each, or for a client that negotiated batched frames a JSON array of the frames that
+    were waiting together. A batched connection's queue is read at the end of the event
+    loop iteration that filled it, as the real adapters read it, so that frames queued
+    together arrive in one batch.
     """
 
     def __init__(self, *, reading: bool = True) -> None:
@@ -45,24 +53,35 @@ class MemoryTransport(Transport):
         self.aborted = False
         self.closed = asyncio.Event()
         self._resumed = asyncio.Event()
+        self._scheduled = False
 
     def wake(self) -> None:
+        conn = self.connection
+        if conn is not None and conn.batched:
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._take)
+        else:
+            self._take()
+
+    def _take(self) -> None:
+        self._scheduled = False
         if self.reading and self.connection is not None:
-            for frame in self.connection.take_outgoing():
-                self.frames.put_nowait(frame)
+            for message in self.connection.take_messages():
+                self.frames.put_nowait(message)
 
     def resume_reading(self) -> None:
         """Start taking frames again, as a client that read its socket would."""
         self.reading = True
         self._resumed.set()
-        self.wake()
+        self._take()
 
     async def close(self, code: int, reason: str) -> None:
         if not self.reading:
             # A client that does not read never completes the closing handshake; the
             # manager's deadline ends this wait with abort().
             await self._resumed.wait()
-        self.wake()
+        self._take()
         self.mark_closed(code, reason)
 
     def abort(self) -> None:
@@ -93,6 +112,10 @@ class TestClient:
         headers: Handshake headers, e.g. ``{"Origin": "https://example.com"}``.
         reading: ``False`` makes a client that never reads (frames pile up server-side).
         timeout: Default seconds :meth:`receive` waits.
+        batch: Offer batched frames (``wsroom.v1.batch``), as wsroom.js does. When the
+            manager's protocol has them, the server packs the frames waiting together into
+            JSON arrays; :meth:`receive` still returns one frame at a time, and
+            :meth:`receive_batch` returns the frames of one message.
         address: The client's IP address, as the per-address limits count it. By default
             each client has an address of its own (in the documentation range
             ``2001:db8::/32``), like distinct users on distinct machines; give several
@@ -114,12 +137,15 @@ class TestClient:
         reading: bool = True,
         timeout: float = 2.0,
         address: str | None = None,
+        batch: bool = False,
     ) -> None:
         self.manager = manager
-        items = headers.items() if isinstance(headers, Mapping) else headers
+        items = list(headers.items() if isinstance(headers, Mapping) else headers)
+        if batch:
+            items.append(("Sec-WebSocket-Protocol", BATCH_SUBPROTOCOL))
         if address is None:
             address = _next_address()
-        self.handshake = Handshake.from_target(path, list(items), (address, 0))
+        self.handshake = Handshake.from_target(path, items, (address, 0))
         self.transport = MemoryTransport(reading=reading)
         self.timeout = timeout
         self._user = user
@@ -127,6 +153,8 @@ class TestClient:
         self.connection: Connection | None = None
         self.welcome: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        # The frames of a batch not returned yet.
+        self._unread: deque[dict[str, Any]] = deque()
 
     async def __aenter__(self) -> TestClient:
         await self.connect()
@@ -143,6 +171,11 @@ class TestClient:
             if self.manager.closing:
                 raise HandshakeRejected(503, "Server shutting down")
             user = self._user
+            # The checks are skipped, not the subprotocol the client would be given.
+            with contextlib.suppress(HandshakeRejected):
+                self.handshake.subprotocol = self.manager.select_subprotocol(
+                    self.handshake.subprotocols
+                )
         self.connection = await self.manager.accept(self.transport, self.handshake, user)
         if not self.transport.reading:
             return {}
@@ -153,6 +186,11 @@ class TestClient:
     def user(self) -> str | None:
         """The user id the server gave this client."""
         return self.connection.user if self.connection is not None else None
+
+    @property
+    def batched(self) -> bool:
+        """Whether the server sends this client batched frames."""
+        return self.connection is not None and self.connection.batched
 
     @property
     def close_code(self) -> int | None:
@@ -178,28 +216,50 @@ class TestClient:
         await self.manager.receive(self.connection, raw)
 
     async def receive(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next frame the server sent, decoded.
+        """The next frame the server sent, decoded (the next one of a batch, for a batched
+        client).
 
         Raises:
             TimeoutError: nothing arrived within ``timeout`` seconds.
         """
+        if not self._unread:
+            self._unread.extend(await self.receive_batch(timeout))
+        return self._unread.popleft()
+
+    async def receive_batch(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The frames of the next message the server sent, decoded: the frames of a batch,
+        or a list of one for a plain frame. Frames of a batch :meth:`receive` began
+        returning come first, as one list.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+        """
+        if self._unread:
+            rest = list(self._unread)
+            self._unread.clear()
+            return rest
         async with asyncio.timeout(self.timeout if timeout is None else timeout):
-            frame = await self.transport.frames.get()
-        decoded: dict[str, Any] = self.manager.protocol.loads(
-            frame if self.manager.protocol.binary else frame.decode("utf-8")
-        )
-        return decoded
+            message = await self.transport.frames.get()
+        return self._decode(message)
 
     def receive_nowait(self) -> dict[str, Any] | None:
         """The next frame if one is waiting, else ``None``."""
-        try:
-            frame = self.transport.frames.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-        decoded: dict[str, Any] = self.manager.protocol.loads(
-            frame if self.manager.protocol.binary else frame.decode("utf-8")
-        )
-        return decoded
+        if not self._unread:
+            try:
+                message = self.transport.frames.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+            self._unread.extend(self._decode(message))
+        return self._unread.popleft()
+
+    def _decode(self, message: bytes) -> list[dict[str, Any]]:
+        protocol = self.manager.protocol
+        value = protocol.loads(message if protocol.binary else message.decode("utf-8"))
+        if isinstance(value, list):
+            if not self.batched or not value:
+                raise AssertionError(f"a batch the client did not ask for: {message!r}")
+            return value
+        return [value]
 
     async def receive_type(self, type: str, timeout: float | None = None) -> dict[str, Any]:
         """Skip frames until one of ``type`` arrives, and return it."""

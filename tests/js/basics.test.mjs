@@ -68,9 +68,9 @@ describe("a client of a wsroom server", () => {
     assert.match(client.connectionId, /^[0-9a-f]{16}$/);
     assert.equal(client.connectionId, welcome.connection);
     assert.equal(client.heartbeat, null);
-    // The wsroom server does not batch: it picks the plain protocol among those offered.
+    // The wsroom server selects batched frames whenever they are offered.
     assert.deepEqual(client.wire.sockets[0].offered, ["wsroom.v1.batch", "wsroom.v1"]);
-    assert.equal(client.protocol, "wsroom.v1");
+    assert.equal(client.protocol, "wsroom.v1.batch");
   });
 
   test("params may be a function, called before each attempt", T, async (t) => {
@@ -292,6 +292,32 @@ describe("a client of a wsroom server", () => {
 
     assert.throws(() => alice.on("event", "not a function"), TypeError);
     await assert.rejects(alice.request("not a type"), TypeError);
+  });
+
+  test("frames the server queued together arrive as batches, handled one by one in order", T, async (t) => {
+    const h = harness(t);
+    const client = await h.open(server.url);
+    assert.equal(client.protocol, "wsroom.v1.batch");
+    const messages = [];
+    client.wire.sockets[0].addEventListener("message", (message) => messages.push(message.data));
+    const events = [];
+    client.on("event", (event) => events.push(event));
+    const ack = await client.request("flood", 300);
+    // Every event before the ack of the request that queued them, in order.
+    assert.equal(ack.type, "ack");
+    assert.deepEqual(
+      events.map((event) => event.data),
+      [...Array(300).keys()],
+    );
+    const values = messages.map((data) => JSON.parse(data));
+    const batches = values.filter(Array.isArray);
+    assert.ok(batches.length > 0, "300 frames queued at once travel in batches");
+    assert.ok(batches.every((batch) => batch.length > 1));
+    // 300 events and the ack, whatever the packing.
+    assert.equal(
+      values.reduce((total, value) => total + (Array.isArray(value) ? value.length : 1), 0),
+      301,
+    );
   });
 
   test("ping resolves with the round-trip time", T, async (t) => {

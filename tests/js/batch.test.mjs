@@ -1,5 +1,6 @@
 // Batched frames (subprotocol wsroom.v1.batch: a JSON array of server frames in one text
-// frame). The wsroom server does not send them yet, so a small `ws` server plays one here.
+// frame). A small `ws` server plays the server here, so that batches come exactly as each
+// test needs them (the wsroom server batches only what waits in a connection's queue).
 
 import assert from "node:assert/strict";
 import { test } from "node:test";

@@ -48,7 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tests.helpers import starlette_server, websockets_asyncio_server, websockets_sync_server
+from tests.helpers import (
+    asgi_server,
+    starlette_server,
+    websockets_asyncio_server,
+    websockets_sync_server,
+)
 
 if TYPE_CHECKING:
     from wsroom import ConnectionManager, Limits
@@ -1069,15 +1074,19 @@ SERVERS: dict[str, OptionsServerFactory] = {
     "websockets": asyncio_server,
     "websockets_sync": sync_server,
     "starlette": uvicorn_server,
+    "asgi": asgi_server,
 }
 """Each adapter's server, by the names of ``tests.helpers.ADAPTERS``, taking options."""
+
+UNDER_UVICORN = frozenset({"starlette", "asgi"})
+"""The adapters whose servers are uvicorn, which takes uvicorn's options."""
 
 
 def keepalive_options(
     adapter: str, interval: float | None, timeout: float | None
 ) -> dict[str, Any]:
     """The server options that set the transport's keepalive pings for ``adapter``."""
-    if adapter == "starlette":
+    if adapter in UNDER_UVICORN:
         return {"ws_ping_interval": interval, "ws_ping_timeout": timeout}
     return {"ping_interval": interval, "ping_timeout": timeout}
 

@@ -2,11 +2,11 @@
 
 A client that stops reading, or reads too slowly, must cost the others nothing and must
 cost the server a bounded amount of memory; one that stopped must be evicted in bounded
-time, its server-side state gone. ``tests/test_slow_client.py`` checks the eviction with
-five in-process clients; here the shape is the test plan's: 99 measuring clients in a
-process of their own (so they neither take the server's CPU nor count in its memory), big
-messages then small ones, each phase run once without and once with the non-reader, and
-the figures recorded.
+time, its server-side state gone. The conformance suite's ``test_slow_client.py`` checks
+the eviction with five in-process clients; here the shape is the test plan's: 99 measuring
+clients in a process of their own (so they neither take the server's CPU nor count in its
+memory), big messages then small ones, each phase run once without and once with the
+non-reader, and the figures recorded.
 """
 
 from __future__ import annotations

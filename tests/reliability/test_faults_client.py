@@ -34,6 +34,7 @@ from tests.reliability.peers import (
     OP_CONTINUATION,
     OP_TEXT,
     SERVERS,
+    UNDER_UVICORN,
     ErrorWatch,
     Proxy,
     RawClient,
@@ -84,7 +85,7 @@ async def test_c14_client_killed_mid_send_and_mid_receive(adapter: str) -> None:
     limits = Limits.without_rate_limits(max_queue_bytes=16 * MiB, max_frame_size=2 * MiB)
     manager = ConnectionManager(limits=limits)
     close_timeout = 2.0
-    options = {} if adapter == "starlette" else {"close_timeout": close_timeout}
+    options = {} if adapter in UNDER_UVICORN else {"close_timeout": close_timeout}
     detection: dict[str, float] = {}
     big = "x" * MiB
     with ErrorWatch() as watch:
@@ -175,7 +176,7 @@ async def test_c14_client_killed_mid_send_and_mid_receive(adapter: str) -> None:
         record("C14", f"membership removed after {case}", round(value, 3), "s", adapter=adapter)
     for case in ("reset mid-receive", "reset mid-send", "clean close mid-broadcast"):
         assert detection[case] <= 1.0, (case, detection[case])
-    bound = 1.0 if adapter == "starlette" else close_timeout + 1.0
+    bound = 1.0 if adapter in UNDER_UVICORN else close_timeout + 1.0
     assert detection["close frame then silence"] <= bound
     unexpected = watch.unexpected()
     record("C14", "exceptions escaping", len(unexpected), "", adapter=adapter)
@@ -226,7 +227,7 @@ async def test_c15_half_open_detected_by_keepalive_pings(interval: float) -> Non
 
     def options(adapter: str) -> dict[str, Any]:
         keepalive = keepalive_options(adapter, interval, interval)
-        return keepalive if adapter == "starlette" else {**keepalive, "close_timeout": 1.0}
+        return keepalive if adapter in UNDER_UVICORN else {**keepalive, "close_timeout": 1.0}
 
     with ErrorWatch() as watch:
         times = await asyncio.gather(

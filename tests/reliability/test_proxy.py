@@ -1,4 +1,5 @@
-"""Behind a real nginx: the reverse-proxy settings docs/deployment.md recommends close what
+"""Behind a real nginx (docs/operating.md's configuration, tests/nginx_support.py): the
+reverse-proxy settings docs/deployment.md recommends close what
 an ASGI server leaves open (slow request heads, slow keep-alive requests), and wsroom's
 per-address limits count the address nginx reports (docs/reliability.md, E25).
 
@@ -9,13 +10,10 @@ are skipped.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -23,10 +21,10 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.helpers import TIMEOUT, Client, uvicorn_server, wait_for
+from tests.nginx_support import NGINX, Nginx, nginx as documented_nginx
 from tests.reliability.suite import record
 from wsroom import ConnectionManager, Handshake, Limits
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (apt-get install nginx)"
 )
@@ -34,82 +32,25 @@ pytestmark = pytest.mark.skipif(
 HEADER_TIMEOUT = 2  # seconds; docs/deployment.md recommends 10 in production
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def nginx_config(root: Path, listen: int, upstream: int) -> str:
-    # The settings docs/deployment.md gives, with a short header timeout for the test.
-    return f"""
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    client_header_timeout {HEADER_TIMEOUT}s;
-    client_body_timeout {HEADER_TIMEOUT}s;
-    keepalive_timeout {HEADER_TIMEOUT}s;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 60s;
-            proxy_send_timeout 60s;
-        }}
-    }}
-}}
-"""
+def nginx(upstream: int) -> AbstractContextManager[int]:
+    """nginx with docs/operating.md's configuration in front of ``upstream``, with short
+    client timeouts for the test; yields its port."""
+    return _port_of(
+        documented_nginx(
+            [upstream],
+            timeouts={
+                "client_header_timeout": HEADER_TIMEOUT,
+                "client_body_timeout": HEADER_TIMEOUT,
+                "keepalive_timeout": HEADER_TIMEOUT,
+            },
+        )
+    )
 
 
 @contextmanager
-def nginx(tmp_path: Path, upstream: int) -> Iterator[int]:
-    """A private nginx on a free port in front of ``upstream``; stopped by its PID."""
-    assert NGINX is not None
-    import subprocess
-
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(nginx_config(tmp_path, port, upstream))
-    process = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = (tmp_path / "error.log").read_text(errors="replace")
-                    raise RuntimeError(f"nginx did not start: {log}") from None
-                time.sleep(0.02)
-        yield port
-    finally:
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _port_of(proxy: AbstractContextManager[Nginx]) -> Iterator[int]:
+    with proxy as running:
+        yield running.port
 
 
 @asynccontextmanager
@@ -171,13 +112,11 @@ COMPLETE_REQUEST = b"GET /missing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @pytest.mark.parametrize("first", [b"", COMPLETE_REQUEST], ids=["first-request", "keep-alive"])
-async def test_nginx_closes_slow_request_heads_plain_uvicorn_holds(
-    tmp_path: Path, first: bytes
-) -> None:
+async def test_nginx_closes_slow_request_heads_plain_uvicorn_holds(first: bytes) -> None:
     manager = ConnectionManager()
     async with plain_uvicorn_app(manager) as upstream:
         direct = asyncio.to_thread(drip, upstream, first, 0.25, HEADER_TIMEOUT + 2.0)
-        with nginx(tmp_path, upstream) as port:
+        with nginx(upstream) as port:
             proxied = asyncio.to_thread(drip, port, first, 0.25, HEADER_TIMEOUT + 5.0)
             held, closed = await asyncio.gather(direct, proxied)
     kind = "keep-alive request" if first else "first request"
@@ -197,7 +136,7 @@ async def test_nginx_closes_slow_request_heads_plain_uvicorn_holds(
     assert closed is not None and closed < HEADER_TIMEOUT + 1.5
 
 
-async def test_through_nginx_the_limits_count_the_address_nginx_reports(tmp_path: Path) -> None:
+async def test_through_nginx_the_limits_count_the_address_nginx_reports() -> None:
     addresses: list[str | None] = []
 
     def authenticate(handshake: Handshake) -> str:
@@ -214,7 +153,7 @@ async def test_through_nginx_the_limits_count_the_address_nginx_reports(tmp_path
 
     async with uvicorn_server(manager, Starlette(routes=routes("/ws", manager))) as server:
         upstream = server.servers[0].sockets[0].getsockname()[1]
-        with nginx(tmp_path, upstream) as port:
+        with nginx(upstream) as port:
             url = f"ws://127.0.0.1:{port}"
             # A client claiming other addresses: nginx appends the one it sees, which counts.
             spoofed: dict[str, Any] = {"additional_headers": {"X-Forwarded-For": "203.0.113.9"}}

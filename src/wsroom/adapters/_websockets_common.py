@@ -15,17 +15,23 @@ import struct
 import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from .. import browser
+from ..admin import AdminResponse
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..metrics import Authorize
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -60,6 +66,42 @@ def client_script(
     return process_request
 
 
+def admin_response(answer: AdminResponse) -> Response:
+    """The ``websockets`` response for an answer of the admin view."""
+    status = HTTPStatus(answer.status)
+    return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
+
+
+def metrics_endpoint(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> Callable[[Any, Request], Response | None]:
+    """A ``process_request`` that serves the manager's Prometheus metrics at ``path`` and
+    lets every other request through (needs ``pip install "wsroom[metrics]"``)::
+
+        serve(manager, host, port, process_request=metrics_endpoint(manager))
+
+    The metrics show no user data, but should not be public: serve them from a server
+    only your network reaches, or pass ``authorize``. See :func:`wsroom.metrics.metrics_response`
+    for ``registry`` and ``authorize``.
+    """
+    from .. import metrics
+
+    def process_request(connection: Any, request: Request) -> Response | None:
+        if request.path.partition("?")[0] != path:
+            return None
+        answer = metrics.metrics_response(
+            manager, handshake_of(connection, request), registry=registry, authorize=authorize
+        )
+        status = HTTPStatus(answer.status)
+        return Response(status.value, status.phrase, Headers(answer.headers), answer.body)
+
+    return process_request
+
+
 def refusal(connection: Any, exc: HandshakeRejected) -> Response:
     """The HTTP response refusing an upgrade."""
     response: Response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
@@ -73,12 +115,16 @@ def refusal(connection: Any, exc: HandshakeRejected) -> Response:
 def chosen_subprotocol(
     manager: ConnectionManager, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """The subprotocol to accept: the manager's when offered, none when the client offers none.
+    """The subprotocol to accept: the manager's choice (batched frames first), none when the
+    client offers none of the manager's.
 
     Clients that offer only others were already refused by ``process_request``.
     """
-    wanted = manager.protocol.subprotocol
-    return Subprotocol(wanted) if wanted in offered else None
+    protocol = manager.protocol
+    for wanted in (protocol.batch_subprotocol, protocol.subprotocol):
+        if wanted is not None and wanted in offered:
+            return Subprotocol(wanted)
+    return None
 
 
 class PendingHandshakes:
@@ -127,7 +173,8 @@ class AdapterBase:
     def select_subprotocol(
         self, connection: Any, subprotocols: Sequence[Subprotocol]
     ) -> Subprotocol | None:
-        """Accept ``wsroom.v1`` when offered; serve clients that offer none."""
+        """Accept ``wsroom.v1.batch`` or ``wsroom.v1`` when offered (batches first); serve
+        clients that offer none."""
         return chosen_subprotocol(self.manager, subprotocols)
 
     def _options(self, checks: Callable[..., Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -161,11 +208,16 @@ class AdapterBase:
         """
         checked = self._handshakes.take(ws)
         if not isinstance(checked, Handshake):
-            return checked
-        try:
-            return checked, await self.manager.authorize(checked)
-        except HandshakeRejected as exc:
-            return exc
+            handshake, user = checked
+        else:
+            try:
+                handshake, user = checked, await self.manager.authorize(checked)
+            except HandshakeRejected as exc:
+                return exc
+        # What websockets accepted, which is what the client reads: without the options'
+        # select_subprotocol it accepted none, and the client must then get no batch.
+        handshake.subprotocol = ws.subprotocol
+        return handshake, user
 
 
 def policy_violation(exc: HandshakeRejected) -> tuple[int, str]:

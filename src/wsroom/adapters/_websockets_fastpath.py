@@ -98,9 +98,14 @@ class SharedFrames:
         self._opcode = _BINARY if binary else _TEXT
         self._frames: dict[bytes, bytes] = {}
 
-    def data_to_send(self, protocol: Protocol, payloads: Sequence[bytes]) -> list[bytes]:
+    def data_to_send(
+        self, protocol: Protocol, payloads: Sequence[bytes], *, shared: bool = True
+    ) -> list[bytes]:
         """Frame ``payloads`` for ``protocol``'s connection; the chunks to write, in order,
-        as ``protocol.data_to_send()`` gives them (an empty chunk asks for a half-close)."""
+        as ``protocol.data_to_send()`` gives them (an empty chunk asks for a half-close).
+
+        ``shared=False`` frames payloads that are this connection's own (its batches, which
+        no other connection sends): they are framed here without being kept."""
         if protocol.extensions or protocol.expect_continuation_frame or protocol.debug:
             send = protocol.send_binary if self._binary else protocol.send_text
             for payload in payloads:
@@ -109,6 +114,10 @@ class SharedFrames:
         # Whatever the protocol has queued (nothing, normally) leaves first.
         chunks = protocol.data_to_send()
         if not payloads:
+            return chunks
+        if not shared:
+            opcode = self._opcode
+            chunks.append(b"".join([frame(opcode, payload) for payload in payloads]))
             return chunks
         frames = self._frames
         if not frames:
@@ -182,7 +191,11 @@ class FramingTransport(_FramingWriter):
             self._end_closing()
             return
         try:
-            chunks = self._frames.data_to_send(ws.protocol, frames)
+            if len(frames) > 1 and conn.batched:
+                # A batch is this connection's own: framed for it alone.
+                chunks = self._frames.data_to_send(ws.protocol, conn.pack(frames), shared=False)
+            else:
+                chunks = self._frames.data_to_send(ws.protocol, frames)
             if all(chunks):
                 ws.transport.write(b"".join(chunks))
             else:
@@ -292,7 +305,11 @@ class FramingSyncTransport(_FramingWriter):
             if frames:
                 self._end_closing()
             return
-        self._send(memoryview(b"".join(self._frames.data_to_send(ws.protocol, frames))))
+        if len(frames) > 1 and conn.batched:
+            chunks = self._frames.data_to_send(ws.protocol, conn.pack(frames), shared=False)
+        else:
+            chunks = self._frames.data_to_send(ws.protocol, frames)
+        self._send(memoryview(b"".join(chunks)))
 
     def _end_closing(self) -> None:
         """The connection is closing: end it within ``websockets``' ``close_timeout``, as

@@ -20,6 +20,11 @@ class WriterTaskTransport(Transport):
     event or timer. One timer per connection watches the send in progress while the writer
     runs. A subclass implements :meth:`sender` and names in :attr:`closed_errors` what its
     sends raise once the peer is gone.
+
+    Batched frames come with it: the writer sends :meth:`Connection.take_messages
+    <wsroom.Connection.take_messages>`, so a connection that negotiated ``wsroom.v1.batch``
+    gets the frames waiting in its queue as one message (a JSON array) per send, with no
+    code in the subclass. The frames a send waits behind are the next batch.
     """
 
     __slots__ = ("_send_started", "_watchdog", "_writer")
@@ -34,9 +39,10 @@ class WriterTaskTransport(Transport):
 
     @abstractmethod
     def sender(self) -> Callable[[bytes], Awaitable[object]]:
-        """The function that sends one encoded frame, returning the awaitable of the
-        server's send. The writer awaits what it returns directly: a coroutine of our own
-        around each send would cost every delivery (about 10% of an ASGI server's fan-out).
+        """The function that sends one encoded message (a frame, or a batch of frames),
+        returning the awaitable of the server's send. The writer awaits what it returns
+        directly: a coroutine of our own around each send would cost every delivery (about
+        10% of an ASGI server's fan-out).
         """
 
     def wake(self) -> None:
@@ -47,15 +53,15 @@ class WriterTaskTransport(Transport):
     async def _write(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         send = self.sender()
-        while frames := conn.take_outgoing():
+        while messages := conn.take_messages():
             if self._watchdog is None:
                 self._watchdog = loop.call_later(conn.manager.limits.write_timeout, self._watch)
-            for frame in frames:
+            for message in messages:
                 # A timestamp per send, checked by one timer, costs far less than a
                 # timeout context around every frame.
                 self._send_started = loop.time()
                 try:
-                    await send(frame)
+                    await send(message)
                 except self.closed_errors:
                     # The receive loop sees the disconnect and releases. The finished task
                     # stays in _writer, so nothing more is written.

@@ -31,8 +31,8 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 try:
     from aiohttp import WSMsgType, web
@@ -51,12 +51,20 @@ from ._websockets_common import reset_on_close, send_at_once
 from ._websockets_fastpath import frame
 from ._writer import WriterTaskTransport
 
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..admin import Authorize as AdminAuthorize
+    from ..metrics import Authorize as MetricsAuthorize
+
 __all__ = [
     "AiohttpTransport",
     "Handler",
+    "admin_routes",
     "client_route",
     "handler",
     "lifecycle",
+    "metrics_route",
     "routes",
     "serve",
     "setup",
@@ -191,6 +199,11 @@ class _SharedFrames:
         framed = [frames.get(payload) or self._frame(payload) for payload in payloads]
         return b"".join(framed) if len(framed) > 1 else framed[0]
 
+    def join_own(self, payloads: list[bytes]) -> bytes:
+        """The frames of ``payloads`` that no other connection sends (batches), in order."""
+        opcode = self._opcode
+        return b"".join(frame(opcode, payload) for payload in payloads)
+
     def _frame(self, payload: bytes) -> bytes:
         framed = self._frames[payload] = frame(self._opcode, payload)
         return framed
@@ -256,7 +269,11 @@ class _FramingTransport(Transport):
         transport = self._transport
         if self.ws.closed or transport.is_closing():
             return  # closing: aiohttp ends the connection within its close timeout
-        transport.write(self._frames.join(frames))
+        if len(frames) > 1 and conn.batched:
+            # A batch is this connection's own: framed for it alone, never cached.
+            transport.write(self._frames.join_own(conn.pack(frames)))
+        else:
+            transport.write(self._frames.join(frames))
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
             self._drain_task = self._frames.loop.create_task(self._wait_writable(conn))
 
@@ -366,7 +383,9 @@ async def serve(
         return refusal(exc)
     if request.headers.get("Upgrade", "").strip().lower() != "websocket":
         return _upgrade_required()
-    chosen = manager.select_subprotocol(handshake.subprotocols)
+    # The checks chose it (wsroom.v1.batch when offered): batching follows it. Given only
+    # that one, aiohttp cannot pick another by the order of the client's offer.
+    chosen = handshake.subprotocol
     limits = manager.limits
     ws = web.WebSocketResponse(
         protocols=(chosen,) if chosen is not None else (),
@@ -379,6 +398,8 @@ async def serve(
     )
     # A malformed upgrade (a missing key, another version) raises aiohttp's HTTP 400.
     stream = await ws.prepare(request)
+    # What aiohttp really accepted decides whether the connection gets batches.
+    handshake.subprotocol = ws.ws_protocol
     transport = _transport(ws, request, stream, manager)
     if request.transport is not None:
         send_at_once(request.transport.get_extra_info("socket"))
@@ -440,6 +461,13 @@ def routes(
     return [web.get(path, handler(manager, heartbeat=heartbeat, compress=compress))]
 
 
+def _answer(status: int, headers: Iterable[tuple[str, str]], body: bytes) -> web.Response:
+    """An aiohttp response for one of wsroom's transport-neutral answers, given for a GET:
+    aiohttp sets ``Content-Length`` from the body, and drops the body of a HEAD itself."""
+    fields = {name: value for name, value in headers if name.lower() != "content-length"}
+    return web.Response(body=body, status=status, headers=fields)
+
+
 def client_route(path: str = browser.SCRIPT_PATH) -> web.RouteDef:
     """A route serving ``wsroom.js`` at ``path`` (``GET`` and ``HEAD``, with its ``ETag`` and a
     304 for a current copy)::
@@ -448,16 +476,71 @@ def client_route(path: str = browser.SCRIPT_PATH) -> web.RouteDef:
     """
 
     async def wsroom_js(request: web.Request) -> web.Response:
-        answer = browser.script_response(
-            request.headers.get("If-None-Match"), head=request.method == "HEAD"
-        )
-        headers = dict(answer.headers)
-        # aiohttp sets Content-Length from the body, and keeps the GET's length on a HEAD.
-        headers.pop("Content-Length", None)
-        body = answer.body if request.method != "HEAD" else browser.script()
-        return web.Response(body=body, status=answer.status, headers=headers)
+        answer = browser.script_response(request.headers.get("If-None-Match"))
+        return _answer(answer.status, answer.headers, answer.body)
 
     return web.get(path, wsroom_js)
+
+
+def metrics_route(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: MetricsAuthorize | None = None,
+) -> web.RouteDef:
+    """A route serving ``manager``'s Prometheus metrics at ``path`` (``GET`` and ``HEAD``;
+    needs ``pip install "wsroom[metrics]"``)::
+
+        app.add_routes([metrics_route(manager), *routes(manager)])
+
+    The metrics show no user data, but should not be public: serve them from an
+    application only your network reaches, or pass ``authorize``. See
+    :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
+    """
+    from .. import metrics
+
+    async def wsroom_metrics(request: web.Request) -> web.Response:
+        answer = metrics.metrics_response(
+            manager, handshake_of(request), method="GET", registry=registry, authorize=authorize
+        )
+        return _answer(answer.status, answer.headers, answer.body)
+
+    return web.get(path, wsroom_metrics)
+
+
+def admin_routes(
+    manager: ConnectionManager,
+    authorize: AdminAuthorize,
+    *,
+    path: str = "/admin",
+    **options: Any,
+) -> list[web.RouteDef]:
+    """The routes of the admin view (:mod:`wsroom.admin`) of ``manager``: ``path`` and
+    everything below it (``GET`` and ``HEAD``)::
+
+        app.add_routes([*admin_routes(manager, check), *routes(manager)])
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``; ``True`` lets it
+            in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    from .. import admin
+
+    view = admin.AdminView(manager, authorize, path=path, **options)
+
+    async def wsroom_admin(request: web.Request) -> web.Response:
+        answer = await view.respond(handshake_of(request), "GET")
+        if answer is None:
+            raise web.HTTPNotFound()
+        return _answer(answer.status, answer.headers, answer.body)
+
+    return [web.get(path, wsroom_admin), web.get(path + "/{tail:.*}", wsroom_admin)]
 
 
 def lifecycle(

@@ -28,136 +28,65 @@ ends the handler; the socket itself is released by the ASGI server's own timeout
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
     from starlette.routing import BaseRoute, Route, WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "wsroom.adapters.starlette needs Starlette: pip install 'wsroom[starlette]'"
     ) from exc
 
-from .. import browser
-from ..exceptions import HandshakeRejected
-from ..handshake import Handshake
+from .. import admin, browser
+from ..admin import ADMIN_PATH
 from ..manager import ConnectionManager
-from ._writer import WriterTaskTransport
+from . import asgi
+from .asgi import ASGITransport
 
-__all__ = ["StarletteTransport", "client_route", "endpoint", "routes", "serve"]
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
-_client_gone: Any
-try:
-    from . import uvicorn as _client_gone
-except ImportError:  # no uvicorn: another ASGI server runs the application
-    _client_gone = None
+    from ..metrics import Authorize
 
-logger = logging.getLogger("wsroom.transport")
+__all__ = [
+    "StarletteTransport",
+    "admin_routes",
+    "client_route",
+    "endpoint",
+    "metrics_route",
+    "routes",
+    "serve",
+]
 
 # Sending after a close, or to a peer that went away, raises one of these depending on the
 # Starlette and ASGI server versions (WebSocketDisconnect, Starlette's RuntimeError
 # subclass WebSocketDisconnected, uvicorn's ClientDisconnected OSError).
-_CLOSED = (WebSocketDisconnect, RuntimeError, OSError)
+_CLOSED: tuple[type[BaseException], ...] = (WebSocketDisconnect, *asgi.CLOSED_ERRORS)
 
 _UNSET: Any = object()
 
 
-class StarletteTransport(WriterTaskTransport):
+class StarletteTransport(ASGITransport):
     """Moves one connection's queued frames onto a Starlette ``WebSocket``.
 
-    ASGI has no synchronous write, so a writer task sends the queued frames one by one. It
-    exists only while frames are queued: an idle connection holds no task, event or timer,
-    only its receive. A send that stays blocked past ``Limits.write_timeout`` evicts the
-    client (one timer per connection watches the sends while the writer runs); eviction
-    cancels the blocked send, since the TCP connection cannot be aborted from an ASGI
-    application.
+    The ASGI transport of :mod:`wsroom.adapters.asgi` over the ``WebSocket``'s own
+    ``receive`` and ``send`` (so that Starlette's view of the connection stays right): a
+    writer task exists only while frames are queued, a send blocked past
+    ``Limits.write_timeout`` evicts the client, and eviction cancels the blocked send, since
+    the TCP connection cannot be aborted from an ASGI application (under
+    :mod:`wsroom.adapters.uvicorn`'s ``Server`` it is).
     """
 
-    __slots__ = ("_aborted", "_binary", "_peer_code", "_receiver", "connection", "websocket")
+    __slots__ = ("websocket",)
 
     closed_errors = _CLOSED
 
     def __init__(self, websocket: WebSocket, *, binary: bool = False) -> None:
-        super().__init__()
+        super().__init__(websocket.scope, websocket.receive, websocket.send, binary=binary)
         self.websocket = websocket
-        self.connection = None
-        self._binary = binary
-        self._aborted = False
-        self._peer_code: int | None = None
-        # The task blocked in receive(), so that abort() can end its wait.
-        self._receiver: asyncio.Task[Any] | None = None
-
-    def sender(self) -> Callable[[bytes], Awaitable[None]]:
-        """Sends one encoded frame as an ASGI ``websocket.send`` message."""
-        send = self.websocket.send
-        if self._binary:
-            return lambda frame: send({"type": "websocket.send", "bytes": frame})
-        return lambda frame: send({"type": "websocket.send", "text": frame.decode("utf-8")})
-
-    async def receive(self) -> str | bytes | None:
-        """The next frame from the client, or ``None`` once it is gone (or aborted)."""
-        if self._aborted:
-            return None
-        # Awaited directly, not in a task of its own raced against an abort signal: that
-        # would cost every idle connection a task and a wait. abort() cancels this task
-        # instead, and only while it waits here.
-        task = asyncio.current_task()
-        self._receiver = task
-        try:
-            message = await self.websocket.receive()
-        except asyncio.CancelledError:
-            if self._cancelled_by_abort(task):
-                return None
-            raise  # cancelled by someone else: that goes on
-        except Exception:
-            return None
-        finally:
-            self._receiver = None
-        if message["type"] != "websocket.receive":
-            if message["type"] == "websocket.disconnect":
-                code = message.get("code")
-                self._peer_code = code if type(code) is int else None
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else None
-
-    def peer_close_code(self) -> int | None:
-        """The close code of the ASGI server's ``websocket.disconnect`` message, if any."""
-        return self._peer_code
-
-    def _cancelled_by_abort(self, task: asyncio.Task[Any] | None) -> bool:
-        """Whether abort(), and nothing else, cancelled ``task``; if so, withdraw it."""
-        return self._aborted and task is not None and task.uncancel() == 0
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.flush()
-        with contextlib.suppress(*_CLOSED):
-            await self.websocket.close(code, reason)
-        # An ASGI close returns once the close frame is handed over (the server reports
-        # the disconnect at once). Under wsroom's uvicorn Server, wait for the TCP
-        # connection to end, so that a client that never answers is cut at the deadline.
-        if _client_gone is not None:
-            await _client_gone.wait(self.websocket.scope)
-
-    def abort(self) -> None:
-        self.stop_writing()
-        if not self._aborted:
-            self._aborted = True
-            # Under wsroom.adapters.uvicorn's Server the TCP connection itself is cut; under
-            # another ASGI server, the server's own timeouts release it.
-            if _client_gone is not None:
-                _client_gone.abort(self.websocket.scope)
-            if self._receiver is not None:
-                self._receiver.cancel()
+        """The Starlette ``WebSocket`` carried."""
 
 
 def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None]]:
@@ -174,6 +103,16 @@ def endpoint(manager: ConnectionManager) -> Callable[[WebSocket], Awaitable[None
     return wsroom_endpoint
 
 
+class _UpgradeRequired:
+    """The ASGI application answering plain HTTP requests to the WebSocket's path."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self.manager = manager
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        await asgi._upgrade_required(scope, send, self.manager)
+
+
 def routes(path: str, manager: ConnectionManager) -> list[BaseRoute]:
     """The routes serving ``manager`` at ``path``: the WebSocket endpoint, and for a plain
     HTTP request to the same path (no upgrade) a 426 "Upgrade Required", as the
@@ -187,21 +126,10 @@ def routes(path: str, manager: ConnectionManager) -> list[BaseRoute]:
     browser, which never sees the status of a refused upgrade, can ask this way whether
     reconnecting is worth it (wsroom.js does).
     """
-
-    async def upgrade_required(request: Request) -> Response:
-        try:
-            await manager.authorize(Handshake.from_asgi(request.scope))
-        except HandshakeRejected as exc:
-            return _refusal(exc)
-        return PlainTextResponse(
-            "Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client.\n",
-            status_code=426,
-            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-        )
-
     return [
         WebSocketRoute(path, endpoint(manager)),
-        Route(path, upgrade_required, methods=["GET", "HEAD"]),
+        # An ASGI application (a class instance), not a request-response function.
+        Route(path, _UpgradeRequired(manager), methods=["GET", "HEAD"]),
     ]
 
 
@@ -211,20 +139,59 @@ def client_route(path: str = browser.SCRIPT_PATH) -> Route:
 
         app = Starlette(routes=[client_route(), *routes("/ws", manager)])
     """
+    return Route(path, asgi.client_app(), methods=["GET", "HEAD"])
 
-    async def wsroom_js(request: Request) -> Response:
-        answer = browser.script_response(
-            request.headers.get("if-none-match"), head=request.method == "HEAD"
-        )
-        headers = dict(answer.headers)
-        # Starlette sets Content-Length from the body; a HEAD keeps the GET's length.
-        length = headers.pop("Content-Length", None)
-        response = Response(answer.body, status_code=answer.status, headers=headers)
-        if length is not None:
-            response.headers["content-length"] = length
-        return response
 
-    return Route(path, wsroom_js, methods=["GET", "HEAD"])
+def metrics_route(
+    manager: ConnectionManager,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+    authorize: Authorize | None = None,
+) -> Route:
+    """A route serving the manager's Prometheus metrics at ``path`` (``GET`` and ``HEAD``;
+    needs ``pip install "wsroom[metrics]"``)::
+
+        app = Starlette(routes=[metrics_route(manager), *routes("/ws", manager)])
+
+    The metrics show no user data, but should not be public: serve them from an
+    application only your network reaches, or pass ``authorize``. See
+    :func:`wsroom.metrics.metrics_response` for ``registry`` and ``authorize``.
+    """
+    return Route(
+        path,
+        asgi.metrics_app(manager, registry=registry, authorize=authorize),
+        methods=["GET", "HEAD"],
+    )
+
+
+def admin_routes(
+    manager: ConnectionManager,
+    authorize: admin.Authorize,
+    *,
+    path: str = ADMIN_PATH,
+    **options: Any,
+) -> list[BaseRoute]:
+    """The routes of the admin view (:mod:`wsroom.admin`) of ``manager`` under ``path``
+    (``GET`` and ``HEAD``), on :func:`wsroom.adapters.asgi.admin_app`::
+
+        app = Starlette(routes=[*admin_routes(manager, is_operator), *routes("/ws", manager)])
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``, given the request
+            as a :class:`~wsroom.Handshake`; ``True`` lets it in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    app = asgi.admin_app(manager, authorize, path=path, **options)
+    methods = ["GET", "HEAD"]
+    return [
+        Route(path, app, methods=methods),
+        Route(path + "/{name:path}", app, methods=methods),
+    ]
 
 
 async def serve(
@@ -239,38 +206,14 @@ async def serve(
             ``Depends()``); the manager's ``authenticate`` hook is then skipped, its other
             checks (shutdown, origin, subprotocol) still apply. Omit it to run the hook.
     """
-    handshake = Handshake.from_asgi(websocket.scope)
-    try:
-        if user is _UNSET:
-            user = await manager.authorize(handshake)
-        else:
-            manager.admit(handshake, user)
-    except HandshakeRejected as exc:
-        await _refuse(websocket, exc)
-        return
-    try:
-        await websocket.accept(subprotocol=manager.select_subprotocol(handshake.subprotocols))
-    except _CLOSED:
-        return  # the client left during the handshake
-    transport = StarletteTransport(websocket, binary=manager.protocol.binary)
-    try:
-        await manager.serve(transport, handshake, user, transport.receive)
-    finally:
-        # A send still in progress (to a peer that left) has nothing more to do.
-        transport.stop_writing()
-
-
-def _refusal(exc: HandshakeRejected) -> Response:
-    headers = dict(exc.headers)
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="wsroom"'
-    return PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
-
-
-async def _refuse(websocket: WebSocket, exc: HandshakeRejected) -> None:
-    with contextlib.suppress(*_CLOSED):
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(_refusal(exc))
-        else:
-            # Closing before accepting makes the ASGI server answer 403.
-            await websocket.close(code=1008)
+    await asgi._run_websocket(
+        websocket.scope,
+        websocket.receive,
+        websocket.send,
+        manager,
+        asgi._UNSET if user is _UNSET else user,
+        lambda binary: StarletteTransport(websocket, binary=binary),
+        closed=_CLOSED,
+        # A framework's code may have read the websocket.connect message already.
+        connected=websocket.client_state is not WebSocketState.CONNECTING,
+    )

@@ -28,6 +28,13 @@ What it sets up:
   queued for it (uvicorn alone would send 1012 first), then uvicorn stops.
 * Client protocol errors (invalid UTF-8, ...) are not logged with a traceback each: see
   :class:`QuietClientErrors`.
+
+Run by the ``uvicorn`` command instead (with or without ``--workers``) or by gunicorn's
+uvicorn workers, an application still gets the graceful shutdown from its lifespan::
+
+    app = Starlette(routes=..., lifespan=wsroom_uvicorn.lifespan(manager))
+
+See :func:`drain_on_signal`, :func:`lifespan` and :class:`GracefulShutdown`.
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
+import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import FrameType
+from typing import Any, cast
 
 try:
     import uvicorn
@@ -51,7 +61,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ..manager import ConnectionManager
 from ._websockets_common import reset_on_close, send_at_once
 
-__all__ = ["QUIET_CLIENT_ERRORS", "QuietClientErrors", "Server", "abort", "config", "run", "wait"]
+__all__ = [
+    "QUIET_CLIENT_ERRORS",
+    "GracefulShutdown",
+    "QuietClientErrors",
+    "Server",
+    "abort",
+    "config",
+    "drain_on_signal",
+    "lifespan",
+    "run",
+    "wait",
+]
 
 logger = logging.getLogger("wsroom.transport")
 
@@ -109,8 +130,7 @@ class Server(uvicorn.Server):
         """The manager served."""
         self.shutdown_timeout = shutdown_timeout
         self.handshake_timeout = handshake_timeout
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self._drain: _SignalDrain | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start uvicorn with wsroom's protocols, then the manager."""
@@ -146,19 +166,19 @@ class Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGINT/SIGTERM: close wsroom's clients with 1001 first, then stop uvicorn (a
         second signal stops at once)."""
-        loop = self.manager.loop
-        if self._draining or loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self._draining = True
-        loop.call_soon_threadsafe(self._start_drain, loop)
+        if self._drain is None:
+            loop = self.manager.loop
+            if loop is None:
+                super().handle_exit(sig, frame)
+                return
+            # Once drained, not super().handle_exit(): uvicorn would re-raise the signal
+            # once stopped.
+            self._drain = _SignalDrain(
+                self.manager, self.shutdown_timeout, loop, then=self._stop, now=super().handle_exit
+            )
+        self._drain(sig, frame)
 
-    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._drain_task = loop.create_task(self._drain())
-
-    async def _drain(self) -> None:
-        await self.manager.shutdown(self.shutdown_timeout)
-        # Not super().handle_exit(): uvicorn would re-raise the signal once stopped.
+    def _stop(self, sig: int, frame: Any) -> None:
         self.should_exit = True
 
 
@@ -174,6 +194,305 @@ def run(app: Any, manager: ConnectionManager, **kwargs: Any) -> None:
         if name in kwargs
     }
     Server(config(app, manager, **kwargs), manager, **server_options).run()
+
+
+# Graceful shutdown under a uvicorn that wsroom does not run (the ``uvicorn`` command, its
+# ``--workers``, gunicorn's uvicorn workers). uvicorn closes every WebSocket with 1012 as
+# soon as SIGINT or SIGTERM arrives, before the ASGI lifespan shutdown, the only hook an
+# application has. But uvicorn installs its handler with signal.signal() before the lifespan
+# startup runs: there, wsroom puts a handler in front of it that drains the manager, then
+# calls uvicorn's.
+
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+class _SignalDrain:
+    """A signal handler that closes ``manager``'s clients with 1001 (after what is queued
+    for them), then calls ``then``; a signal during the drain calls ``now`` at once."""
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        then: _SignalHandler,
+        now: _SignalHandler,
+    ) -> None:
+        self.manager = manager
+        self.timeout = timeout
+        self.loop = loop
+        self.then = then
+        self.now = now
+        self.previous: dict[int, _SignalHandler] = {}
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between two bytecodes, maybe in the middle of one of the
+        # loop's callbacks: only schedule.
+        if self._draining or self.loop.is_closed():
+            self.now(sig, frame)
+            return
+        self._draining = True
+        self.loop.call_soon_threadsafe(self._start, sig, frame)
+
+    def _start(self, sig: int, frame: FrameType | None) -> None:
+        self._task = self.loop.create_task(self._drain(sig, frame))
+
+    async def _drain(self, sig: int, frame: FrameType | None) -> None:
+        started = time.monotonic()
+        try:
+            await self.manager.shutdown(self.timeout)
+        except Exception:
+            logger.exception("wsroom's graceful shutdown failed; the server stops all the same")
+        else:
+            logger.info(
+                "%s: wsroom closed its clients with 1001 in %.2f s",
+                signal.Signals(sig).name,
+                time.monotonic() - started,
+            )
+        finally:
+            self.then(sig, frame)
+
+    # In front of uvicorn's handlers: both signals go to the one uvicorn had for each.
+
+    def _previous(self, sig: int, frame: FrameType | None) -> None:
+        self.previous[sig](sig, frame)
+
+    def _hurry(self, sig: int, frame: FrameType | None) -> None:
+        # A signal during the drain: uvicorn's first, then, for SIGINT, its second, which
+        # stops waiting for connections and tasks (a hook that hangs): Ctrl+C twice stops
+        # at once, as without wsroom.
+        self.previous[sig](sig, frame)
+        if sig == signal.SIGINT:
+            self.previous[sig](sig, frame)
+
+    @classmethod
+    def install(cls, manager: ConnectionManager, timeout: float) -> _SignalDrain | None:
+        """Put a drain of ``manager`` in front of the running uvicorn's SIGINT and SIGTERM
+        handlers; ``None`` when there is nothing to do (already there) or it cannot be done."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning(
+                "wsroom's graceful shutdown on SIGINT/SIGTERM is not installed: the server "
+                "does not run in the main thread; wsroom drains at the lifespan shutdown"
+            )
+            return None
+        current = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+        if any(_drains(handler, manager) for handler in current.values()):
+            return None  # installed already, or wsroom's own Server runs the application
+        if not all(_is_uvicorn_exit(handler) for handler in current.values()):
+            logger.warning(
+                "wsroom's graceful shutdown on SIGINT/SIGTERM is not installed: the server "
+                "is not uvicorn, or handles the signals its own way; wsroom drains at the "
+                "lifespan shutdown instead"
+            )
+            return None
+        drain = cls(manager, timeout, asyncio.get_running_loop(), then=_nothing, now=_nothing)
+        drain.then, drain.now = drain._previous, drain._hurry
+        for sig, handler in current.items():
+            drain.previous[sig] = cast(_SignalHandler, handler)
+            signal.signal(sig, drain)
+        return drain
+
+    def uninstall(self) -> None:
+        """Give the signals back to the handlers found at :meth:`install`, unless another
+        handler was put in front since (this one then passes the signals on)."""
+        self._draining = True
+        self.now = self.then
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self.previous.items():
+            if signal.getsignal(sig) is self:
+                signal.signal(sig, handler)
+
+
+def _nothing(sig: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _drains(handler: Any, manager: ConnectionManager) -> bool:
+    if isinstance(handler, _SignalDrain):
+        return handler.manager is manager or _drains(handler.previous.get(signal.SIGTERM), manager)
+    owner = getattr(handler, "__self__", None)
+    return isinstance(owner, Server) and owner.manager is manager
+
+
+def _is_uvicorn_exit(handler: Any) -> bool:
+    # A drain of another manager sits in front of uvicorn's handler: chain in front of it.
+    if isinstance(handler, _SignalDrain):
+        return True
+    owner = getattr(handler, "__self__", None)
+    return isinstance(owner, uvicorn.Server) and getattr(handler, "__name__", "") == "handle_exit"
+
+
+@contextlib.asynccontextmanager
+async def drain_on_signal(
+    manager: ConnectionManager, *, shutdown_timeout: float = 5.0
+) -> AsyncIterator[None]:
+    """Start ``manager``, and on SIGINT or SIGTERM close its clients gracefully before
+    uvicorn closes them; for an application's ASGI lifespan.
+
+    Enter it in the lifespan startup (what :func:`lifespan` and :class:`GracefulShutdown`
+    do) of an application that the ``uvicorn`` command runs, with or without
+    ``--workers``, or gunicorn with uvicorn workers. On the first SIGINT or SIGTERM each
+    client receives what is queued for it, then a close frame with 1001 (at most
+    ``shutdown_timeout`` seconds, after which the rest are cut) and new handshakes get
+    HTTP 503; then uvicorn's own handler runs and uvicorn stops as usual. A second signal
+    goes to uvicorn at once: a second SIGTERM starts uvicorn's shutdown, a second SIGINT
+    (Ctrl+C twice) stops it without waiting for connections and tasks.
+
+    It works by chaining in front of the handler uvicorn installed for the signals, in the
+    process's main thread; where that is not uvicorn's (another ASGI server, a uvicorn in
+    another thread) it logs a warning and the manager is only shut down at the lifespan
+    shutdown. Entering it again for the same manager, or under
+    :class:`wsroom.adapters.uvicorn.Server`, which drains by itself, adds nothing. At the
+    exit, the signal handlers are given back and the manager is shut down, if no signal
+    did.
+
+    Args:
+        manager: The manager the application serves.
+        shutdown_timeout: Seconds clients get to receive what is queued for them.
+
+    Raises:
+        Exception: What :meth:`ConnectionManager.start` raises (an unreachable Redis):
+            the startup fails.
+    """
+    await manager.start()
+    drain = _SignalDrain.install(manager, shutdown_timeout)
+    try:
+        yield
+    finally:
+        if drain is not None:
+            drain.uninstall()
+        if not manager.closing:
+            await manager.shutdown(shutdown_timeout)
+
+
+def lifespan(
+    manager: ConnectionManager, *, shutdown_timeout: float = 5.0
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """A Starlette or FastAPI ``lifespan`` that runs :func:`drain_on_signal`::
+
+        app = Starlette(routes=routes("/ws", manager), lifespan=wsroom_uvicorn.lifespan(manager))
+
+    An application with a lifespan of its own enters :func:`drain_on_signal` in it instead.
+    """
+
+    def app_lifespan(app: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        return drain_on_signal(manager, shutdown_timeout=shutdown_timeout)
+
+    return app_lifespan
+
+
+class GracefulShutdown:
+    """ASGI middleware running :func:`drain_on_signal` around any ASGI application's
+    lifespan: a plain ASGI application, or a Starlette or FastAPI one with a lifespan of its
+    own::
+
+        app = GracefulShutdown(app, manager)
+        # Starlette: Starlette(..., middleware=[Middleware(GracefulShutdown, manager=manager)])
+        # FastAPI: app.add_middleware(GracefulShutdown, manager=manager)
+
+    At the lifespan startup the manager starts before the application's own startup; at
+    the shutdown wsroom's clients are closed before the application's own shutdown runs.
+    An application that does not speak the lifespan protocol gets none of its messages.
+
+    Args:
+        app: The ASGI application.
+        manager: The manager it serves.
+        shutdown_timeout: As :func:`drain_on_signal`'s.
+    """
+
+    def __init__(
+        self, app: Any, manager: ConnectionManager, *, shutdown_timeout: float = 5.0
+    ) -> None:
+        self.app = app
+        self.manager = manager
+        self.shutdown_timeout = shutdown_timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve ``scope``: the lifespan here, anything else by the application."""
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await _Lifespan(self, scope, receive, send).run()
+
+
+class _Lifespan:
+    """One lifespan of :class:`GracefulShutdown`: the server's messages, and the
+    application's lifespan run beside it on a pair of queues."""
+
+    def __init__(self, owner: GracefulShutdown, scope: Any, receive: Any, send: Any) -> None:
+        self.owner = owner
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.from_app: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.taken = 0  # messages the application received
+
+    async def run(self) -> None:
+        owner = self.owner
+        message = await self.receive()
+        if message["type"] != "lifespan.startup":
+            return
+        drain: contextlib.AbstractAsyncContextManager[None] | None
+        drain = drain_on_signal(owner.manager, shutdown_timeout=owner.shutdown_timeout)
+        try:
+            await drain.__aenter__()
+        except Exception as exc:
+            await self.send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            return
+        app = asyncio.create_task(self._app())
+        try:
+            answer = await self._forward(message)
+            if answer["type"] == "lifespan.startup.failed":
+                await self.send(answer)
+                return
+            await self.send({"type": "lifespan.startup.complete"})
+            message = await self.receive()
+            # wsroom's clients first: the application's hooks may need what its own
+            # shutdown closes.
+            await drain.__aexit__(None, None, None)
+            drain = None
+            await self.send(await self._forward(message))
+        finally:
+            if drain is not None:
+                await drain.__aexit__(None, None, None)
+            app.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await app
+
+    async def _app(self) -> None:
+        try:
+            await self.owner.app(self.scope, self._take, self.from_app.put)
+        except Exception:
+            # Raising before taking a message is how an application says it does not speak
+            # the lifespan protocol; after, it failed.
+            if self.taken:
+                logger.exception("the application's lifespan failed")
+        finally:
+            await self.from_app.put(None)
+
+    async def _take(self) -> dict[str, Any]:
+        message = await self.to_app.get()
+        self.taken += 1
+        return message
+
+    async def _forward(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``message`` to the application; its answer, or success when it has none."""
+        await self.to_app.put(message)
+        answer = await self.from_app.get()
+        if answer is None:
+            # The application ended (it does not speak the lifespan protocol): it never
+            # takes a message again.
+            await self.from_app.put(None)
+            kind = message["type"]
+            return {"type": f"{kind}.complete"}
+        return answer
 
 
 class QuietClientErrors(logging.Filter):

@@ -29,15 +29,32 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ..admin import ADMIN_PATH, AdminView, Authorize
 from ..connection import Transport
 from ..exceptions import HandshakeRejected
 from ..manager import ConnectionManager
 from ..protocol import CloseCode
 from . import _websockets_fastpath as fastpath
-from ._websockets_common import AdapterBase, client_script, policy_violation, send_at_once
+from ._websockets_common import (
+    AdapterBase,
+    admin_response,
+    client_script,
+    handshake_of,
+    metrics_endpoint,
+    policy_violation,
+    send_at_once,
+)
 from ._writer import WriterTaskTransport
 
-__all__ = ["Server", "WebsocketsAdapter", "WebsocketsTransport", "client_script", "serve"]
+__all__ = [
+    "Server",
+    "WebsocketsAdapter",
+    "WebsocketsTransport",
+    "admin_view",
+    "client_script",
+    "metrics_endpoint",
+    "serve",
+]
 
 ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
 
@@ -230,6 +247,40 @@ async def serve(
             yield server
         finally:
             await manager.shutdown(shutdown_timeout)
+
+
+def admin_view(
+    manager: ConnectionManager,
+    authorize: Authorize,
+    *,
+    path: str = ADMIN_PATH,
+    **options: Any,
+) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
+    """A ``process_request`` serving the admin view (:mod:`wsroom.admin`) of ``manager``
+    under ``path`` and letting every other request through::
+
+        serve(manager, host, port, process_request=admin_view(manager, is_operator))
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`); ``True`` lets it in, anything else is a 403.
+        path: Where the view lives.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    view = AdminView(manager, authorize, path=path, **options)
+
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if not view.handles(request.path.partition("?")[0]):
+            return None
+        # Recent websockets parse other methods than GET (HEAD, POST); older ones refuse them.
+        answer = await view.respond(
+            handshake_of(connection, request), getattr(request, "method", "GET")
+        )
+        return admin_response(answer) if answer is not None else None
+
+    return process_request
 
 
 def _chain(first: ProcessRequest, second: ProcessRequest) -> ProcessRequest:

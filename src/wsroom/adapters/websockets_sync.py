@@ -32,22 +32,40 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server as WSServer, ServerConnection, serve as _serve
 
+from ..admin import ADMIN_PATH, AdminView, Authorize
 from ..connection import Connection, Transport
 from ..exceptions import HandshakeRejected
 from ..manager import ConnectionManager
 from ..threads import BackgroundLoop
 from . import _websockets_fastpath as fastpath
-from ._websockets_common import AdapterBase, client_script, policy_violation, shut_down
+from ._websockets_common import (
+    AdapterBase,
+    admin_response,
+    client_script,
+    handshake_of,
+    metrics_endpoint,
+    policy_violation,
+    shut_down,
+)
 
 logger = logging.getLogger("wsroom.transport")
 
-__all__ = ["Server", "SyncAdapter", "SyncTransport", "client_script", "serve"]
+__all__ = [
+    "Server",
+    "SyncAdapter",
+    "SyncTransport",
+    "admin_view",
+    "client_script",
+    "metrics_endpoint",
+    "serve",
+]
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 
@@ -102,7 +120,7 @@ class SyncTransport(Transport):
                 target=self._send_batches, name="wsroom-sender", daemon=True
             )
             self._sender.start()
-        self._batches.put(conn.take_outgoing())
+        self._batches.put(conn.take_messages())
 
     def _send_batches(self) -> None:
         """The sender thread: sends each batch, tells the loop, ends at ``None``."""
@@ -397,6 +415,54 @@ def serve(
                 server.shutdown()
     finally:
         adapter.close()
+
+
+def admin_view(
+    manager: ConnectionManager,
+    authorize: Authorize,
+    *,
+    path: str = ADMIN_PATH,
+    timeout: float = 10.0,
+    **options: Any,
+) -> ProcessRequest:
+    """A ``process_request`` serving the admin view (:mod:`wsroom.admin`) of ``manager``
+    under ``path`` and letting every other request through::
+
+        serve(manager, host, port, process_request=admin_view(manager, is_operator))
+
+    The check and the snapshot run on the manager's event loop; the server's thread waits
+    for them (a 503 after ``timeout`` seconds, or while the manager runs on no loop).
+
+    Args:
+        manager: The manager to show.
+        authorize: The application's check of each request for the page or a snapshot
+            (:data:`wsroom.admin.Authorize`), ``def`` or ``async def``; ``True`` lets it
+            in, anything else is a 403.
+        path: Where the view lives.
+        timeout: Seconds a request may wait for the manager's loop.
+        options: The sizes of the lists and the snapshot's reuse interval, as
+            :class:`~wsroom.admin.AdminView` takes them.
+    """
+    view = AdminView(manager, authorize, path=path, **options)
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if not view.handles(request.path.partition("?")[0]):
+            return None
+        loop = manager.loop
+        if loop is None or loop.is_closed():
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        # Recent websockets parse other methods than GET (HEAD, POST); older ones refuse them.
+        answering = asyncio.run_coroutine_threadsafe(
+            view.respond(handshake_of(connection, request), getattr(request, "method", "GET")), loop
+        )
+        try:
+            answer = answering.result(timeout)
+        except TimeoutError:
+            answering.cancel()
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        return admin_response(answer) if answer is not None else None
+
+    return process_request
 
 
 def _drain(ws: ServerConnection, timeout: float) -> None:

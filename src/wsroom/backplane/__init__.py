@@ -4,7 +4,7 @@
 imported from there, so that the core does not need redis-py.
 """
 
-from .base import Backplane, BackplaneNode, RoomSnapshot
+from .base import Backplane, BackplaneNode, BackplaneStatus, RoomSnapshot
 from .memory import MemoryBackplane
 
-__all__ = ["Backplane", "BackplaneNode", "MemoryBackplane", "RoomSnapshot"]
+__all__ = ["Backplane", "BackplaneNode", "BackplaneStatus", "MemoryBackplane", "RoomSnapshot"]

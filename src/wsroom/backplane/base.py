@@ -30,6 +30,7 @@ __all__ = [
     "Appended",
     "Backplane",
     "BackplaneNode",
+    "BackplaneStatus",
     "BusReceiver",
     "Record",
     "RoomLog",
@@ -149,6 +150,24 @@ def recovery_snapshot(
 # The two sides of the contract.
 
 
+@dataclass(frozen=True, slots=True)
+class BackplaneStatus:
+    """What an operator wants to know about a backplane, from :meth:`Backplane.status`."""
+
+    kind: str
+    """The backplane's :attr:`Backplane.kind` (``"memory"``, ``"redis"``...)."""
+    available: bool
+    """Whether the store answered its last operation."""
+    nodes: int | None = None
+    """Processes sharing the rooms, this one included, when the backplane knows."""
+    address: str | None = None
+    """Where the store is, without credentials (a Redis URL), if it has an address."""
+    last_error: str | None = None
+    """The last failure to reach the store, if any since start (it may be over)."""
+    last_error_at: float | None = None
+    """When :attr:`last_error` happened (seconds since the epoch)."""
+
+
 class BackplaneNode(Protocol):
     """What the cluster layer calls on the manager it serves (on the manager's event loop).
 
@@ -264,10 +283,31 @@ class Backplane(ABC):
     timeout: float = 2.0
     """The longest the cluster layer waits for this node's own copy of a message."""
 
+    kind: ClassVar[str] = "custom"
+    """A short name for the kind of store (``"memory"``, ``"redis"``): the ``backplane``
+    label of the metrics. Keep it constant per class."""
+
+    reconnects: int = 0
+    """Times the bus came back after it was lost, since start (for monitoring)."""
+
     @property
     def available(self) -> bool:
         """Whether the store answered its last operation."""
         return True
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds the store took to answer the last health check (a heartbeat), for
+        monitoring; ``None`` when there is none (a store in this process)."""
+        return None
+
+    async def status(self) -> BackplaneStatus:
+        """How the backplane is doing, for an operator (the admin view shows it).
+
+        Called only when someone looks; a distributed backplane may ask its store (the
+        number of nodes), bounded in time, and must not raise.
+        """
+        return BackplaneStatus(kind=self.kind, available=self.available)
 
     @abstractmethod
     async def start(self, receiver: BusReceiver) -> None:

@@ -108,6 +108,8 @@ class Cluster:
         """Malformed bus messages received and dropped."""
         self.messages_published = 0
         """Room messages this node stored and sent since start."""
+        self.gaps = 0
+        """``gap`` frames this node fanned out to its members of a room since start."""
         self._node = node
         self._remote = type(backplane).remote
         self._tracks: dict[str, _Track] = {}
@@ -332,7 +334,12 @@ class Cluster:
 
     def resubscribed(self) -> None:
         """The bus came back after a loss: repair every room from its log (in a task)."""
-        task = asyncio.get_running_loop().create_task(self._repair_all(), name="wsroom-repair")
+        # Held from now: the bus may deliver live messages before the task starts, and one
+        # in a new epoch would skip, with a gap, what the log still holds before it.
+        rooms = [room for room, track in self._tracks.items() if track.epoch is not None]
+        for room in rooms:
+            self._tracks[room].repairing = True
+        task = asyncio.get_running_loop().create_task(self._repair_all(rooms), name="wsroom-repair")
         self._repairs.add(task)
         task.add_done_callback(self._repair_done)
 
@@ -465,6 +472,7 @@ class Cluster:
         track.delivered(id_)
 
     def _gap(self, room: str, epoch: str, offset: int) -> None:
+        self.gaps += 1
         self._node.deliver_room(room, self._node.encode(frames.gap(room, epoch, offset)), None)
 
     def _appended(self, append: Append, appended: Appended) -> None:
@@ -499,11 +507,8 @@ class Cluster:
         if not task.cancelled() and task.exception() is not None:
             logger.error("gap repair failed", exc_info=task.exception())
 
-    async def _repair_all(self) -> None:
+    async def _repair_all(self, rooms: list[str]) -> None:
         """Deliver what each room missed from its log, or tell its members they missed it."""
-        rooms = [room for room, track in self._tracks.items() if track.epoch is not None]
-        for room in rooms:
-            self._tracks[room].repairing = True
         for room in rooms:
             track = self._tracks.get(room)
             if track is None:

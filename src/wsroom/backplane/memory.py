@@ -6,7 +6,16 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from .base import Append, Appended, Backplane, BusReceiver, Record, RoomLog, new_epoch
+from .base import (
+    Append,
+    Appended,
+    Backplane,
+    BackplaneStatus,
+    BusReceiver,
+    Record,
+    RoomLog,
+    new_epoch,
+)
 
 __all__ = ["MemoryBackplane"]
 
@@ -38,6 +47,11 @@ class MemoryBackplane(Backplane):
     """
 
     remote = False
+    kind = "memory"
+
+    async def status(self) -> BackplaneStatus:
+        """In memory: this process alone, always available."""
+        return BackplaneStatus(kind=self.kind, available=True, nodes=1)
 
     def __init__(self) -> None:
         self._receiver: BusReceiver | None = None

@@ -14,12 +14,12 @@ and a page imports it with ``import { connect } from "/wsroom.js"``.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
+
+from .._http import etag_matches, etag_of
 
 __all__ = [
     "SCRIPT_PATH",
@@ -82,7 +82,7 @@ def script_response(if_none_match: str | None = None, *, head: bool = False) -> 
         # dev server can import it. It is public code and sent without credentials.
         ("Access-Control-Allow-Origin", "*"),
     ]
-    if if_none_match is not None and etag in _entity_tags(if_none_match):
+    if etag_matches(if_none_match, etag):
         return ScriptResponse(304, headers, b"")
     headers.append(("Content-Length", str(len(body))))
     return ScriptResponse(200, headers, b"" if head else body)
@@ -91,15 +91,7 @@ def script_response(if_none_match: str | None = None, *, head: bool = False) -> 
 @cache
 def _script_and_etag() -> tuple[bytes, str]:
     body = script()
-    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-
-
-def _entity_tags(header: str) -> Iterable[str]:
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag == "*":
-            yield _script_and_etag()[1]
-        yield tag.removeprefix("W/")
+    return body, etag_of(body)
 
 
 def _read(name: str) -> bytes:

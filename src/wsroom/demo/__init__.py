@@ -1,9 +1,13 @@
-"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js`` and the WebSocket at
-``/ws``, on one port.
+"""The demo chat: a page at ``/``, the browser client at ``/wsroom.js``, the WebSocket at
+``/ws`` and, with ``wsroom[metrics]`` installed, Prometheus metrics at ``/metrics`` (for
+requests from this machine only), on one port.
 
 Run it with ``wsroom demo`` or ``python -m wsroom demo``. For the demo only, the user is the
 ``name`` query parameter (``/ws?name=alice``), or a generated guest id without it: there is
 no password, so never deploy it as is.
+
+With ``--admin`` it also serves the admin view (:mod:`wsroom.admin`) at ``/admin/``, behind
+a random token made at startup: the address it prints carries it (``/admin/?token=...``).
 """
 
 from __future__ import annotations
@@ -11,22 +15,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
+import ipaddress
 import logging
 import re
 import secrets
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ..adapters.websockets import Server, client_script, serve
+from ..adapters.websockets import Server, admin_view, client_script, serve
+from ..admin import Authorize
 from ..connection import Connection
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
@@ -34,13 +41,19 @@ from ..manager import ConnectionManager
 from ..protocol import Message
 from ..room import Room
 
+if TYPE_CHECKING:
+    from ..adapters.asgi import WSRoomApp
+
 __all__ = [
     "ChatRoom",
+    "admin_token_check",
     "aiohttp_app",
+    "asgi_app",
     "create_manager",
     "demo_server",
     "run",
     "run_aiohttp",
+    "run_asgi",
     "run_starlette",
     "run_sync",
     "starlette_app",
@@ -157,14 +170,53 @@ def _route(path: str) -> tuple[HTTPStatus, bytes, str] | None:
         return HTTPStatus.OK, _page(), "text/html; charset=utf-8"
     if path == "/favicon.svg":
         return HTTPStatus.OK, _favicon(), "image/svg+xml"
+    if path == "/metrics":  # served here only when prometheus-client is missing
+        return HTTPStatus.NOT_FOUND, _METRICS_MISSING, "text/plain; charset=utf-8"
     return HTTPStatus.NOT_FOUND, b"Not Found\n", "text/plain; charset=utf-8"
 
 
 _serve_script = client_script()
 
+_METRICS_MISSING = b"Not Found: /metrics needs prometheus-client: pip install 'wsroom[metrics]'\n"
+
+
+def _from_this_machine(request: Handshake) -> bool:
+    """Whether a request comes from a loopback address: the demo's metrics are for the
+    machine it runs on, even when it listens on every interface."""
+    peer = request.remote_address
+    if peer is None:
+        return False
+    try:
+        return ipaddress.ip_address(peer[0].partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+_ProcessRequest = Callable[[Any, Request], Response | None]
+
+
+def _serve_metrics(manager: ConnectionManager) -> _ProcessRequest | None:
+    try:
+        from ..adapters.websockets import metrics_endpoint
+
+        return metrics_endpoint(manager, authorize=_from_this_machine)
+    except ImportError:
+        return None
+
+
+def _serve_pages(manager: ConnectionManager) -> _ProcessRequest:
+    """websockets' ``process_request``, for both its asyncio and its threading server."""
+    metrics = _serve_metrics(manager)
+
+    def serve_page(connection: Any, request: Request) -> Response | None:
+        if metrics is not None and (answer := metrics(connection, request)) is not None:
+            return answer
+        return _serve_page(connection, request)
+
+    return serve_page
+
 
 def _serve_page(connection: Any, request: Request) -> Response | None:
-    # websockets' process_request, for both its asyncio and its threading server.
     script = _serve_script(connection, request)
     if script is not None:
         return script
@@ -183,39 +235,113 @@ def _serve_page(connection: Any, request: Request) -> Response | None:
     return Response(status.value, status.phrase, headers, body)
 
 
+# The demo's admin view: a token made at startup, in the address it prints.
+
+
+def admin_token_check(token: str) -> Authorize:
+    """The demo's check for the admin view: the request's ``token`` query parameter must be
+    ``token`` (compared in constant time). Fit for a demo on one's own machine; an
+    application checks its operators' own credentials."""
+    expected = token.encode()
+
+    def authorize(request: Handshake) -> bool:
+        given = request.query.get("token", "").encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given, expected)
+
+    return authorize
+
+
+def _new_token(admin: bool) -> str | None:
+    return secrets.token_urlsafe(18) if admin else None
+
+
+def _asyncio_requests(manager: ConnectionManager, admin_token: str | None) -> Any:
+    """The demo's ``process_request`` on websockets asyncio: the admin view, if any, first."""
+    pages = _serve_pages(manager)
+    if admin_token is None:
+        return pages
+    admin = admin_view(manager, admin_token_check(admin_token))
+
+    async def process_request(connection: Any, request: Request) -> Response | None:
+        answer = await admin(connection, request)
+        return answer if answer is not None else pages(connection, request)
+
+    return process_request
+
+
 @asynccontextmanager
 async def demo_server(
-    host: str = "127.0.0.1", port: int = 8765, manager: ConnectionManager | None = None
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    manager: ConnectionManager | None = None,
+    *,
+    admin_token: str | None = None,
 ) -> AsyncIterator[Server]:
-    """Start the demo server (websockets asyncio); on exit, shut it down gracefully."""
+    """Start the demo server (websockets asyncio); on exit, shut it down gracefully.
+
+    With ``admin_token``, the admin view is served at ``/admin/?token=<admin_token>``.
+    """
     manager = manager if manager is not None else create_manager()
-    async with serve(manager, host, port, process_request=_serve_page) as server:
+    process_request = _asyncio_requests(manager, admin_token)
+    async with serve(manager, host, port, process_request=process_request) as server:
         yield server
 
 
-def _announce(address: Any) -> None:
-    print(f"wsroom demo: open http://{_url_host(str(address[0]))}:{address[1]}/", flush=True)
+def _announce(address: Any, admin_token: str | None = None) -> None:
+    base = f"http://{_url_host(str(address[0]))}:{address[1]}"
+    print(f"wsroom demo: open {base}/", flush=True)
+    if admin_token is not None:
+        print(f"wsroom demo: admin view at {base}/admin/?token={admin_token}", flush=True)
 
 
-async def run(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully."""
+async def run(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on websockets asyncio until SIGINT or SIGTERM, then shut down gracefully.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
-    async with demo_server(host, port, create_manager(redis_url)) as server:
+    token = _new_token(admin)
+    async with demo_server(host, port, create_manager(redis_url), admin_token=token) as server:
         for sock in server.sockets:
-            _announce(sock.getsockname())
+            _announce(sock.getsockname(), token)
         await stop
         print("wsroom demo: shutting down", flush=True)
 
 
-def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM."""
+def run_sync(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo on a threaded websockets server until SIGINT or SIGTERM.
+
+    With ``admin``, the admin view too, behind a token printed with its address.
+    """
     from ..adapters import websockets_sync
 
     manager = create_manager(redis_url)
-    with websockets_sync.serve(manager, host, port, process_request=_serve_page) as server:
+    token = _new_token(admin)
+    process_request = _serve_pages(manager)
+    if token is not None:
+        pages = process_request
+        admin_page = websockets_sync.admin_view(manager, admin_token_check(token))
+
+        def process_request(connection: Any, request: Request) -> Response | None:
+            answer = admin_page(connection, request)
+            return answer if answer is not None else pages(connection, request)
+
+    with websockets_sync.serve(manager, host, port, process_request=process_request) as server:
 
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever() to return: call it from another thread.
@@ -223,19 +349,22 @@ def run_sync(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = 
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        _announce(server.socket.getsockname())
+        _announce(server.socket.getsockname(), token)
         server.serve_forever()
         print("wsroom demo: shutting down", flush=True)
 
 
-def starlette_app(manager: ConnectionManager | None = None) -> Any:
-    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``."""
+def starlette_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> Any:
+    """The demo as a Starlette application: the page at ``/``, the WebSocket at ``/ws``, and
+    with ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HTTPRequest
     from starlette.responses import Response as HTTPResponse
     from starlette.routing import Route
 
-    from ..adapters.starlette import client_route, routes
+    from ..adapters.starlette import admin_routes, client_route, routes
 
     manager = manager if manager is not None else create_manager()
 
@@ -248,21 +377,95 @@ def starlette_app(manager: ConnectionManager | None = None) -> Any:
             body, status_code=status.value, media_type=content_type, headers=headers
         )
 
+    try:
+        from ..adapters.starlette import metrics_route
+
+        metrics = metrics_route(manager, authorize=_from_this_machine)
+    except ImportError:
+        metrics = Route("/metrics", page)
     app = Starlette(
         routes=[
             Route("/", page),
             Route("/index.html", page),
             Route("/favicon.svg", page),
             client_route(),
+            metrics,
             *routes("/ws", manager),
+            *(
+                admin_routes(manager, admin_token_check(admin_token))
+                if admin_token is not None
+                else ()
+            ),
         ]
     )
     app.state.manager = manager
     return app
 
 
-def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None) -> None:
-    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM.
+def asgi_app(
+    manager: ConnectionManager | None = None, *, admin_token: str | None = None
+) -> WSRoomApp:
+    """The demo as a plain ASGI application (:mod:`wsroom.adapters.asgi`, no framework):
+    the page at ``/``, ``/wsroom.js``, the WebSocket at ``/ws``, ``/metrics`` for this
+    machine, and with ``admin_token`` the admin view at ``/admin/?token=<admin_token>``."""
+    from ..adapters.asgi import (
+        ASGIApp,
+        Receive,
+        Scope,
+        Send,
+        WSRoomApp,
+        _respond,
+        admin_app,
+        metrics_app,
+    )
+    from ..admin import ADMIN_PATH
+
+    async def pages(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        routed = _route(str(scope.get("path", "/")))
+        assert routed is not None
+        status, body, content_type = routed
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            *security_headers(body),
+        ]
+        await _respond(send, status.value, headers, b"" if scope.get("method") == "HEAD" else body)
+
+    manager = manager if manager is not None else create_manager()
+    admin = admin_app(manager, admin_token_check(admin_token)) if admin_token else None
+    try:
+        metrics: ASGIApp | None = metrics_app(manager, authorize=_from_this_machine)
+        from .. import metrics as _metrics  # noqa: F401  (prometheus-client installed?)
+    except ImportError:
+        metrics = None
+
+    async def others(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "/"))
+        if admin is not None and (path == ADMIN_PATH or path.startswith(ADMIN_PATH + "/")):
+            await admin(scope, receive, send)
+        elif path == "/metrics" and scope["type"] == "http":
+            if metrics is not None:
+                await metrics(scope, receive, send)
+            else:
+                await _respond(send, 404, [("Content-Type", "text/plain")], _METRICS_MISSING)
+        else:
+            await pages(scope, receive, send)
+
+    return WSRoomApp(manager, path="/ws", app=others, client_path="/wsroom.js")
+
+
+def run_starlette(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo as a Starlette app under uvicorn until SIGINT or SIGTERM (with
+    ``admin``, the admin view too, behind a token printed with its address).
 
     Through :mod:`wsroom.adapters.uvicorn`: uvicorn gets wsroom's frame limit, a deadline
     for request heads, quiet logging of client errors and a graceful shutdown.
@@ -271,31 +474,64 @@ def run_starlette(host: str = "127.0.0.1", port: int = 8765, redis_url: str | No
         OSError: ``host``:``port`` cannot be listened on (a port in use, say), as with the
             other transports; uvicorn would log it and exit the process.
     """
+    manager = create_manager(redis_url)
+    token = _new_token(admin)
+    _run_uvicorn(starlette_app(manager, admin_token=token), manager, host, port, token)
+
+
+def run_asgi(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
+) -> None:
+    """Serve the demo as a plain ASGI application (:func:`asgi_app`) under uvicorn until
+    SIGINT or SIGTERM, through :mod:`wsroom.adapters.uvicorn` as :func:`run_starlette` does
+    (with ``admin``, the admin view too, behind a token printed with its address).
+
+    Raises:
+        OSError: ``host``:``port`` cannot be listened on.
+    """
+    manager = create_manager(redis_url)
+    token = _new_token(admin)
+    _run_uvicorn(asgi_app(manager, admin_token=token), manager, host, port, token)
+
+
+def _run_uvicorn(
+    app: Any, manager: ConnectionManager, host: str, port: int, admin_token: str | None = None
+) -> None:
     from ..adapters import uvicorn as wsroom_uvicorn
 
     sockets = _listen(host, port)
-    manager = create_manager(redis_url)
 
     class DemoServer(wsroom_uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             for server in self.servers:
                 for sock in server.sockets:
-                    _announce(sock.getsockname())
+                    _announce(sock.getsockname(), admin_token)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             print("wsroom demo: shutting down", flush=True)
             super().handle_exit(sig, frame)
 
     config = wsroom_uvicorn.config(
-        starlette_app(manager), manager, host=host, port=port, log_level="warning", lifespan="off"
+        app, manager, host=host, port=port, log_level="warning", lifespan="off"
     )
     DemoServer(config, manager).run(sockets=sockets)
 
 
-def aiohttp_app(manager: ConnectionManager | None = None, *, shutdown_timeout: float = 5.0) -> Any:
+def aiohttp_app(
+    manager: ConnectionManager | None = None,
+    *,
+    admin_token: str | None = None,
+    shutdown_timeout: float = 5.0,
+) -> Any:
     """The demo as an ``aiohttp.web`` application: the page at ``/``, the WebSocket at
-    ``/ws``, the manager started and shut down gracefully with the application."""
+    ``/ws``, ``/metrics`` for this machine, with ``admin_token`` the admin view at
+    ``/admin/?token=<admin_token>``; the manager started and shut down gracefully with the
+    application."""
     from aiohttp import web
 
     from ..adapters import aiohttp as wsroom_aiohttp
@@ -311,6 +547,15 @@ def aiohttp_app(manager: ConnectionManager | None = None, *, shutdown_timeout: f
         response.headers["Content-Type"] = content_type
         return response
 
+    async def metrics_missing(request: web.Request) -> web.Response:
+        return web.Response(body=_METRICS_MISSING, status=404, content_type="text/plain")
+
+    try:
+        from .. import metrics as _metrics  # noqa: F401  (prometheus-client installed?)
+
+        metrics = wsroom_aiohttp.metrics_route(manager, authorize=_from_this_machine)
+    except ImportError:
+        metrics = web.get("/metrics", metrics_missing)
     app = web.Application()
     app.add_routes(
         [
@@ -318,6 +563,12 @@ def aiohttp_app(manager: ConnectionManager | None = None, *, shutdown_timeout: f
             web.get("/index.html", page),
             web.get("/favicon.svg", page),
             wsroom_aiohttp.client_route(),
+            metrics,
+            *(
+                wsroom_aiohttp.admin_routes(manager, admin_token_check(admin_token))
+                if admin_token is not None
+                else ()
+            ),
         ]
     )
     wsroom_aiohttp.setup(app, manager, "/ws", shutdown_timeout=shutdown_timeout)
@@ -325,10 +576,15 @@ def aiohttp_app(manager: ConnectionManager | None = None, *, shutdown_timeout: f
 
 
 async def run_aiohttp(
-    host: str = "127.0.0.1", port: int = 8765, redis_url: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    redis_url: str | None = None,
+    *,
+    admin: bool = False,
 ) -> None:
     """Serve the demo as an aiohttp application until SIGINT or SIGTERM, then shut down
-    gracefully (the manager first: every client gets 1001, then aiohttp stops).
+    gracefully (the manager first: every client gets 1001, then aiohttp stops); with
+    ``admin``, the admin view too, behind a token printed with its address.
 
     Raises:
         OSError: ``host``:``port`` cannot be listened on (a port in use, say).
@@ -341,13 +597,15 @@ async def run_aiohttp(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _resolve, stop)
     # No access log: the demo prints its address, then only warnings and errors.
-    runner = web.AppRunner(aiohttp_app(create_manager(redis_url)), access_log=None)
+    token = _new_token(admin)
+    app = aiohttp_app(create_manager(redis_url), admin_token=token)
+    runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()  # starts the manager: an unreachable Redis fails here
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         for address in runner.addresses:
-            _announce(address)
+            _announce(address, token)
         await stop
         print("wsroom demo: shutting down", flush=True)
     finally:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 try:
+    from redis import asyncio as aioredis
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -24,9 +25,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ...exceptions import BackplaneError
-from ..base import Append, Appended, Backplane, BusReceiver, RoomLog, new_epoch
+from ..base import (
+    Append,
+    Appended,
+    Backplane,
+    BackplaneStatus,
+    BusReceiver,
+    RoomLog,
+    new_epoch,
+)
 from . import _scripts
-from ._link import Link, safe_url
+from ._link import Link, check_client, pool_full
 from ._scripts import Keys
 
 __all__ = ["RedisBackplane"]
@@ -42,8 +51,17 @@ _FOREVER_MS = 2**53
 class RedisBackplane(Backplane):
     """Share rooms between processes and hosts through one Redis server.
 
+    Give it a URL, or a ``redis.asyncio`` client built by the application (for Sentinel,
+    TLS options, credential providers...), not both.
+
     Args:
-        url: The Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (``rediss://`` for TLS).
+        url: The Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (``rediss://`` for TLS); the
+            default when neither a URL nor a client is given. The backplane creates its
+            connection pool from it and closes it at :meth:`stop`.
+        client: A ``redis.asyncio.Redis`` (for instance ``Sentinel(...).master_for(...)``)
+            whose connection pool the backplane uses, its subscription included. It stays
+            the application's: the backplane never closes it, and :meth:`stop` only
+            returns its connections to the pool. It must not decode responses.
         prefix: Prefix of every key and channel, so several applications share a Redis.
         heartbeat: Seconds between this node's heartbeats and its checks for dead nodes.
         node_ttl: Seconds without a heartbeat after which a node is considered dead and
@@ -52,16 +70,27 @@ class RedisBackplane(Backplane):
             client then gets ``internal_error``); the event loop never waits longer.
         reconnect_max: Longest pause, in seconds, between reconnection attempts (before a
             random jitter of -50% to +50%).
-        max_connections: Connections to Redis for commands (the subscription has its own);
-            more concurrent commands wait for one.
+        max_connections: Redis commands in flight at once (the subscription has its own
+            connection); more wait for one, within ``timeout``. With a URL, the size of
+            the backplane's pool; with a client, also no more than its pool holds beside
+            the subscription and the heartbeat, when that pool fails rather than waits.
+
+    Raises:
+        TypeError: ``client`` is not a ``redis.asyncio.Redis``.
+        ValueError: both ``url`` and ``client``; a client that decodes responses, is a
+            replica's, or whose pool fails when full and holds fewer than three
+            connections; ``max_connections`` below 1; a bad ``prefix``;
+            ``node_ttl`` not longer than ``heartbeat``.
     """
 
     remote = True
+    kind = "redis"
 
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str | None = None,
         *,
+        client: aioredis.Redis | None = None,
         prefix: str = "wsroom",
         heartbeat: float = 2.0,
         node_ttl: float = 10.0,
@@ -73,7 +102,20 @@ class RedisBackplane(Backplane):
             raise ValueError("prefix must be non-empty, without braces, spaces or newlines")
         if node_ttl <= heartbeat:
             raise ValueError("node_ttl must be longer than heartbeat")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        target: str | aioredis.Redis
+        if client is not None:
+            if url is not None:
+                raise ValueError("give RedisBackplane a URL or a client, not both")
+            check_client(client, max_connections)
+            target = client
+        else:
+            url = target = url if url is not None else "redis://127.0.0.1:6379/0"
         self.url = url
+        """The Redis URL, ``None`` with a client."""
+        self.client = client
+        """The application's client, ``None`` with a URL."""
         self.prefix = prefix
         self.heartbeat = heartbeat
         self.node_ttl = node_ttl
@@ -84,7 +126,7 @@ class RedisBackplane(Backplane):
         """This node's id in Redis."""
         self._keys = Keys(prefix)
         self._link = Link(
-            url, timeout=timeout, health_check=heartbeat, max_connections=max_connections
+            target, timeout=timeout, health_check=heartbeat, max_connections=max_connections
         )
         self._call = self._link.call
         self._receiver: BusReceiver | None = None
@@ -101,6 +143,9 @@ class RedisBackplane(Backplane):
         self._dirty: asyncio.Event | None = None
         # Whether the subscription came back after a loss and its rooms await a repair.
         self._repair_pending = False
+        self.reconnects = 0
+        """Times the subscription came back after it was lost."""
+        self._round_trip: float | None = None
 
     @property
     def dropped_messages(self) -> int:
@@ -118,6 +163,29 @@ class RedisBackplane(Backplane):
     def available(self) -> bool:
         """Whether Redis answered the last command."""
         return self._link.available
+
+    async def status(self) -> BackplaneStatus:
+        """Whether Redis answers, and the nodes that sent a heartbeat within ``node_ttl``
+        (one ``ZCARD`` when Redis is reachable; ``None`` when it is not)."""
+        link = self._link
+        nodes: int | None = None
+        if link.available and self._tasks:
+            with contextlib.suppress(BackplaneError):
+                nodes = int(await self._call(link.client.zcard(self._keys.nodes)))
+        return BackplaneStatus(
+            kind=self.kind,
+            available=link.available,
+            nodes=nodes,
+            address=link.where,
+            last_error=link.last_error,
+            last_error_at=link.last_error_at,
+        )
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds Redis took to answer the last heartbeat; ``None`` before the first, or
+        when the last one failed."""
+        return self._round_trip
 
     @property
     def _halted(self) -> bool:
@@ -137,7 +205,7 @@ class RedisBackplane(Backplane):
                 await client.zadd(self._keys.nodes, {self.node_id: _now_ms()})
         except (RedisError, OSError, TimeoutError) as exc:
             await self._close_client()
-            raise BackplaneError(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from exc
+            raise BackplaneError(f"cannot reach Redis at {self._link.where}: {exc}") from exc
         self._link.available = True
         self._dirty = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -152,7 +220,7 @@ class RedisBackplane(Backplane):
                 await connected
         except TimeoutError as exc:
             await self.stop()
-            raise BackplaneError(f"cannot subscribe on Redis at {safe_url(self.url)}") from exc
+            raise BackplaneError(f"cannot subscribe on Redis at {self._link.where}") from exc
 
     async def stop(self) -> None:
         # redis-py may swallow a cancellation while it reads, so the loops also check this
@@ -353,6 +421,7 @@ class RedisBackplane(Backplane):
                 if self._dirty is not None:
                     self._dirty.set()
                 if not first:  # the subscription was lost: Redis may have restarted
+                    self.reconnects += 1
                     await self._link.drop_idle()
                 delay = 0.05
                 await self._read(pubsub, connected, repair=not first)
@@ -436,10 +505,12 @@ class RedisBackplane(Backplane):
         healthy = True
         while not self._stopping:
             try:
+                sent = time.monotonic()
                 async with asyncio.timeout(self.timeout):
                     added = await self._link.client.zadd(
                         self._keys.nodes, {self.node_id: _now_ms()}
                     )
+                self._round_trip = time.monotonic() - sent
                 self._link.set_available(True)
                 if added or not healthy:
                     # Redis restarted or was out of reach: the idle pooled connections
@@ -455,9 +526,11 @@ class RedisBackplane(Backplane):
                     if _text(dead) != self.node_id:
                         await self._reap(_text(dead), cutoff=cutoff)
             except (RedisError, OSError, TimeoutError, BackplaneError) as exc:
-                if healthy:
-                    self._link.set_available(False, exc)
-                healthy = False
+                if not pool_full(exc):  # a pool the application shares may be full: not down
+                    if healthy:
+                        self._link.set_available(False, exc)
+                    healthy = False
+                    self._round_trip = None
             await asyncio.sleep(self.heartbeat)
 
     async def _reap(self, node_id: str, *, cutoff: float) -> None:

@@ -7,7 +7,8 @@ the cluster layer encoded; they never read a message.
 Layout in Redis (``P`` is the prefix, ``wsroom`` by default):
 
 * ``P:room:{room}:meta``: hash ``epoch`` (names the current run of ids), ``seq`` (the
-  last message id), ``run`` (the Redis run that numbered them) and ``bytes`` (of history).
+  last message id), ``run`` and ``repl`` (the Redis process and replication history that
+  numbered them: ``run_id`` and ``master_replid``) and ``bytes`` (of history).
 * ``P:room:{room}:history``: list of ``<id>\\n<item>``, capped at the room's history size.
 * ``P:room:{room}:members``: hash user -> number of nodes where the user is in the room.
 * ``P:idle`` (sorted set room -> last use), ``P:idle:bytes`` (hash room -> history bytes)
@@ -69,15 +70,24 @@ local function room_key(prefix, room, what)
   return prefix .. ':room:{' .. room .. '}:' .. what
 end
 
--- A Redis restarted from an older snapshot would hand out ids already used: the epoch
--- is tied to the server's run_id too, so a restarted Redis always starts a new epoch.
+-- A Redis restarted from an older snapshot, or a replica promoted before it received the
+-- last writes, would hand out ids already used. So an epoch is kept only by the server
+-- process that numbered it (run_id) in the same history of writes (master_replid, new
+-- when a replica becomes primary, even the same process promoted again after a
+-- partition). Meta written before 'repl' existed adopts the replid once.
 local function current_epoch(meta, history, candidate)
   local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if epoch and redis.call('HGET', meta, 'run') == run then
-    return epoch
+  local repl = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local state = redis.call('HMGET', meta, 'epoch', 'run', 'repl')
+  if state[1] and state[2] == run then
+    if state[3] == repl then
+      return state[1]
+    elseif not state[3] then
+      redis.call('HSET', meta, 'repl', repl)
+      return state[1]
+    end
   end
-  redis.call('HSET', meta, 'epoch', candidate, 'seq', 0, 'run', run, 'bytes', 0)
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', 0, 'run', run, 'repl', repl, 'bytes', 0)
   redis.call('DEL', history)
   return candidate
 end
