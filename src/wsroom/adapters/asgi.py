@@ -369,16 +369,26 @@ async def _upgrade_required(scope: Scope, send: Send, manager: ConnectionManager
     )
 
 
-class _ClientScript:
-    """The ASGI application serving ``wsroom.js`` (see :func:`client_app`)."""
+class _HTTPOnly:
+    """An ASGI application answering HTTP requests only: a WebSocket is refused before its
+    upgrade, and other scopes (``lifespan``) are none of its business."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind == "websocket":
             await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODE, "reason": ""})
-            return
-        if kind != "http":
-            return
+        elif kind == "http":
+            await self.answer(scope, send)
+
+    async def answer(self, scope: Scope, send: Send) -> None:
+        """Answer one HTTP request."""
+        raise NotImplementedError
+
+
+class _ClientScript(_HTTPOnly):
+    """The ASGI application serving ``wsroom.js`` (see :func:`client_app`)."""
+
+    async def answer(self, scope: Scope, send: Send) -> None:
         method = scope.get("method")
         if method not in ("GET", "HEAD"):
             await _text(
@@ -396,7 +406,7 @@ def client_app() -> ASGIApp:
     return _ClientScript()
 
 
-class _Metrics:
+class _Metrics(_HTTPOnly):
     """The ASGI application serving a manager's metrics (see :func:`metrics_app`)."""
 
     def __init__(
@@ -409,15 +419,9 @@ class _Metrics:
         self.registry = registry
         self.authorize = authorize
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def answer(self, scope: Scope, send: Send) -> None:
         from .. import metrics
 
-        kind = scope.get("type")
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODE, "reason": ""})
-            return
-        if kind != "http":
-            return
         answer = metrics.metrics_response(
             self.manager,
             Handshake.from_asgi(scope),
@@ -444,19 +448,13 @@ def metrics_app(
     return _Metrics(manager, registry, authorize)
 
 
-class _Admin:
+class _Admin(_HTTPOnly):
     """The ASGI application serving a manager's admin view (see :func:`admin_app`)."""
 
     def __init__(self, view: admin.AdminView) -> None:
         self.view = view
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope.get("type")
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODE, "reason": ""})
-            return
-        if kind != "http":
-            return
+    async def answer(self, scope: Scope, send: Send) -> None:
         method = str(scope.get("method", "GET"))
         answer = await self.view.respond(Handshake.from_asgi(scope), method)
         if answer is None:
