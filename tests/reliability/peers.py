@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tests.helpers import (
+    aiohttp_server,
     asgi_server,
     starlette_server,
     websockets_asyncio_server,
@@ -1070,11 +1071,21 @@ async def nodes(adapter: str, limits: Limits) -> AsyncIterator[Nodes]:
 
 OptionsServerFactory = Callable[..., AbstractAsyncContextManager[str]]
 
+
+def aiohttp_peer_server(
+    manager: ConnectionManager, *, close_timeout: float | None = None, **options: Any
+) -> AbstractAsyncContextManager[str]:
+    """The aiohttp adapter's server; ``options`` go to its ``setup()``. Its close handshake
+    waits ``manager.limits.close_timeout``, which takes the place of ``close_timeout``."""
+    return aiohttp_server(manager, **options)
+
+
 SERVERS: dict[str, OptionsServerFactory] = {
     "websockets": asyncio_server,
     "websockets_sync": sync_server,
     "starlette": uvicorn_server,
     "asgi": asgi_server,
+    "aiohttp": aiohttp_peer_server,
 }
 """Each adapter's server, by the names of ``tests.helpers.ADAPTERS``, taking options."""
 
@@ -1088,6 +1099,9 @@ def keepalive_options(
     """The server options that set the transport's keepalive pings for ``adapter``."""
     if adapter in UNDER_UVICORN:
         return {"ws_ping_interval": interval, "ws_ping_timeout": timeout}
+    if adapter == "aiohttp":
+        # aiohttp's heartbeat pings every interval and gives up after half of it.
+        return {"heartbeat": interval}
     return {"ping_interval": interval, "ping_timeout": timeout}
 
 

@@ -31,11 +31,12 @@ import functools
 import logging
 import os
 import weakref
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 try:
-    from aiohttp import WSMsgType, web
+    from aiohttp import WSCloseCode, WSMsgType, web
     from aiohttp.abc import AbstractStreamWriter
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -47,6 +48,7 @@ from ..connection import Connection, Transport
 from ..exceptions import HandshakeRejected
 from ..handshake import Handshake
 from ..manager import ConnectionManager
+from ._quiet import QUIET_CLIENT_ERRORS
 from ._websockets_common import reset_on_close, send_at_once
 from ._websockets_fastpath import frame
 from ._writer import WriterTaskTransport
@@ -152,6 +154,25 @@ async def _receive(ws: web.WebSocketResponse) -> str | bytes | None:
         if kind in _ENDED:
             return None
         # PING and PONG: aiohttp answers them itself (autoping).
+
+
+class _WebSocketResponse(web.WebSocketResponse):
+    """aiohttp's response, closing a connection whose frames it could not read with the
+    code RFC 6455 gives. aiohttp closes with 1000 after any error that is not its own
+    ``WebSocketError`` (corrupt compressed data raises ``zlib.error``), which would tell a
+    broken client that all went well."""
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        failure = self.exception()
+        if code == WSCloseCode.OK and failure is not None:
+            code = (
+                WSCloseCode.INVALID_TEXT
+                if isinstance(failure, zlib.error)
+                else WSCloseCode.PROTOCOL_ERROR
+            )
+        return await super().close(code=code, message=message, drain=drain)
 
 
 def _reason(reason: str) -> bytes:
@@ -387,7 +408,7 @@ async def serve(
     # that one, aiohttp cannot pick another by the order of the client's offer.
     chosen = handshake.subprotocol
     limits = manager.limits
-    ws = web.WebSocketResponse(
+    ws = _WebSocketResponse(
         protocols=(chosen,) if chosen is not None else (),
         # aiohttp refuses a frame of exactly max_msg_size bytes; wsroom allows that size.
         # (A compressed one may then inflate to one byte more, which the core refuses.)
@@ -439,7 +460,12 @@ def handler(
     manager: ConnectionManager, *, heartbeat: float | None = HEARTBEAT, compress: bool = True
 ) -> Handler:
     """The request handler serving ``manager``, for ``web.get(path, ...)`` or
-    ``app.router.add_get(path, ...)``: see :func:`serve` for what it does and its options."""
+    ``app.router.add_get(path, ...)``: see :func:`serve` for what it does and its options.
+
+    It also adds :data:`~wsroom.adapters.uvicorn.QUIET_CLIENT_ERRORS` to the
+    ``aiohttp.server`` logger (once per process): aiohttp logs a traceback at ERROR for
+    every malformed request, which a client could send in a loop to fill the log."""
+    logging.getLogger("aiohttp.server").addFilter(QUIET_CLIENT_ERRORS)
 
     async def wsroom_handler(request: web.Request) -> web.StreamResponse:
         return await serve(request, manager, heartbeat=heartbeat, compress=compress)

@@ -59,6 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..manager import ConnectionManager
+from ._quiet import QUIET_CLIENT_ERRORS, QuietClientErrors
 from ._websockets_common import reset_on_close, send_at_once
 
 __all__ = [
@@ -151,7 +152,7 @@ class Server(uvicorn.Server):
                 config.ws_max_size,
                 limit,
             )
-        for name in _CLIENT_ERROR_LOGGERS:
+        for name in ("uvicorn.error",):
             # One shared filter: adding it again is a no-op, however many servers start.
             logging.getLogger(name).addFilter(QUIET_CLIENT_ERRORS)
         await super().startup(sockets)
@@ -493,66 +494,6 @@ class _Lifespan:
             kind = message["type"]
             return {"type": f"{kind}.complete"}
         return answer
-
-
-class QuietClientErrors(logging.Filter):
-    """Keeps what clients get wrong out of the error log: one line a minute at most.
-
-    uvicorn logs a traceback at ERROR for every frame of invalid UTF-8 it receives (and the
-    ``websockets`` library logs protocol errors): a client sending such frames in a loop
-    fills the log. This filter drops those records and lets through, at most once a
-    minute, one WARNING counting them. :class:`Server` installs
-    :data:`QUIET_CLIENT_ERRORS` on ``uvicorn.error``; with another runner, add it to that
-    logger yourself (``logging.getLogger("uvicorn.error").addFilter(...)``).
-    """
-
-    INTERVAL = 60.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.suppressed = 0
-        """Client errors dropped since start."""
-        self._pending = 0
-        self._last = -self.INTERVAL
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Drop a client error's record, or turn it into the minute's summary."""
-        if not _is_client_error(record):
-            return True
-        self.suppressed += 1
-        self._pending += 1
-        now = time.monotonic()
-        if now - self._last < self.INTERVAL:
-            return False
-        self._last = now
-        record.msg = "%d client protocol error(s) (e.g. invalid UTF-8) in the last minute; "
-        record.msg += "the clients were closed; last: %s"
-        record.args = (self._pending, _summary(record))
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno = logging.WARNING
-        record.levelname = "WARNING"
-        self._pending = 0
-        return True
-
-
-QUIET_CLIENT_ERRORS = QuietClientErrors()
-"""The filter :class:`Server` installs (once per process) on uvicorn's error logger."""
-
-_CLIENT_ERROR_LOGGERS = ("uvicorn.error",)
-
-
-def _is_client_error(record: logging.LogRecord) -> bool:
-    if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
-        return True
-    message = record.getMessage() if isinstance(record.msg, str) else ""
-    return message.startswith("Invalid UTF-8") or "invalid UTF-8" in message
-
-
-def _summary(record: logging.LogRecord) -> str:
-    if record.exc_info and record.exc_info[1] is not None:
-        return f"{type(record.exc_info[1]).__name__}"
-    return str(record.msg)[:80]
 
 
 # Protocol classes: uvicorn's, with what wsroom needs added by subclassing whichever
