@@ -134,15 +134,20 @@ async def test_the_recipe_nginx_in_front_of_uvicorn_workers() -> None:
         with nginx([process.port]) as proxy:
             url = f"ws://127.0.0.1:{proxy.port}"
             pids = set()
-            for number in range(40):
+            # Kept open until both workers answered: the kernel picks the worker of each
+            # connection, and one that closes at once leaves the same worker free again.
+            clients = []
+            for number in range(100):
                 address = f"127.0.0.{2 + number % 2}"
                 client = await Client.connect(url, f"/ws?user=u{number}", local_addr=(address, 0))
+                clients.append(client)
                 ack = await client.request({"type": "node"})
                 assert ack["data"]["address"] == address
                 pids.add(ack["data"]["pid"])
-                await client.close()
                 if len(pids) == workers and number >= 3:
                     break
+            for client in clients:
+                await client.close()
             assert len(pids) == workers
             # SIGTERM to uvicorn behind nginx: the client gets wsroom's 1001 through it.
             client = await Client.connect(url, "/ws?user=ann")

@@ -101,7 +101,7 @@ def _pyproject() -> dict[str, Any]:
 def test_development_tools_are_groups_not_extras() -> None:
     project = _pyproject()
     extras = project["project"]["optional-dependencies"]
-    assert set(extras) == {"starlette", "uvicorn", "redis", "conformance"}
+    assert set(extras) == {"starlette", "uvicorn", "redis", "metrics", "aiohttp", "conformance"}
     # The one extra with test tools is what the conformance suite, shipped for the authors
     # of adapters, runs with; the project's own tools stay out of every extra.
     names = {
