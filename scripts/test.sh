@@ -101,11 +101,16 @@ echo "== pytest ($("$VPY" -V)), with the reliability suite"
 # load, which the interpreter does not change, and takes minutes. So do wsroom.js's own
 # tests under Node.js, which no Python interpreter changes either, and the conformance
 # plugin's own tests (an author's run in a subprocess): every run below goes through the
-# same plugin to run the suite itself.
+# same plugin to run the suite itself. The deployment recipes (uvicorn, gunicorn and nginx
+# processes) and the conformance suite's two-node and nginx servers also run once: they add
+# processes and a backplane whose Python code the other tests cover on every interpreter,
+# and would double the time of each run below.
 ONCE=(
     --ignore=tests/reliability
     --ignore=tests/test_browser_client_node.py
     --ignore=tests/test_conformance_plugin.py
+    --ignore=tests/test_deployment.py
+    --ignore=tests/test_nginx.py
 )
 
 # The same suite on the other supported interpreters installed here (pyenv or PATH).
@@ -128,7 +133,8 @@ for version in 3.12 3.13; do
     fi
     ensure_venv "$ROOT/.venv-$version" "$other" "" dev
     echo "== pytest ($("$ROOT/.venv-$version/bin/python" -V))"
-    "$ROOT/.venv-$version/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
+    WSROOM_CONFORMANCE_ONE_NODE=1 \
+        "$ROOT/.venv-$version/bin/python" -m pytest -q "${ONCE[@]}" "$@" || status=$?
 done
 # The suite against the newest websockets release on PyPI, outside the range pyproject.toml
 # states if need be: a new release that moves what the fast path uses (or anything else) shows

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -27,13 +28,20 @@ def conformance_servers() -> dict[str, Server]:
     through Redis (skipped without a Redis server). A server to add to the suite (another
     front end, a proxy in front of an adapter) is one more entry here."""
     redis_url = shared_redis_url()
+    # scripts/test.sh runs the two-node and nginx servers on its first interpreter only:
+    # what they add (the backplane, a proxy) is the same Python code on every interpreter,
+    # whose other tests cover it, and they double the suite's time.
+    one_node_only = os.environ.get("WSROOM_CONFORMANCE_ONE_NODE") == "1"
     servers = {}
     for name, factory in ADAPTERS.items():
         one = Server(factory, lacks=set() if name in CUTS_TCP else {ABORT})
         servers[name] = one
-        servers[f"{name}+redis"] = over_redis(one, redis_url)
-    # The deployment recipe's nginx (docs/operating.md) in front of the websockets adapter.
-    servers["websockets+nginx"] = Server(nginx_websockets_server, lacks={ABORT})
+        if not one_node_only:
+            servers[f"{name}+redis"] = over_redis(one, redis_url)
+    if not one_node_only:
+        # The deployment recipe's nginx (docs/operating.md) in front of the websockets
+        # adapter.
+        servers["websockets+nginx"] = Server(nginx_websockets_server, lacks={ABORT})
     return servers
 
 
