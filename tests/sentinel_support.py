@@ -91,6 +91,7 @@ class ReplicationLink:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self._closed = False
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -98,10 +99,21 @@ class ReplicationLink:
         return self.port
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closed:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.primary_port)
         except OSError:
             writer.transport.abort()
+            return
+        except asyncio.CancelledError:  # the test's loop ends meanwhile
+            writer.transport.abort()
+            raise
+        if self._closed:
+            # Accepted while close() ran: nothing would drop this connection later.
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers += [writer, up_writer]
         replication = asyncio.Event()  # a replica's connection, once it says so
@@ -135,6 +147,7 @@ class ReplicationLink:
 
     async def close(self) -> None:
         """Drop the connections and whatever they held."""
+        self._closed = True
         if self._server is not None:
             self._server.close()
         for writer in self._writers:
