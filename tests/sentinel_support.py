@@ -110,7 +110,7 @@ class ReplicationLink:
         except asyncio.CancelledError:  # the test's loop ends meanwhile
             writer.transport.abort()
             raise
-        if self._closed:
+        if self.closing():
             # Accepted while close() ran: nothing would drop this connection later.
             writer.transport.abort()
             up_writer.transport.abort()
@@ -140,6 +140,10 @@ class ReplicationLink:
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def closing(self) -> bool:
+        """Whether :meth:`close` has begun (read again after each await)."""
+        return self._closed
 
     def hold(self) -> None:
         """Keep what the primary and its replica send each other from now on."""
