@@ -138,7 +138,9 @@ async def test_the_recipe_nginx_in_front_of_uvicorn_workers() -> None:
             # connection, and one that closes at once leaves the same worker free again.
             clients = []
             for number in range(100):
-                address = f"127.0.0.{2 + number % 2}"
+                # Addresses of their own: nginx passes each one on, and the recipe keeps
+                # wsroom's handshake rate per address.
+                address = f"127.0.0.{2 + number % 50}"
                 client = await Client.connect(url, f"/ws?user=u{number}", local_addr=(address, 0))
                 clients.append(client)
                 ack = await client.request({"type": "node"})
